@@ -1,0 +1,46 @@
+"""storage: the SQLite preference store and the media files it references.
+
+Imports nothing from the other Palate packages (and nothing heavy at import
+time): ``app``, ``alignment`` and scripts all use it.
+"""
+from .errors import (
+    AlreadyImportedError,
+    DataDirError,
+    ImportFormatError,
+    InvalidJudgmentError,
+    MediaWriteError,
+    NotADatabaseError,
+    SchemaMismatchError,
+    SchemaTooNewError,
+    StoreError,
+    UnknownIdError,
+)
+from .paths import ENV_VAR, default_data_dir, resolve_data_dir
+from .schema import MODALITIES, SCHEMA_VERSION
+from .store import Adapter, Generation, Judgment, PreferencePair, RankedGroup, Run, SoftLabel, Store
+
+__all__ = [
+    "Adapter",
+    "AlreadyImportedError",
+    "DataDirError",
+    "ENV_VAR",
+    "Generation",
+    "ImportFormatError",
+    "InvalidJudgmentError",
+    "Judgment",
+    "MODALITIES",
+    "MediaWriteError",
+    "NotADatabaseError",
+    "PreferencePair",
+    "RankedGroup",
+    "Run",
+    "SCHEMA_VERSION",
+    "SchemaMismatchError",
+    "SchemaTooNewError",
+    "SoftLabel",
+    "Store",
+    "StoreError",
+    "UnknownIdError",
+    "default_data_dir",
+    "resolve_data_dir",
+]
