@@ -1,1 +1,27 @@
+"""modalities: one adapter per modality (image, video, music, text reasoning)
+behind the contract in :mod:`modalities.protocol`.
 
+Importing this package imports no model code; :func:`modalities.registry.get`
+loads an adapter on first use.
+"""
+from .protocol import (
+    GenerationRequest,
+    Group,
+    ModalityAdapter,
+    ModelRef,
+    Provenance,
+    Sample,
+    ScoreKind,
+    TrainingBatch,
+)
+
+__all__ = [
+    "GenerationRequest",
+    "Group",
+    "ModalityAdapter",
+    "ModelRef",
+    "Provenance",
+    "Sample",
+    "ScoreKind",
+    "TrainingBatch",
+]

@@ -164,7 +164,8 @@ def _0002_imports(db: sqlite_utils.Database) -> None:
             format TEXT NOT NULL,
             rows INTEGER NOT NULL,
             judgments INTEGER NOT NULL,
-            created_at TEXT NOT NULL
+            created_at TEXT NOT NULL,
+            completed_at TEXT
         );
         CREATE INDEX idx_imports_sha ON imports(source_sha256);
         ALTER TABLE judgments ADD COLUMN import_id INTEGER REFERENCES imports(id);

@@ -1,0 +1,380 @@
+"""``python -m app``: the command line over the same services the UI uses.
+
+Every command takes ``--data-dir`` (or the PALATE_DATA_DIR environment
+variable; default: the per-user data directory) and ``--help``. Errors are
+printed as one readable line on stderr with exit status 2; nothing is written
+when a command fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+from storage import ENV_VAR, MODALITIES, Store, StoreError
+from storage.derive import DERIVATIONS
+
+UI_NOTE = (
+    "The web UI is not part of this version yet: `python -m app` with no command shows this help.\n"
+    "Use the commands below (e.g. `python -m app stats`)."
+)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Store:
+    return Store.open(args.data_dir)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"--param takes KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _parse_rank_token(token: str) -> list[int]:
+    try:
+        return [int(t) for t in token.split("=")]
+    except ValueError:
+        raise ValueError(f"ranking entries are generation ids, or ids joined by '=' for a tie; got {token!r}") from None
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    from storage.integrity import check_store
+
+    with _open(args) as store:
+        report = check_store(store, repair=args.repair, verify_hashes=not args.no_hash)
+    if args.json:
+        _print_json({**asdict(report), "ok": report.ok})
+        return 0 if report.ok else 1
+    print(f"database: {report.database} (schema version {report.schema_version})")
+    if not report.problems:
+        print("ok: no problems found")
+        return 0
+    for p in report.problems:
+        mark = "repaired" if p.repaired else p.severity
+        print(f"[{mark}] {p.check}: {p.message}")
+    for r in report.repairs:
+        print(f"repair: {r}")
+    open_errors = sum(1 for p in report.problems if p.severity == "error" and not p.repaired)
+    open_warnings = sum(1 for p in report.problems if p.severity == "warning" and not p.repaired)
+    print(f"{open_errors} error(s), {open_warnings} warning(s) left" + ("" if args.repair else "; try --repair"))
+    return 0 if report.ok else 1
+
+
+def cmd_db_info(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        counts = {
+            t: store.query(f"SELECT COUNT(*) AS n FROM {t}")[0]["n"]
+            for t in ("prompts", "generations", "judgments", "annotators", "media", "runs", "adapters", "imports")
+        }
+        info = {
+            "data_dir": str(store.data_dir),
+            "database": str(store.path),
+            "schema_version": store.schema_version(),
+            "migrations": store.applied_migrations(),
+            "counts": counts,
+        }
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"data dir:       {info['data_dir']}")
+        print(f"database:       {info['database']}")
+        print(f"schema version: {info['schema_version']} ({', '.join(info['migrations'])})")
+        for k, v in counts.items():
+            print(f"{k + ':':15} {v}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    params = dict(_parse_param(p) for p in args.param)
+    if args.negative_prompt:
+        params["negative_prompt"] = args.negative_prompt
+    seeds = list(args.seed or [])
+    if seeds and len(seeds) != len(args.files):
+        raise ValueError(f"give one --seed per file ({len(args.files)} files, {len(seeds)} seeds) or none")
+    out = []
+    with _open(args) as store:
+        for i, f in enumerate(args.files):
+            g = store.add_generation(
+                prompt=args.prompt, modality=args.modality, model=args.model, model_revision=args.revision,
+                media=_path(f), seed=seeds[i] if seeds else None, params=params,
+            )
+            out.append(g)
+    if args.json:
+        _print_json([{"id": g.id, "path": g.media_path, "sha256": g.media_sha256} for g in out])
+    else:
+        for g in out:
+            print(f"generation {g.id}: {g.media_path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        gens = store.list_generations(
+            modality=args.modality, model=args.model, prompt_id=args.prompt_id, limit=args.limit
+        )
+        data_dir = store.data_dir
+    if args.json:
+        _print_json([{**asdict(g), "file": str(data_dir / g.media_path)} for g in gens])
+        return 0
+    if not gens:
+        print("no generations stored yet")
+        return 0
+    rows = [(g.id, g.modality, g.model, g.seed, g.prompt_id, _short(g.prompt, 40), g.media_path) for g in gens]
+    print(_table(rows, ["id", "modality", "model", "seed", "prompt", "text", "file"]))
+    return 0
+
+
+def cmd_vote(args: argparse.Namespace) -> int:
+    annotator_kind = "ai" if args.ai else "human"
+    with _open(args) as store:
+        if args.undo or args.delete is not None:
+            jid = args.delete if args.delete is not None else store.last_judgment_id(annotator=args.annotator)
+            if jid is None:
+                raise ValueError(f"there is no judgment by {args.annotator!r} to undo")
+            store.delete_judgment(jid)
+            print(f"deleted judgment {jid}")
+            return 0
+        if args.ranking:
+            groups = [_parse_rank_token(t) for t in args.ranking]
+            jid = store.rank(
+                [g[0] if len(g) == 1 else g for g in groups], unranked=args.unranked or [],
+                annotator=args.annotator, annotator_kind=annotator_kind,
+            )
+            kind = "ranking"
+        else:
+            if len(args.ids) != 2 or args.choice is None:
+                raise ValueError(
+                    "a pairwise vote takes two generation ids and --choice, e.g. `vote 12 13 --choice a`; "
+                    "a ranking takes --ranking ID ID ... (best first)"
+                )
+            jid = store.vote(
+                args.ids[0], args.ids[1], args.choice, annotator=args.annotator, annotator_kind=annotator_kind,
+                strength=args.strength,
+            )
+            kind = "vote"
+    if args.json:
+        _print_json({"judgment_id": jid, "kind": kind})
+    else:
+        print(f"stored {kind} as judgment {jid}")
+    return 0
+
+
+def cmd_export_dataset(args: argparse.Namespace) -> int:
+    from storage.exchange import export_dataset
+
+    with _open(args) as store:
+        report = export_dataset(store, args.out, fmt=args.format, modality=args.modality, model=args.model)
+    if args.json:
+        _print_json(asdict(report))
+    else:
+        skipped = "".join(f", {n} {why} skipped" for why, n in report.skipped.items())
+        print(f"wrote {report.rows} rows to {report.path} ({report.format}){skipped}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from storage.exchange import import_dataset
+
+    with _open(args) as store:
+        report = import_dataset(
+            store, args.file, fmt=args.format, annotator=args.annotator,
+            annotator_kind="ai" if args.ai else ("human" if args.annotator else None), force=args.force,
+        )
+    if args.json:
+        _print_json(asdict(report))
+    else:
+        skipped = "".join(f", {n} skipped ({why})" for why, n in report.skipped.items())
+        print(
+            f"imported {report.judgments} judgment(s) and {report.generations_created} new candidate(s) "
+            f"from {report.rows} rows of {report.path} ({report.format}){skipped}"
+        )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        stats = store.stats(modality=args.modality, model=args.model)
+    if args.json:
+        _print_json(stats)
+        return 0
+    if not stats:
+        print("nothing stored yet: add candidates (`python -m app add`) or import a dataset (`python -m app import`)")
+        return 0
+    rows = []
+    for s in stats:
+        c = s["choices"]
+        agree = "-" if s["agreement"] is None else f"{s['agreement']:.0%} of {s['pairs_judged_twice_or_more']}"
+        rows.append(
+            (s["modality"], s["model"], s["prompts"], s["generations"], s["pairwise_votes"], c["a"] + c["b"],
+             c["tie"], c["both-bad"], s["rankings"], s["training_pairs"], agree)
+        )
+    print(_table(rows, ["modality", "model", "prompts", "candidates", "votes", "decisive", "ties", "both-bad",
+                        "rankings", "train pairs", "agreement"]))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------
+
+
+def _path(p: str):
+    from pathlib import Path
+
+    return Path(p)
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir", default=argparse.SUPPRESS, metavar="DIR",
+        help=f"where palate.db and media live (default: ${ENV_VAR}, else the per-user data directory)",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Palate: collect your judgments of generated candidates and tune models to your taste.",
+        epilog=UI_NOTE,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, parent=sub, **kw) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help, parents=[common], **kw)
+        p.set_defaults(func=func)
+        return p
+
+    # db
+    db = sub.add_parser("db", help="inspect and check the database", description="Inspect and check the database.")
+    db_sub = db.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    p = add("check", cmd_db_check, "check the store (SQLite integrity, references, media files) and optionally repair",
+            parent=db_sub)
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired safely (see README)")
+    p.add_argument("--no-hash", action="store_true", help="skip re-hashing every media file (faster)")
+    add("info", cmd_db_info, "show where the data lives, the schema version and row counts", parent=db_sub)
+
+    # add
+    p = add("add", cmd_add, "register existing media files (or text files) as candidates for a prompt")
+    p.add_argument("files", nargs="+", metavar="FILE", help="media files (PNG, WAV, MP4, ...) or UTF-8 text files")
+    p.add_argument("--prompt", required=True, help="the prompt the candidates answer")
+    p.add_argument("--modality", required=True, choices=MODALITIES)
+    p.add_argument("--model", required=True, help="model that made them: hub id or local path")
+    p.add_argument("--revision", help="model revision (commit hash or version)")
+    p.add_argument("--seed", type=int, action="append", help="seed of each file, in order (repeat the flag)")
+    p.add_argument("--negative-prompt", help="negative prompt used, if any")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="another generation parameter (value parsed as JSON when it can be), repeatable")
+
+    # list
+    p = add("list", cmd_list, "list stored candidates (generations) with their ids")
+    p.add_argument("--modality", choices=MODALITIES)
+    p.add_argument("--model")
+    p.add_argument("--prompt-id", type=int)
+    p.add_argument("--limit", type=int)
+
+    # vote
+    p = add(
+        "vote", cmd_vote, "record a pairwise vote or a ranking by generation id (for scripts and AI judges)",
+        epilog=(
+            "examples:\n"
+            "  python -m app vote 12 13 --choice a           # 12 is better than 13\n"
+            "  python -m app vote 12 13 --choice tie\n"
+            "  python -m app vote 12 13 --choice a --strength 0.8 --annotator my-judge --ai\n"
+            "  python -m app vote --ranking 14 12=13 15       # 14 best, 12 and 13 tied, then 15\n"
+            "  python -m app vote --ranking 14 --unranked 12 13   # partial ranking\n"
+            "  python -m app vote --undo                      # delete your last judgment\n"
+            "Voting on the same pair again is allowed: it is stored as a repeat vote and counts in soft labels."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="two generation ids: A then B")
+    p.add_argument("--choice", choices=["a", "b", "tie", "both-bad"], help="which one is better")
+    p.add_argument("--strength", type=float, help="probability that A is better (soft label), agreeing with --choice")
+    p.add_argument("--ranking", nargs="+", metavar="ID", help="generation ids best first; join ties with '='")
+    p.add_argument("--unranked", nargs="+", type=int, metavar="ID", help="candidates shown but not ranked")
+    p.add_argument("--annotator", default="you", help="who judged (default: you)")
+    p.add_argument("--ai", action="store_true", help="the annotator is an AI judge, not a person")
+    p.add_argument("--delete", type=int, metavar="JUDGMENT_ID", help="delete one judgment")
+    p.add_argument("--undo", action="store_true", help="delete the annotator's most recent judgment")
+
+    # export
+    exp = sub.add_parser("export", help="export data", description="Export preference data.")
+    exp_sub = exp.add_subparsers(dest="export_command", metavar="WHAT", required=True)
+    p = add("dataset", cmd_export_dataset, "export votes as a Pick-a-Pic-style or TRL-style dataset", parent=exp_sub)
+    p.add_argument("out", metavar="OUT", help="output file (.parquet, or .jsonl for trl-jsonl)")
+    p.add_argument("--format", default="pickapic", choices=["pickapic", "trl-jsonl", "trl-parquet"])
+    p.add_argument("--modality", choices=MODALITIES, help="default: image for pickapic, text for trl-*")
+    p.add_argument("--model", help="only candidates of this model")
+
+    # import
+    p = add("import", cmd_import, "import a Pick-a-Pic-style Parquet or TRL-style JSONL/Parquet dataset")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", default="auto", choices=["auto", "pickapic", "trl-jsonl", "trl-parquet"])
+    p.add_argument("--annotator", help="record every vote under this annotator (default: the file's column)")
+    p.add_argument("--ai", action="store_true", help="with --annotator: it is an AI judge")
+    p.add_argument("--force", action="store_true", help="import a file again (identical votes are still skipped)")
+
+    # stats
+    p = add("stats", cmd_stats, "counts per modality and model: candidates, votes, rankings, training pairs")
+    p.add_argument("--modality", choices=MODALITIES)
+    p.add_argument("--model")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = getattr(args, "data_dir", None)
+    args.json = getattr(args, "json", False)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (StoreError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

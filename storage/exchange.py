@@ -1,0 +1,659 @@
+"""Export and import of preference data in the schemas people already share.
+
+Media pairs: Pick-a-Pic-v2-style Parquet. One row per vote: ``caption``, the
+two candidates' encoded bytes (``jpg_0``/``jpg_1`` for images, as in
+Pick-a-Pic; ``media_0``/``media_1`` for audio and video), ``label_0``/``label_1``
+(1/0 or 0/1 for a choice, 0.5/0.5 for a tie, 0/0 for "both bad", the soft
+label p/1-p when the vote had a strength), ``best_image_uid``, the models and
+seeds, plus Palate's provenance columns (``params_*``, ``mime_*``,
+``image_*_uid`` = sha256, ``annotator``, ``created_at``, ``choice``). Image
+bytes are the stored files as they are (PNG for Palate's images): PIL opens
+them whatever the column is called.
+
+Text pairs: TRL-style ``prompt``/``chosen``/``rejected`` (JSONL or Parquet),
+plus ``label`` (the chosen side's share), model, seeds and provenance columns.
+Ties and "both bad" have no place in that format and are left out (counted in
+the report).
+
+Rankings export as the pairwise votes they imply (all pairs; equal ranks as
+ties), so a file holds only pairwise rows and export -> import -> export gives
+identical rows.
+
+Import reads data, never code: Parquet through pyarrow, JSONL through json; no
+dataset scripts, no pickles. A file already imported (same sha256) is refused
+unless ``force``; rows identical to stored votes are skipped.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from . import derive
+from .errors import AlreadyImportedError, ImportFormatError
+from .media import sha256_file, sniff_mime
+from .store import Store, now_iso
+
+ExportFormat = Literal["pickapic", "trl-jsonl", "trl-parquet"]
+EXPORT_FORMATS: tuple[str, ...] = ("pickapic", "trl-jsonl", "trl-parquet")
+IMPORT_FORMATS: tuple[str, ...] = ("auto", "pickapic", "trl-jsonl", "trl-parquet")
+_BATCH_ROWS = 256
+_WRITE_BATCH = 200  # rows per write transaction during import
+
+_CHOICE_LABELS = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5), "both_bad": (0.0, 0.0)}
+
+
+@dataclass
+class ExchangeReport:
+    """What an export or import did, for the CLI and the UI to show."""
+
+    path: str
+    format: str
+    rows: int = 0
+    judgments: int = 0
+    generations_created: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+# ---------------------------------------------------------------------------
+# schemas
+# ---------------------------------------------------------------------------
+
+
+def _pickapic_schema(media_prefix: str):
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("caption", pa.string()),
+            (f"{media_prefix}_0", pa.binary()),
+            (f"{media_prefix}_1", pa.binary()),
+            ("label_0", pa.float64()),
+            ("label_1", pa.float64()),
+            ("best_image_uid", pa.string()),
+            ("image_0_uid", pa.string()),
+            ("image_1_uid", pa.string()),
+            ("model_0", pa.string()),
+            ("model_1", pa.string()),
+            ("seed_0", pa.int64()),
+            ("seed_1", pa.int64()),
+            ("params_0", pa.string()),
+            ("params_1", pa.string()),
+            ("mime_0", pa.string()),
+            ("mime_1", pa.string()),
+            ("modality", pa.string()),
+            ("choice", pa.string()),
+            ("annotator", pa.string()),
+            ("annotator_kind", pa.string()),
+            ("created_at", pa.string()),
+        ]
+    )
+
+
+def _trl_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("prompt", pa.string()),
+            ("chosen", pa.string()),
+            ("rejected", pa.string()),
+            ("label", pa.float64()),
+            ("model_chosen", pa.string()),
+            ("model_rejected", pa.string()),
+            ("seed_chosen", pa.int64()),
+            ("seed_rejected", pa.int64()),
+            ("params_chosen", pa.string()),
+            ("params_rejected", pa.string()),
+            ("annotator", pa.string()),
+            ("annotator_kind", pa.string()),
+            ("created_at", pa.string()),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ExportVote:
+    a: int
+    b: int
+    choice: str
+    strength: float | None
+    annotator: str
+    annotator_kind: str
+    created_at: str
+
+
+def _export_votes(store: Store, modality: str, model: str | None) -> Iterator[_ExportVote]:
+    gen_ok = store._eligible_generations(modality, model)
+    for r in store.query(
+        "SELECT judgment_id, generation_a, generation_b, choice, strength, annotator, annotator_kind, created_at"
+        " FROM pairwise_votes ORDER BY judgment_id"
+    ):
+        if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
+            yield _ExportVote(
+                r["generation_a"], r["generation_b"], r["choice"], r["strength"], r["annotator"],
+                r["annotator_kind"], r["created_at"],
+            )
+    meta = {
+        r["id"]: r
+        for r in store.query(
+            "SELECT j.id, j.created_at, a.name, a.kind FROM judgments j JOIN annotators a ON a.id = j.annotator_id"
+            " WHERE j.kind = 'ranking'"
+        )
+    }
+    for jid, ranks in store._rankings("", []):
+        ranks = {g: r for g, r in ranks.items() if g in gen_ok}
+        m = meta[jid]
+        for v in derive.ranking_to_votes(ranks, "all", jid):
+            choice = "a" if v.p == 1.0 else "tie"
+            yield _ExportVote(v.x, v.y, choice, None, m["name"], m["kind"], m["created_at"])
+
+
+def _label_pair(choice: str, strength: float | None) -> tuple[float, float]:
+    if strength is not None:
+        return float(strength), 1.0 - float(strength)
+    return _CHOICE_LABELS[choice]
+
+
+def export_dataset(
+    store: Store,
+    out: str | os.PathLike[str],
+    *,
+    fmt: ExportFormat = "pickapic",
+    modality: str | None = None,
+    model: str | None = None,
+) -> ExchangeReport:
+    """Write the votes of ``modality`` (and ``model``) to ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    is_trl = fmt.startswith("trl")
+    modality = modality or ("text" if is_trl else "image")
+    if is_trl and modality != "text":
+        raise ValueError(f"{fmt} holds text pairs; for {modality} use --format pickapic")
+    if not is_trl and modality == "text":
+        raise ValueError("pickapic holds media pairs; for text use --format trl-jsonl or trl-parquet")
+    out = Path(out)
+    report = ExchangeReport(str(out), fmt)
+    votes = list(_export_votes(store, modality, model))
+    gens = {g.id: g for g in store.get_generations(sorted({i for v in votes for i in (v.a, v.b)}))}
+
+    def media(gid: int) -> bytes:
+        return store.media_bytes(gens[gid])
+
+    rows: list[dict[str, Any]] = []
+    if not is_trl:
+        prefix = "jpg" if modality == "image" else "media"
+        for v in votes:
+            ga, gb = gens[v.a], gens[v.b]
+            l0, l1 = _label_pair(v.choice, v.strength)
+            best = ga.media_sha256 if l0 > l1 else gb.media_sha256 if l1 > l0 else ""
+            rows.append(
+                {
+                    "caption": ga.prompt,
+                    f"{prefix}_0": media(v.a),
+                    f"{prefix}_1": media(v.b),
+                    "label_0": l0,
+                    "label_1": l1,
+                    "best_image_uid": best,
+                    "image_0_uid": ga.media_sha256,
+                    "image_1_uid": gb.media_sha256,
+                    "model_0": ga.model,
+                    "model_1": gb.model,
+                    "seed_0": ga.seed,
+                    "seed_1": gb.seed,
+                    "params_0": json.dumps(ga.params, sort_keys=True),
+                    "params_1": json.dumps(gb.params, sort_keys=True),
+                    "mime_0": ga.mime,
+                    "mime_1": gb.mime,
+                    "modality": modality,
+                    "choice": v.choice.replace("_", "-"),
+                    "annotator": v.annotator,
+                    "annotator_kind": v.annotator_kind,
+                    "created_at": v.created_at,
+                }
+            )
+        rows.sort(key=lambda r: (r["created_at"], r["caption"], r["image_0_uid"], r["image_1_uid"], r["label_0"],
+                                 r["annotator"]))
+        schema = _pickapic_schema(prefix)
+    else:
+        for v in votes:
+            if v.choice in ("tie", "both_bad"):
+                report.skip("tie" if v.choice == "tie" else "both-bad")
+                continue
+            a_wins = v.choice == "a"
+            w, l = (v.a, v.b) if a_wins else (v.b, v.a)
+            gw, gl = gens[w], gens[l]
+            label = 1.0 if v.strength is None else (v.strength if a_wins else 1.0 - v.strength)
+            rows.append(
+                {
+                    "prompt": gw.prompt,
+                    "chosen": media(w).decode("utf-8"),
+                    "rejected": media(l).decode("utf-8"),
+                    "label": label,
+                    "model_chosen": gw.model,
+                    "model_rejected": gl.model,
+                    "seed_chosen": gw.seed,
+                    "seed_rejected": gl.seed,
+                    "params_chosen": json.dumps(gw.params, sort_keys=True),
+                    "params_rejected": json.dumps(gl.params, sort_keys=True),
+                    "annotator": v.annotator,
+                    "annotator_kind": v.annotator_kind,
+                    "created_at": v.created_at,
+                }
+            )
+        rows.sort(key=lambda r: (r["created_at"], r["prompt"], r["chosen"], r["rejected"], r["annotator"]))
+        schema = _trl_schema()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    try:
+        if fmt == "trl-jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n")
+        else:
+            table = pa.Table.from_pylist(rows, schema=schema)
+            pq.write_table(table, tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    report.rows = len(rows)
+    report.judgments = len(rows)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# import
+# ---------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    """``pickapic``, ``trl-jsonl`` or ``trl-parquet``, from the file itself."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "trl-jsonl"
+    names = set(_parquet_file(path).schema_arrow.names)
+    if {"chosen", "rejected"} <= names:
+        return "trl-parquet"
+    if {"jpg_0", "jpg_1"} <= names or {"media_0", "media_1"} <= names:
+        return "pickapic"
+    raise ImportFormatError(
+        f"{path}: cannot tell the format from its columns {sorted(names)}; expected Pick-a-Pic-style "
+        "(caption, jpg_0, jpg_1, label_0, label_1) or TRL-style (prompt, chosen, rejected)"
+    )
+
+
+def _parquet_file(path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ImportFormatError(f"{path} is not a readable Parquet file: {e}") from None
+
+
+def _iter_parquet_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+
+    pf = _parquet_file(path)
+    try:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=list(columns) if columns else None):
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise ImportFormatError(f"{path}: the Parquet data is corrupt or truncated: {e}") from None
+
+
+def _iter_jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise ImportFormatError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        try:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ImportFormatError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ImportFormatError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+                yield row
+        except UnicodeDecodeError:
+            raise ImportFormatError(f"{path} is not UTF-8 text; is it really JSONL?") from None
+
+
+def _require_columns(path: Path, names: Sequence[str], required: Sequence[Sequence[str]], fmt: str) -> None:
+    missing = [" or ".join(alts) for alts in required if not any(a in names for a in alts)]
+    if missing:
+        raise ImportFormatError(
+            f"{path} does not have the {fmt} schema: missing column(s) {', '.join(missing)}; "
+            f"it has {sorted(names)}"
+        )
+
+
+def import_dataset(
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    fmt: str = "auto",
+    annotator: str | None = None,
+    annotator_kind: str | None = None,
+    force: bool = False,
+) -> ExchangeReport:
+    """Import a Pick-a-Pic-style or TRL-style file into the store.
+
+    The whole file is validated first (nothing is written if any row is bad,
+    and the error names the row); then rows are written in batches.
+    ``annotator``/``annotator_kind`` override the file's annotator columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImportFormatError(f"{path} does not exist or is not a file")
+    if fmt not in IMPORT_FORMATS:
+        raise ValueError(f"unknown import format {fmt!r}; use one of {', '.join(IMPORT_FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    file_sha = sha256_file(path)
+    previous = store.query(
+        "SELECT id, created_at FROM imports WHERE source_sha256 = ? AND completed_at IS NOT NULL", (file_sha,)
+    )
+    if previous and not force:
+        raise AlreadyImportedError(
+            f"{path.name} was already imported (import #{previous[0]['id']} on {previous[0]['created_at']}); "
+            "pass --force to import it again (identical votes are still skipped)"
+        )
+    report = ExchangeReport(str(path), fmt)
+    if annotator_kind is not None and annotator_kind not in ("human", "ai"):
+        raise ValueError(f"annotator kind must be human or ai, not {annotator_kind!r}")
+
+    if fmt == "pickapic":
+        names = _parquet_file(path).schema_arrow.names
+        _require_columns(path, names, [["caption"], ["jpg_0", "media_0"], ["jpg_1", "media_1"], ["label_0"],
+                                       ["label_1"]], "Pick-a-Pic")
+        rows_factory: Callable[[], Iterator[dict[str, Any]]] = lambda: _iter_parquet_rows(path)
+        convert = _pickapic_row
+    else:
+        if fmt == "trl-jsonl":
+            rows_factory = lambda: _iter_jsonl_rows(path)  # noqa: E731
+        else:
+            names = _parquet_file(path).schema_arrow.names
+            _require_columns(path, names, [["prompt"], ["chosen"], ["rejected"]], "TRL")
+            rows_factory = lambda: _iter_parquet_rows(path)  # noqa: E731
+        convert = _trl_row
+
+    # 1. Validate every row before writing anything (a bad row names its number).
+    for n, row in enumerate(rows_factory(), start=1):
+        try:
+            convert(row, fmt)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ImportFormatError(f"{path}, row {n}: {e}") from None
+        report.rows += 1
+
+    # 2. Write in batches, each its own transaction, so the app's votes are not
+    #    held up behind a long import. An interrupted import leaves no
+    #    completed record: run it again and the rows already stored are skipped.
+    with store.write() as db:
+        cur = db.execute(
+            "INSERT INTO imports (source_sha256, source_name, format, rows, judgments, created_at)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            (file_sha, path.name, fmt, report.rows, now_iso()),
+        )
+        import_id = int(cur.lastrowid)
+    batch: list[tuple[int, _ImportVote]] = []
+
+    def flush() -> None:
+        with store.write():
+            for n, vote in batch:
+                _store_vote(store, vote, import_id, report, annotator, annotator_kind, path, n)
+        batch.clear()
+
+    for n, row in enumerate(rows_factory(), start=1):
+        batch.append((n, convert(row, fmt)))
+        if len(batch) >= _WRITE_BATCH:
+            flush()
+    flush()
+    with store.write() as db:
+        db.execute(
+            "UPDATE imports SET judgments = ?, completed_at = ? WHERE id = ?", (report.judgments, now_iso(), import_id)
+        )
+    return report
+
+
+@dataclass
+class _Candidate:
+    media: bytes
+    mime: str | None
+    model: str
+    seed: int | None
+    params: dict[str, Any]
+
+
+@dataclass
+class _ImportVote:
+    modality: str
+    prompt: str
+    a: _Candidate
+    b: _Candidate
+    choice: str
+    strength: float | None
+    annotator: str | None
+    annotator_kind: str | None
+    created_at: str | None
+
+
+def _opt_str(row: dict[str, Any], key: str) -> str | None:
+    v = row.get(key)
+    if v is None:
+        return None
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+def _opt_int(row: dict[str, Any], key: str) -> int | None:
+    v = row.get(key)
+    if v is None:
+        return None
+    if isinstance(v, float) and v != v:  # NaN from pandas-written files
+        return None
+    return int(v)
+
+
+def _params(row: dict[str, Any], key: str) -> dict[str, Any]:
+    v = row.get(key)
+    if v in (None, ""):
+        return {}
+    if isinstance(v, dict):
+        return v
+    p = json.loads(v)
+    if not isinstance(p, dict):
+        raise ValueError(f"{key} must be a JSON object")
+    return p
+
+
+def _choice_from_labels(l0: float, l1: float) -> tuple[str, float | None]:
+    for choice, (c0, c1) in _CHOICE_LABELS.items():
+        if (l0, l1) == (c0, c1):
+            return choice, None
+    if abs(l0 + l1 - 1.0) > 1e-6 or not 0.0 <= l0 <= 1.0:
+        raise ValueError(
+            f"labels ({l0}, {l1}) are not a vote: use 1/0, 0/1, 0.5/0.5 (tie), 0/0 (both bad), "
+            "or a soft label p/1-p"
+        )
+    return ("a" if l0 > 0.5 else "b" if l0 < 0.5 else "tie"), l0
+
+
+def _pickapic_row(row: dict[str, Any], fmt: str) -> _ImportVote:
+    prefix = "jpg" if "jpg_0" in row else "media"
+    m0, m1 = row[f"{prefix}_0"], row[f"{prefix}_1"]
+    if not isinstance(m0, (bytes, bytearray)) or not isinstance(m1, (bytes, bytearray)) or not m0 or not m1:
+        raise ValueError(f"{prefix}_0 and {prefix}_1 must hold the candidates' encoded bytes")
+    if row.get("caption") is None or not str(row["caption"]).strip():
+        raise ValueError("caption is empty")
+    l0, l1 = row["label_0"], row["label_1"]
+    if l0 is None or l1 is None:
+        raise ValueError("label_0/label_1 are empty (an unlabeled pair is not a vote)")
+    choice, strength = _choice_from_labels(float(l0), float(l1))
+    mime0, mime1 = _opt_str(row, "mime_0") or sniff_mime(bytes(m0)), _opt_str(row, "mime_1") or sniff_mime(bytes(m1))
+    modality = _opt_str(row, "modality") or _modality_from_mime(mime0)
+    if modality == "image":
+        _verify_image(bytes(m0), "the first image")
+        _verify_image(bytes(m1), "the second image")
+    annotator = _opt_str(row, "annotator")
+    if annotator is None and row.get("user_id") is not None:
+        annotator = f"pickapic-user-{row['user_id']}"
+    return _ImportVote(
+        modality=modality,
+        prompt=str(row["caption"]),
+        a=_Candidate(bytes(m0), mime0, _opt_str(row, "model_0") or "imported", _opt_int(row, "seed_0"),
+                     _params(row, "params_0")),
+        b=_Candidate(bytes(m1), mime1, _opt_str(row, "model_1") or "imported", _opt_int(row, "seed_1"),
+                     _params(row, "params_1")),
+        choice=choice,
+        strength=strength,
+        annotator=annotator,
+        annotator_kind=_opt_str(row, "annotator_kind"),
+        created_at=_opt_str(row, "created_at"),
+    )
+
+
+def _text_of(value: Any, what: str, role: str) -> str:
+    """A TRL field as plain text: a string, or a single-turn conversation."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        msgs = [m for m in value if m.get("role") == role]
+        others = [m.get("role") for m in value if m.get("role") != role]
+        if len(msgs) != 1 or others:
+            raise ValueError(
+                f"{what}: only single-turn conversations are supported (one {role!r} message); "
+                f"got roles {[m.get('role') for m in value]}"
+            )
+        content = msgs[0].get("content")
+        if not isinstance(content, str):
+            raise ValueError(f"{what}: message content must be text")
+        return content
+    raise ValueError(f"{what} must be a string or a list of chat messages, got {type(value).__name__}")
+
+
+def _trl_row(row: dict[str, Any], fmt: str) -> _ImportVote:
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            raise ValueError(f"missing field {key!r} (TRL rows need prompt, chosen, rejected)")
+    prompt = _text_of(row["prompt"], "prompt", "user")
+    chosen = _text_of(row["chosen"], "chosen", "assistant")
+    rejected = _text_of(row["rejected"], "rejected", "assistant")
+    if not prompt.strip():
+        raise ValueError("prompt is empty")
+    label = row.get("label")
+    strength = None
+    if label is not None and float(label) != 1.0:
+        strength = float(label)
+        if not 0.5 < strength <= 1.0:
+            raise ValueError(f"label {label} must be the chosen side's share of votes, in (0.5, 1]")
+    model_c = _opt_str(row, "model_chosen") or _opt_str(row, "model") or "imported"
+    model_r = _opt_str(row, "model_rejected") or _opt_str(row, "model") or "imported"
+    return _ImportVote(
+        modality="text",
+        prompt=prompt,
+        a=_Candidate(chosen.encode("utf-8"), "text/plain", model_c, _opt_int(row, "seed_chosen"),
+                     _params(row, "params_chosen")),
+        b=_Candidate(rejected.encode("utf-8"), "text/plain", model_r, _opt_int(row, "seed_rejected"),
+                     _params(row, "params_rejected")),
+        choice="a",
+        strength=strength,
+        annotator=_opt_str(row, "annotator"),
+        annotator_kind=_opt_str(row, "annotator_kind"),
+        created_at=_opt_str(row, "created_at"),
+    )
+
+
+def _modality_from_mime(mime: str) -> str:
+    top = mime.split("/", 1)[0]
+    return {"image": "image", "audio": "music", "video": "video", "text": "text"}.get(top, "image")
+
+
+def _verify_image(data: bytes, what: str) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{what} is not a readable image ({e})") from None
+
+
+def _find_generation(store: Store, prompt_id: int, modality: str, c: _Candidate, sha: str) -> int | None:
+    rows = store.db.execute(
+        "SELECT id FROM generations WHERE prompt_id = ? AND modality = ? AND model = ? AND media_sha256 = ?"
+        " AND seed IS ? ORDER BY id LIMIT 1",
+        (prompt_id, modality, c.model, sha, c.seed),
+    ).fetchall()
+    return int(rows[0][0]) if rows else None
+
+
+def _store_vote(
+    store: Store,
+    v: _ImportVote,
+    import_id: int,
+    report: ExchangeReport,
+    annotator: str | None,
+    annotator_kind: str | None,
+    path: Path,
+    n: int,
+) -> None:
+    from .media import sha256_bytes
+
+    if v.modality not in ("image", "video", "music", "text"):
+        raise ImportFormatError(f"{path}, row {n}: unknown modality {v.modality!r}")
+    ann = annotator or v.annotator or f"import:{path.name}"
+    ann_kind = annotator_kind or v.annotator_kind or "human"
+    if ann_kind not in ("human", "ai"):
+        raise ImportFormatError(f"{path}, row {n}: annotator_kind must be human or ai, not {ann_kind!r}")
+    created_at = v.created_at or now_iso()
+    prompt_id = store.add_prompt(v.prompt)
+    ids = []
+    for c in (v.a, v.b):
+        sha = sha256_bytes(c.media)
+        gid = _find_generation(store, prompt_id, v.modality, c, sha)
+        if gid is None:
+            gid = store.add_generation(
+                prompt=v.prompt, modality=v.modality, model=c.model, media=c.media, mime=c.mime, seed=c.seed,
+                params=c.params, created_at=created_at,
+            ).id
+            report.generations_created += 1
+        ids.append(gid)
+    if ids[0] == ids[1]:
+        report.skip("both sides are the same candidate")
+        return
+    dup = store.db.execute(
+        "SELECT 1 FROM pairwise_votes WHERE generation_a = ? AND generation_b = ? AND choice = ?"
+        " AND strength IS ? AND annotator = ? AND annotator_kind = ? AND created_at = ?",
+        (ids[0], ids[1], v.choice, v.strength, ann, ann_kind, created_at),
+    ).fetchone()
+    if dup:
+        report.skip("already in the store")
+        return
+    store.vote(
+        ids[0], ids[1], v.choice, annotator=ann, annotator_kind=ann_kind, strength=v.strength,
+        context="import", created_at=created_at, import_id=import_id,
+    )
+    report.judgments += 1
