@@ -42,13 +42,17 @@ if [ "$have_stamp" = "$want_stamp" ] || [ "$have_stamp" = "$dev_stamp" ]; then
   exit 0
 fi
 
+# pip's own notices about unused index locations are noise here; errors still show.
+pip_install() {
+  "$PY" -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 echo "[palate] installing dependencies into $VENV (first run takes a few minutes)" >&2
-"$PY" -m pip install --quiet --upgrade pip
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.") else 1)' 2>/dev/null; then
-  "$PY" -m pip install --quiet "$TORCH_SPEC"
+  pip_install "$TORCH_SPEC"
 fi
 target="$ROOT"
 if [ -n "$EXTRAS" ]; then target="$ROOT[$EXTRAS]"; fi
-"$PY" -m pip install --quiet -e "$target"
+pip_install -e "$target"
 echo "$want_stamp" > "$stamp_file"
 echo "[palate] environment ready" >&2
