@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from storage import ENV_VAR, MODALITIES, Store, StoreError
@@ -120,14 +122,19 @@ def cmd_add(args: argparse.Namespace) -> int:
     seeds = list(args.seed or [])
     if seeds and len(seeds) != len(args.files):
         raise ValueError(f"give one --seed per file ({len(args.files)} files, {len(seeds)} seeds) or none")
-    out = []
+    paths = [Path(f) for f in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"media file(s) {', '.join(missing)} do not exist; nothing was added")
     with _open(args) as store:
-        for i, f in enumerate(args.files):
-            g = store.add_generation(
-                prompt=args.prompt, modality=args.modality, model=args.model, model_revision=args.revision,
-                media=_path(f), seed=seeds[i] if seeds else None, params=params,
-            )
-            out.append(g)
+        with store.write():  # all files or none
+            out = [
+                store.add_generation(
+                    prompt=args.prompt, modality=args.modality, model=args.model, model_revision=args.revision,
+                    media=p, seed=seeds[i] if seeds else None, params=params,
+                )
+                for i, p in enumerate(paths)
+            ]
     if args.json:
         _print_json([{"id": g.id, "path": g.media_path, "sha256": g.media_sha256} for g in out])
     else:
@@ -164,6 +171,8 @@ def cmd_vote(args: argparse.Namespace) -> int:
             print(f"deleted judgment {jid}")
             return 0
         if args.ranking:
+            if args.ids or args.choice or args.strength is not None:
+                raise ValueError("--ranking takes the ids itself; do not combine it with A B, --choice or --strength")
             groups = [_parse_rank_token(t) for t in args.ranking]
             jid = store.rank(
                 [g[0] if len(g) == 1 else g for g in groups], unranked=args.unranked or [],
@@ -204,6 +213,8 @@ def cmd_export_dataset(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from storage.exchange import import_dataset
 
+    if args.ai and not args.annotator:
+        raise ValueError("--ai marks the --annotator NAME you give as an AI judge; give --annotator too")
     with _open(args) as store:
         report = import_dataset(
             store, args.file, fmt=args.format, annotator=args.annotator,
@@ -245,12 +256,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------
-
-
-def _path(p: str):
-    from pathlib import Path
-
-    return Path(p)
 
 
 def _short(text: str, n: int) -> str:
@@ -368,8 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (StoreError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (StoreError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as e:
+        print(f"error: database error: {e} (run `python -m app db check` to inspect the store)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)

@@ -106,9 +106,13 @@ def check_adapter(
         if params:
             for p in params:
                 p.grad = None
-            adapter.score(model, batch, _gen(seed, device)).sum().backward()
-            if not any(p.grad is not None and torch.any(p.grad != 0) for p in params):
-                errors.append("no gradient reaches the model's trainable parameters through score")
+            scores = adapter.score(model, batch, _gen(seed, device))
+            if not scores.requires_grad:
+                errors.append("no gradient reaches the model's trainable parameters through score (it has no graph)")
+            else:
+                scores.sum().backward()
+                if not any(p.grad is not None and torch.any(p.grad != 0) for p in params):
+                    errors.append("no gradient reaches the model's trainable parameters through score")
             for p in params:
                 p.grad = None
     if errors:

@@ -29,7 +29,11 @@ Conventions -- written once, here, and kept everywhere:
   same noise and t, and two calls with generators in the same state -- one for
   the policy, one for the reference -- see the same noise and t too.
 * **The reference model** is the policy with its LoRA adapter disabled (one
-  model in memory), never a second copy.
+  model in memory), never a second copy. Beware when training on top of an
+  existing adapter: "adapter disabled" is then the *base* model, not the
+  previous adapter. The trainer must choose on purpose -- merge the previous
+  adapter into the base weights first (reference = previous adapter), or keep
+  the base as reference and say so in the run's config -- never silently.
 
 An adapter implements :class:`ModalityAdapter` and registers itself in
 :mod:`modalities.registry`. :mod:`modalities.contract` holds the generic checks

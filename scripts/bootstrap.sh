@@ -14,6 +14,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PALATE_VENV:-$ROOT/.venv}"
 TORCH_SPEC="${PALATE_TORCH_SPEC:-torch==2.13.0}"
+# Optional index for torch alone, e.g. https://download.pytorch.org/whl/cpu for the
+# CPU-only build on a Linux machine without a GPU (plain PyPI serves the CUDA build).
+TORCH_INDEX_URL="${PALATE_TORCH_INDEX_URL:-}"
 EXTRAS="${1:-}"   # "" for the app, "dev" for the test suite
 
 PYTHON="${PYTHON:-python3}"
@@ -49,7 +52,11 @@ pip_install() {
 
 echo "[palate] installing dependencies into $VENV (first run takes a few minutes)" >&2
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.") else 1)' 2>/dev/null; then
-  pip_install "$TORCH_SPEC"
+  if [ -n "$TORCH_INDEX_URL" ]; then
+    pip_install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
+  else
+    pip_install "$TORCH_SPEC"
+  fi
 fi
 target="$ROOT"
 if [ -n "$EXTRAS" ]; then target="$ROOT[$EXTRAS]"; fi

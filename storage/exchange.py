@@ -25,9 +25,11 @@ unless ``force``; rows identical to stored votes are skipped.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -35,6 +37,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 from . import derive
 from .errors import AlreadyImportedError, ImportFormatError
 from .media import sha256_file, sniff_mime
+from .schema import MODALITIES
 from .store import Store, now_iso
 
 ExportFormat = Literal["pickapic", "trl-jsonl", "trl-parquet"]
@@ -188,8 +191,9 @@ def export_dataset(
         raise ValueError("pickapic holds media pairs; for text use --format trl-jsonl or trl-parquet")
     out = Path(out)
     report = ExchangeReport(str(out), fmt)
-    votes = list(_export_votes(store, modality, model))
-    gens = {g.id: g for g in store.get_generations(sorted({i for v in votes for i in (v.a, v.b)}))}
+    with store.read():  # one snapshot: votes and rankings from the same moment
+        votes = list(_export_votes(store, modality, model))
+        gens = {g.id: g for g in store.get_generations(sorted({i for v in votes for i in (v.a, v.b)}))}
 
     def media(gid: int) -> bytes:
         return store.media_bytes(gens[gid])
@@ -417,16 +421,17 @@ def import_dataset(
             (file_sha, path.name, fmt, report.rows, now_iso()),
         )
         import_id = int(cur.lastrowid)
-    batch: list[tuple[int, _ImportVote]] = []
+    batch: list[_ImportVote] = []
+    existing = _existing_vote_keys(store)
 
     def flush() -> None:
         with store.write():
-            for n, vote in batch:
-                _store_vote(store, vote, import_id, report, annotator, annotator_kind, path, n)
+            for vote in batch:
+                _store_vote(store, vote, import_id, report, annotator, annotator_kind, path, existing)
         batch.clear()
 
-    for n, row in enumerate(rows_factory(), start=1):
-        batch.append((n, convert(row, fmt)))
+    for row in rows_factory():
+        batch.append(convert(row, fmt))
         if len(batch) >= _WRITE_BATCH:
             flush()
     flush()
@@ -489,6 +494,13 @@ def _params(row: dict[str, Any], key: str) -> dict[str, Any]:
     return p
 
 
+def _annotator_kind(row: dict[str, Any]) -> str | None:
+    kind = _opt_str(row, "annotator_kind")
+    if kind is not None and kind not in ("human", "ai"):
+        raise ValueError(f"annotator_kind must be human or ai, not {kind!r}")
+    return kind
+
+
 def _choice_from_labels(l0: float, l1: float) -> tuple[str, float | None]:
     for choice, (c0, c1) in _CHOICE_LABELS.items():
         if (l0, l1) == (c0, c1):
@@ -517,6 +529,8 @@ def _pickapic_row(row: dict[str, Any], fmt: str) -> _ImportVote:
     if modality == "image":
         _verify_image(bytes(m0), "the first image")
         _verify_image(bytes(m1), "the second image")
+    if modality not in MODALITIES or modality == "text":
+        raise ValueError(f"modality {modality!r} is not a media modality ({', '.join(m for m in MODALITIES if m != 'text')})")
     annotator = _opt_str(row, "annotator")
     if annotator is None and row.get("user_id") is not None:
         annotator = f"pickapic-user-{row['user_id']}"
@@ -530,7 +544,7 @@ def _pickapic_row(row: dict[str, Any], fmt: str) -> _ImportVote:
         choice=choice,
         strength=strength,
         annotator=annotator,
-        annotator_kind=_opt_str(row, "annotator_kind"),
+        annotator_kind=_annotator_kind(row),
         created_at=_opt_str(row, "created_at"),
     )
 
@@ -581,7 +595,7 @@ def _trl_row(row: dict[str, Any], fmt: str) -> _ImportVote:
         choice="a",
         strength=strength,
         annotator=_opt_str(row, "annotator"),
-        annotator_kind=_opt_str(row, "annotator_kind"),
+        annotator_kind=_annotator_kind(row),
         created_at=_opt_str(row, "created_at"),
     )
 
@@ -610,6 +624,39 @@ def _find_generation(store: Store, prompt_id: int, modality: str, c: _Candidate,
     return int(rows[0][0]) if rows else None
 
 
+def _vote_key(prompt: str, a: tuple, b: tuple, choice: str, strength: float | None, annotator: str,
+              annotator_kind: str, created_at: str | None) -> str:
+    """What makes two votes "the same vote" across stores: the candidates by
+    content (sha256, model, seed), the verdict, who, and when (None when the
+    file did not say)."""
+    blob = json.dumps([prompt, list(a), list(b), choice, strength, annotator, annotator_kind, created_at])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _existing_vote_keys(store: Store) -> Counter:
+    """Keys of every vote already stored (pairwise, derived from rankings, and
+    imported rows that carried no time stamp)."""
+    keys: Counter = Counter()
+    with store.read():
+        gens = {
+            r["id"]: r
+            for r in store.query(
+                "SELECT g.id, g.seed, g.model, g.media_sha256, p.text FROM generations g"
+                " JOIN prompts p ON p.id = g.prompt_id"
+            )
+        }
+        for modality in MODALITIES:
+            for v in _export_votes(store, modality, None):
+                ga, gb = gens[v.a], gens[v.b]
+                keys[_vote_key(
+                    ga["text"], (ga["media_sha256"], ga["model"], ga["seed"]), (gb["media_sha256"], gb["model"], gb["seed"]),
+                    v.choice, v.strength, v.annotator, v.annotator_kind, v.created_at,
+                )] += 1
+        for r in store.query("SELECT import_key FROM judgments WHERE import_key IS NOT NULL"):
+            keys[r["import_key"]] += 1
+    return keys
+
+
 def _store_vote(
     store: Store,
     v: _ImportVote,
@@ -618,21 +665,23 @@ def _store_vote(
     annotator: str | None,
     annotator_kind: str | None,
     path: Path,
-    n: int,
+    existing: Counter,
 ) -> None:
     from .media import sha256_bytes
 
-    if v.modality not in ("image", "video", "music", "text"):
-        raise ImportFormatError(f"{path}, row {n}: unknown modality {v.modality!r}")
     ann = annotator or v.annotator or f"import:{path.name}"
     ann_kind = annotator_kind or v.annotator_kind or "human"
-    if ann_kind not in ("human", "ai"):
-        raise ImportFormatError(f"{path}, row {n}: annotator_kind must be human or ai, not {ann_kind!r}")
+    sha_a, sha_b = sha256_bytes(v.a.media), sha256_bytes(v.b.media)
+    key = _vote_key(v.prompt, (sha_a, v.a.model, v.a.seed), (sha_b, v.b.model, v.b.seed), v.choice, v.strength,
+                    ann, ann_kind, v.created_at)
+    if existing[key] > 0:
+        existing[key] -= 1
+        report.skip("already in the store")
+        return
     created_at = v.created_at or now_iso()
     prompt_id = store.add_prompt(v.prompt)
     ids = []
-    for c in (v.a, v.b):
-        sha = sha256_bytes(c.media)
+    for c, sha in ((v.a, sha_a), (v.b, sha_b)):
         gid = _find_generation(store, prompt_id, v.modality, c, sha)
         if gid is None:
             gid = store.add_generation(
@@ -644,16 +693,10 @@ def _store_vote(
     if ids[0] == ids[1]:
         report.skip("both sides are the same candidate")
         return
-    dup = store.db.execute(
-        "SELECT 1 FROM pairwise_votes WHERE generation_a = ? AND generation_b = ? AND choice = ?"
-        " AND strength IS ? AND annotator = ? AND annotator_kind = ? AND created_at = ?",
-        (ids[0], ids[1], v.choice, v.strength, ann, ann_kind, created_at),
-    ).fetchone()
-    if dup:
-        report.skip("already in the store")
-        return
-    store.vote(
+    jid = store.vote(
         ids[0], ids[1], v.choice, annotator=ann, annotator_kind=ann_kind, strength=v.strength,
         context="import", created_at=created_at, import_id=import_id,
     )
+    if v.created_at is None:  # remember the row itself, so importing it again is recognised
+        store.db.execute("UPDATE judgments SET import_key = ? WHERE id = ?", (key, jid))
     report.judgments += 1

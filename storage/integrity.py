@@ -65,46 +65,63 @@ class CheckReport:
         return p
 
 
+_RECOVER_HINT = (
+    "stop Palate, keep a copy of the data directory, and recover with "
+    "`sqlite3 palate.db .recover | sqlite3 recovered.db`"
+)
+
+
 def check_store(store: Store, *, repair: bool = False, verify_hashes: bool = True) -> CheckReport:
     report = CheckReport(str(store.path), store.schema_version())
-    _check_sqlite(store, report, repair)
+    if not _check_sqlite(store, report, repair):
+        return report  # the other checks would only trip over the damage
     _check_foreign_keys(store, report, repair)
     _check_media(store, report, repair, verify_hashes)
     _check_runs(store, report, repair)
     return report
 
 
-def _check_sqlite(store: Store, report: CheckReport, repair: bool) -> None:
-    rows = [r[0] for r in store.conn.execute("PRAGMA integrity_check").fetchall()]
+def _pragma(store: Store, sql: str) -> list[tuple]:
+    with store.read() as db:
+        return db.execute(sql).fetchall()
+
+
+def _check_sqlite(store: Store, report: CheckReport, repair: bool) -> bool:
+    """False when the file is too damaged to check further."""
+    try:
+        rows = [r[0] for r in _pragma(store, "PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as e:
+        report.add("integrity", "error", f"SQLite cannot read the database ({e}) -- {_RECOVER_HINT}")
+        return False
     if rows == ["ok"]:
-        return
+        return True
     problems = [report.add("integrity", "error", f"SQLite integrity_check: {r}") for r in rows]
     if repair:
         with store.write() as db:
             db.execute("REINDEX")
-        after = [r[0] for r in store.conn.execute("PRAGMA integrity_check").fetchall()]
+        after = [r[0] for r in _pragma(store, "PRAGMA integrity_check")]
         if after == ["ok"]:
             for p in problems:
                 p.repaired = True
             report.repairs.append("rebuilt all indexes (REINDEX); integrity_check is now ok")
-            return
-    problems[-1].message += (
-        " -- the database file is damaged beyond an index rebuild; stop Palate, keep a copy of the data "
-        "directory, and recover with `sqlite3 palate.db .recover | sqlite3 recovered.db`"
-    )
+            return True
+    problems[-1].message += " -- " + (
+        "the damage is beyond an index rebuild; " if repair else "try --repair (rebuilds indexes); if that fails, "
+    ) + _RECOVER_HINT
+    return True
 
 
 def _check_foreign_keys(store: Store, report: CheckReport, repair: bool) -> None:
     try:
-        rows = store.conn.execute("PRAGMA foreign_key_check").fetchall()
+        rows = _pragma(store, "PRAGMA foreign_key_check")
     except sqlite3.DatabaseError as e:
         report.add("references", "error", f"foreign_key_check failed: {e}")
         return
     for table, rowid, parent, fkid in rows:
-        fk = store.conn.execute(f"PRAGMA foreign_key_list({table})").fetchall()
+        fk = _pragma(store, f"PRAGMA foreign_key_list({table})")
         col = next((r[3] for r in fk if r[0] == fkid), "?")
-        value = store.conn.execute(f"SELECT {col} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
-        value = value[0] if value else None
+        found = store.query(f"SELECT {col} AS v FROM {table} WHERE rowid = ?", (rowid,))
+        value = found[0]["v"] if found else None
         p = report.add(
             "references", "error", f"{table} row {rowid}: {col} = {value} points at a missing {parent} row"
         )
@@ -118,8 +135,8 @@ def _check_foreign_keys(store: Store, report: CheckReport, repair: bool) -> None
 
 
 def _jid(store: Store, rowid: int) -> int | None:
-    r = store.conn.execute("SELECT judgment_id FROM judgment_items WHERE rowid = ?", (rowid,)).fetchone()
-    return r[0] if r else None
+    r = store.query("SELECT judgment_id FROM judgment_items WHERE rowid = ?", (rowid,))
+    return r[0]["judgment_id"] if r else None
 
 
 def _check_media(store: Store, report: CheckReport, repair: bool, verify_hashes: bool) -> None:
@@ -132,6 +149,7 @@ def _check_media(store: Store, report: CheckReport, repair: bool, verify_hashes:
     for rel in on_disk:
         by_sha.setdefault(os.path.basename(rel).split(".")[0], []).append(rel)
 
+    repointed: dict[str, str] = {}
     for rel, r in referenced.items():
         path = media.abspath(rel)
         if not path.exists():
@@ -143,6 +161,7 @@ def _check_media(store: Store, report: CheckReport, repair: bool, verify_hashes:
             if repair and alt:
                 with store.write() as db:
                     db.execute("UPDATE media SET path = ? WHERE sha256 = ?", (alt[0], r["sha256"]))
+                repointed[alt[0]] = r["sha256"]
                 p.repaired = True
                 report.repairs.append(f"media {r['sha256'][:12]}…: pointed at {alt[0]} (same content)")
             elif not alt:
@@ -152,16 +171,23 @@ def _check_media(store: Store, report: CheckReport, repair: bool, verify_hashes:
             report.add("media", "error", f"media file {rel} no longer matches its sha256 (modified or corrupt)")
 
     now = time.time()
-    known = set(referenced)
+    known = set(referenced) | set(repointed)
     for rel in on_disk:
         if rel in known:
             continue
         path = media.abspath(rel)
         p = report.add("media", "warning", f"unreferenced media file {rel} (from an interrupted write?)")
         if repair and now - path.stat().st_mtime > ORPHAN_MIN_AGE_S:
-            path.unlink()
-            p.repaired = True
-            report.repairs.append(f"removed unreferenced {rel}")
+            # Re-check under the write lock: another process may have referenced it
+            # since the listing above (adding existing content refreshes its mtime).
+            with store.write() as db:
+                still_orphan = not db.execute("SELECT 1 FROM media WHERE path = ?", (rel,)).fetchone()
+                fresh = time.time() - path.stat().st_mtime <= ORPHAN_MIN_AGE_S
+                if still_orphan and not fresh:
+                    path.unlink()
+            if still_orphan and not fresh:
+                p.repaired = True
+                report.repairs.append(f"removed unreferenced {rel}")
     for tmp in media.iter_temp_files():
         p = report.add("media", "warning", f"leftover temporary file {tmp.name} from an interrupted write")
         if repair and now - tmp.stat().st_mtime > ORPHAN_MIN_AGE_S:

@@ -134,49 +134,77 @@ class MediaStore:
         """Store ``data`` and return where it lives. Idempotent per content."""
         mime = mime or sniff_mime(data)
         sha = sha256_bytes(data)
-        return self._commit(sha, mime, len(data), lambda f: f.write(data))
+        existing = self._existing(sha, mime, len(data))
+        if existing is not None:
+            return existing
+        tmp, written_sha, size = self._write_temp(lambda f: f.write(data), mime, len(data))
+        return self._finalize(tmp, written_sha, mime, size)
 
     def put_file(self, path: Path, mime: str | None = None) -> StoredMedia:
-        """Copy an existing file into the store (streamed, hashed on the way)."""
+        """Copy an existing file into the store, hashing the bytes as they are
+        copied (so the name always matches what was stored, even if the source
+        changes meanwhile)."""
         path = Path(path)
         with open(path, "rb") as src:
             head = src.read(4096)
         mime = mime or sniff_mime(head)
-        sha = sha256_file(path)
-        size = path.stat().st_size
 
         def write(f: BinaryIO) -> None:
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, f, _CHUNK)
 
-        return self._commit(sha, mime, size, write)
+        tmp, sha, size = self._write_temp(write, mime, None)
+        return self._finalize(tmp, sha, mime, size)
 
-    def _commit(self, sha: str, mime: str, size: int, write) -> StoredMedia:
+    def _existing(self, sha: str, mime: str, size: int) -> StoredMedia | None:
         rel = self.relpath_for(sha, mime)
         final = self.data_dir / rel
-        if final.exists() and final.stat().st_size == size:
-            return StoredMedia(sha, rel, mime, size)
+        try:
+            if final.stat().st_size != size:
+                return None
+            # Refresh the time stamp: `db check --repair` removes only unreferenced
+            # files older than an hour, and this one is about to be referenced.
+            os.utime(final)
+        except OSError:
+            return None
+        return StoredMedia(sha, rel, mime, size)
+
+    def _write_temp(self, write, mime: str, expected_size: int | None) -> tuple[Path, str, int]:
+        """Write to ``media/.tmp/<random>.part``, fsynced; return it, its sha256 and size."""
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            final.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            written = tmp.stat().st_size
-            if written != size:
-                raise OSError(errno.EIO, f"wrote {written} bytes, expected {size}")
+            size = tmp.stat().st_size
+            if expected_size is not None and size != expected_size:
+                raise OSError(errno.EIO, f"wrote {size} bytes, expected {expected_size}")
+            return tmp, sha256_file(tmp), size
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise MediaWriteError(
+                f"could not store a {mime} file in {self.root}: {_describe_oserror(e)}; nothing was recorded. "
+                "Free some space or choose another --data-dir, then retry."
+            ) from e
+
+    def _finalize(self, tmp: Path, sha: str, mime: str, size: int) -> StoredMedia:
+        """Rename a written temp file to its content address (atomic)."""
+        existing = self._existing(sha, mime, size)
+        if existing is not None:
+            _unlink_quietly(tmp)
+            return existing
+        rel = self.relpath_for(sha, mime)
+        final = self.data_dir / rel
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as e:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
             raise MediaWriteError(
-                f"could not store a {size}-byte {mime} file in {self.root}: {_describe_oserror(e)}; "
-                "nothing was recorded. Free some space or choose another --data-dir, then retry."
+                f"could not store a {mime} file in {self.root}: {_describe_oserror(e)}; nothing was recorded."
             ) from e
         return StoredMedia(sha, rel, mime, size)
 
@@ -197,6 +225,13 @@ class MediaStore:
     def iter_temp_files(self):
         if self.tmp_dir.exists():
             yield from sorted(p for p in self.tmp_dir.iterdir() if p.is_file())
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

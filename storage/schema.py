@@ -169,6 +169,8 @@ def _0002_imports(db: sqlite_utils.Database) -> None:
         );
         CREATE INDEX idx_imports_sha ON imports(source_sha256);
         ALTER TABLE judgments ADD COLUMN import_id INTEGER REFERENCES imports(id);
+        ALTER TABLE judgments ADD COLUMN import_key TEXT;
+        CREATE INDEX idx_judgments_import_key ON judgments(import_key) WHERE import_key IS NOT NULL;
         """
     )
 

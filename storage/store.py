@@ -204,9 +204,21 @@ class Store:
         except sqlite3.Error as e:
             raise DataDirError(f"cannot open database {db_path}: {e}") from None
         try:
+            _refuse_foreign_database(conn, db_path)
             _configure(conn, db_path)
             store = cls(data_dir, conn)
             store._migrate(tuple(migrations))
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise StoreError(
+                    f"{db_path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s; "
+                    "is a long import or a stuck process holding it?"
+                ) from None
+            raise NotADatabaseError(
+                f"{db_path} is damaged or not a Palate database ({e}). Palate will not change it: keep a copy, "
+                "try `sqlite3 palate.db .recover | sqlite3 recovered.db`, or use another --data-dir."
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -234,12 +246,28 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self.conn.execute("COMMIT")
             except BaseException:
+                # Also when COMMIT itself fails (disk full, I/O error): a transaction
+                # left open would swallow every later write as a savepoint.
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-            else:
-                self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite_utils.Database]:
+        """One consistent snapshot for several queries (WAL readers never block
+        writers). Do not write inside it: use ``write()`` for that."""
+        with self._lock:
+            if self.conn.in_transaction:
+                yield self.db
+                return
+            self.conn.execute("BEGIN")
+            try:
+                yield self.db
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -584,11 +612,14 @@ class Store:
         from pairwise judgments and derived from rankings."""
         _check_modality(modality)
         derive._check_derivation(derivation)
+        with self.read():
+            return self._votes(modality, model, derivation, contexts)
+
+    def _votes(
+        self, modality: str, model: str | None, derivation: derive.Derivation, contexts: Sequence[str] | None
+    ) -> list[derive.Vote]:
         gen_ok = self._eligible_generations(modality, model)
-        ctx_sql, ctx_params = "", []
-        if contexts is not None:
-            ctx_sql = f" AND j.context IN ({','.join('?' * len(contexts))})"
-            ctx_params = list(contexts)
+        ctx_sql, ctx_params = _context_filter(contexts)
         out: list[derive.Vote] = []
         for r in self.query(
             "SELECT judgment_id, generation_a, generation_b, choice, strength FROM pairwise_votes j"
@@ -623,7 +654,11 @@ class Store:
         ``aggregate=False``: one pair per decisive vote, repeats included.
         Ties and both-bad judgments never become pairs; they stay in the store.
         """
-        votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
+        with self.read():
+            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
+            return self._pairs(votes, aggregate)
+
+    def _pairs(self, votes: list[derive.Vote], aggregate: bool) -> list[PreferencePair]:
         if aggregate:
             rows = [
                 (w, l, share, n, a.judgment_ids)
@@ -653,9 +688,10 @@ class Store:
     ) -> list[SoftLabel]:
         """Pairs judged at least ``min_votes`` times, with the share of votes
         for the smaller id (ties count half; both-bad is not a vote)."""
-        votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
-        agg = [a for a in derive.aggregate_votes(votes) if a.n_votes >= min_votes]
-        prompts = self._prompts_of([a.x for a in agg])
+        with self.read():
+            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
+            agg = [a for a in derive.aggregate_votes(votes) if a.n_votes >= min_votes]
+            prompts = self._prompts_of([a.x for a in agg])
         return [SoftLabel(prompts[a.x][0], prompts[a.x][1], a.x, a.y, a.p_x, a.n_votes, a.judgment_ids) for a in agg]
 
     def ranked_groups(
@@ -668,16 +704,19 @@ class Store:
     ) -> list[RankedGroup]:
         """Rankings of K >= ``min_size`` candidates, best first, for listwise losses."""
         _check_modality(modality)
+        with self.read():
+            return self._ranked_groups(modality, model, min_size, contexts)
+
+    def _ranked_groups(
+        self, modality: str, model: str | None, min_size: int, contexts: Sequence[str] | None
+    ) -> list[RankedGroup]:
         gen_ok = self._eligible_generations(modality, model)
-        ctx_sql, ctx_params = "", []
-        if contexts is not None:
-            ctx_sql = f" AND j.context IN ({','.join('?' * len(contexts))})"
-            ctx_params = list(contexts)
+        ctx_sql, ctx_params = _context_filter(contexts)
         groups = []
         for jid, ranks in self._rankings(ctx_sql, ctx_params):
             ranks = {g: r for g, r in ranks.items() if g in gen_ok}
-            if len(ranks) < min_size or all(r is None for r in ranks.values()):
-                continue
+            if len(ranks) < min_size or len(set(ranks.values())) < 2 or all(r is None for r in ranks.values()):
+                continue  # an all-tied ranking has no winner to put first
             order = sorted(ranks, key=lambda g: (ranks[g] is None, ranks[g] or 0, g))
             groups.append((jid, tuple(order), tuple(ranks[g] for g in order)))
         prompts = self._prompts_of([g[1][0] for g in groups])
@@ -843,6 +882,10 @@ class Store:
         """Counts per (modality, model): prompts, generations, judgments by
         kind and choice, derived training pairs, and agreement on pairs judged
         more than once."""
+        with self.read():
+            return self._stats(modality, model)
+
+    def _stats(self, modality: str | None, model: str | None) -> list[dict[str, Any]]:
         where, params = _filters(modality=modality, model=model, alias="g")
         groups = self.query(
             "SELECT g.modality, g.model, COUNT(*) AS generations, COUNT(DISTINCT g.prompt_id) AS prompts"
@@ -916,6 +959,17 @@ def _check_sqlite_header(db_path: Path) -> None:
         )
 
 
+def _refuse_foreign_database(conn: sqlite3.Connection, db_path: Path) -> None:
+    """An SQLite file with tables but no Palate history is someone else's: leave it alone."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    if tables and "schema_migrations" not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotADatabaseError(
+            f"{db_path} is an SQLite database of something else (tables: {shown}), not Palate's. "
+            "Palate will not change it: move it away or use another --data-dir."
+        )
+
+
 def _configure(conn: sqlite3.Connection, db_path: Path) -> None:
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -961,6 +1015,13 @@ def _filters(*, alias: str, **values: Any) -> tuple[str, list[Any]]:
             clauses.append(f"{alias}.{k} = ?")
             params.append(v)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _context_filter(contexts: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """SQL restricting judgments (aliased ``j``) to the given contexts."""
+    if contexts is None:
+        return "", []
+    return f" AND j.context IN ({','.join('?' * len(contexts))})", list(contexts)
 
 
 def _agreement(votes: Sequence[derive.Vote], repeated: set[tuple[int, int]]) -> float | None:

@@ -86,7 +86,7 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
         (["vote", "--ranking", "1", "x"], "ranking entries are generation ids"),
         (["vote", "--undo"], "no judgment by 'you' to undo"),
         (["import", "/nonexistent/file.parquet"], "does not exist"),
-        (["add", "--prompt", "p", "--modality", "image", "--model", "m", "/nonexistent.png"], "does not exist"),
+        (["add", "--prompt", "p", "--modality", "image", "--model", "m", "/nonexistent.png"], "do not exist; nothing was added"),
         (["add", "--prompt", "", "--modality", "image", "--model", "m", __file__], "prompt is empty"),
         (["add", "--prompt", "p", "--modality", "image", "--model", "m", "--param", "oops", __file__], "KEY=VALUE"),
     ],

@@ -251,3 +251,26 @@ def test_token_logprob_score_masks_the_prompt():
     assert torch.allclose(token_logprob_score(logits, labels, mask, mean=True), torch.tensor([[-math.log(V)]]))
     logits[0, 0, 0, 2] = 100.0  # a confident prediction of a *prompt* token changes nothing
     assert torch.allclose(token_logprob_score(logits, labels, mask), torch.tensor([[-2 * math.log(V)]]))
+
+
+class ColumnDependent(SignalFlow):
+    """Broken: the score depends on a sample's column, not only on the sample."""
+
+    def score(self, model, batch, generator):
+        s = super().score(model, batch, generator)
+        return s + torch.arange(s.shape[1], dtype=s.dtype)
+
+
+class Detached(SignalFlow):
+    """Broken: scores computed without a graph, so training could never move the model."""
+
+    def score(self, model, batch, generator):
+        with torch.no_grad():
+            return super().score(model, batch, generator)
+
+
+@pytest.mark.parametrize("cls, message", [(ColumnDependent, "identical samples|reorder"), (Detached, "no gradient")])
+def test_more_broken_adapters(cls, message):
+    adapter = cls.load(ModelRef("toy"))
+    with pytest.raises(ContractError, match=message):
+        check_adapter(adapter, _batch(adapter))
