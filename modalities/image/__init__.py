@@ -1,0 +1,1 @@
+"""Image modality: the shapes world, the built-in model, and diffusers pipelines."""
