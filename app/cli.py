@@ -143,6 +143,26 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from app.generation import generate_candidates
+
+    params = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance), ("width", args.width),
+                                ("height", args.height), ("scheduler", args.scheduler)) if v is not None}
+    with _open(args) as store:
+        gens = generate_candidates(
+            store, modality=args.modality, prompt=args.prompt, n=args.n, model=args.model, seed=args.seed,
+            negative_prompt=args.negative_prompt, params=params, device=args.device,
+        )
+        data_dir = store.data_dir
+    if args.json:
+        _print_json([{"id": g.id, "seed": g.seed, "path": str(data_dir / g.media_path), "model": g.model,
+                      "params": g.params} for g in gens])
+    else:
+        for g in gens:
+            print(f"generation {g.id} (seed {g.seed}): {data_dir / g.media_path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args) as store:
         gens = store.list_generations(
@@ -305,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", help="negative prompt used, if any")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="another generation parameter (value parsed as JSON when it can be), repeatable")
+
+    # generate
+    p = add("generate", cmd_generate, "generate candidates for a prompt with a model and store them")
+    p.add_argument("--modality", default="image", choices=["image"], help="what to generate (default: image)")
+    p.add_argument("--prompt", required=True, help='e.g. "two small red circles on a blue background"')
+    p.add_argument("-n", type=int, default=4, help="how many candidates (1-64, default 4)")
+    p.add_argument("--model", help="hub id or local pipeline folder (default: the built-in shapes-diffusion)")
+    p.add_argument("--seed", type=int, help="seed of the first candidate; the others get seed+1, ... (default: random)")
+    p.add_argument("--negative-prompt", help="what the images should not show")
+    p.add_argument("--steps", type=int, help="denoising steps (model default when left out)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--scheduler", help="sampler: dpm++, ddim, euler, euler-a, unipc, pndm (UNet models); "
+                                       "flow-euler, flow-heun (flow models)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
 
     # list
     p = add("list", cmd_list, "list stored candidates (generations) with their ids")

@@ -52,8 +52,8 @@ def check_adapter(
     cls = type(adapter)
     if not isinstance(getattr(cls, "name", None), str) or not cls.name:
         errors.append("class attribute `name` must be a non-empty string")
-    if not isinstance(getattr(cls, "score_kind", None), ScoreKind):
-        errors.append("class attribute `score_kind` must be a ScoreKind")
+    if not isinstance(getattr(adapter, "score_kind", None), ScoreKind):
+        errors.append("`score_kind` must be a ScoreKind (a class attribute, or set per instance by the loaded model)")
     targets = adapter.lora_target_modules()
     if not targets or not all(isinstance(t, str) and t for t in targets):
         errors.append("lora_target_modules() must return a non-empty list of module names")

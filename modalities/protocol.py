@@ -219,8 +219,9 @@ class ModalityAdapter(abc.ABC):
 
     #: registry name: "image", "video", "music" or "text"
     name: ClassVar[str]
-    #: which score family ``score`` computes
-    score_kind: ClassVar[ScoreKind]
+    #: which score family ``score`` computes (an instance may override it when
+    #: the loaded model decides, e.g. a UNet or a flow transformer pipeline)
+    score_kind: ScoreKind
     #: module-name patterns LoRA wraps by default (peft ``target_modules``)
     default_lora_targets: ClassVar[tuple[str, ...]]
 

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from .protocol import ModalityAdapter
 
 # name -> "module:Class". Filled in by the modality issues (image, text, ...).
-_BUILTIN: dict[str, str] = {}
+_BUILTIN: dict[str, str] = {
+    "image": "modalities.image.adapter:ImageAdapter",
+}
 _REGISTRY: dict[str, str | type] = dict(_BUILTIN)
 
 

@@ -1,0 +1,73 @@
+"""Generating candidates and storing them: the service the CLI (and the UI) call.
+
+Loaded models are kept per (modality, model, device) in this process, so a
+second request for the same model does not load it again.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from storage import Generation, Store
+
+DEFAULT_MODELS = {"image": "shapes-diffusion"}
+_adapters: dict[tuple[str, str, str | None], Any] = {}
+_lock = threading.Lock()
+
+
+def default_model(modality: str) -> str:
+    if modality not in DEFAULT_MODELS:
+        raise ValueError(f"no built-in model for {modality!r} yet; pass --model (a hub id or a local folder)")
+    return DEFAULT_MODELS[modality]
+
+
+def get_adapter(store: Store, modality: str, model: str, *, device: str | None = None):
+    """The loaded adapter for ``model`` (loading it on first use)."""
+    from modalities import registry
+    from modalities.protocol import ModelRef
+
+    key = (modality, model, device)
+    with _lock:
+        if key not in _adapters:
+            cls = registry.get(modality)
+            kwargs: dict[str, Any] = {"device": device}
+            if modality == "image":
+                kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
+            _adapters[key] = cls.load(ModelRef(model), **kwargs)
+        return _adapters[key]
+
+
+def generate_candidates(
+    store: Store,
+    *,
+    modality: str,
+    prompt: str,
+    n: int = 4,
+    model: str | None = None,
+    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
+    negative_prompt: str | None = None,
+    params: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> list[Generation]:
+    """Generate ``n`` candidates for ``prompt`` and store them (all or none).
+
+    ``seed``: candidate i gets seed + i; ``seeds``: one per candidate; neither:
+    random seeds (recorded, so every candidate can be regenerated).
+    """
+    from modalities.protocol import GenerationRequest
+
+    # 1. Check the request before loading anything
+    if seeds is None and seed is not None:
+        seeds = [seed + i for i in range(n)]
+    request = GenerationRequest(prompt=prompt, n=n, seeds=tuple(seeds) if seeds is not None else None,
+                                negative_prompt=negative_prompt or None, params=dict(params or {}))
+    # 2. Load (or reuse) the model and generate
+    adapter = get_adapter(store, modality, model or default_model(modality), device=device)
+    samples = adapter.generate(request)
+    # 3. Store every candidate with its provenance, in one transaction
+    with store.write():
+        return [
+            store.add_generation(prompt=prompt, media=s.data, mime=s.mime, **s.provenance.storage_kwargs())
+            for s in samples
+        ]

@@ -1,0 +1,423 @@
+"""The image modality: one adapter over diffusers text-to-image pipelines.
+
+Families (see :mod:`modalities.protocol` for the score conventions):
+
+- ``unet``: UNet with epsilon or v prediction -- Stable Diffusion 1.5 / 2.x,
+  SDXL (two text encoders, added time/text conditioning), and the built-in
+  pixel-space shapes model. Score: minus the per-sample MSE between the UNet's
+  prediction and its target (noise, or v) at a timestep t drawn once per group.
+- ``flow``: flow-matching transformers -- SD3 style (MMDiT +
+  ``FlowMatchEulerDiscreteScheduler``). Score: minus the per-sample MSE of the
+  predicted velocity ``noise - x0`` at ``x_t = (1 - t) x0 + t noise`` (t = 1 is
+  pure noise), t drawn once per group.
+
+Models load by hub id or local folder. The built-in model is the folder
+``models/shapes-diffusion`` of this repository, also reachable by the alias
+``shapes-diffusion``; it loads through the same code.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ..protocol import GenerationRequest, Group, ModalityAdapter, ModelRef, Provenance, Sample, ScoreKind, TrainingBatch
+from ..scoring import denoising_score, flow_interpolate, flow_velocity_target, group_noise, group_timesteps, group_uniform_t
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILTIN_MODELS = {"shapes-diffusion": REPO_ROOT / "models" / "shapes-diffusion"}
+DEFAULT_MODEL = "shapes-diffusion"
+
+UNET_SCHEDULERS = {
+    "dpm++": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "pndm": "PNDMScheduler",
+}
+FLOW_SCHEDULERS = {"flow-euler": "FlowMatchEulerDiscreteScheduler", "flow-heun": "FlowMatchHeunDiscreteScheduler"}
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+MAX_SIDE = 4096
+
+
+class ModelLoadError(ValueError):
+    """A model reference that cannot be loaded; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+def resolve_model(model: str) -> tuple[str, Path | None]:
+    """(name to record, local folder or None for a hub id)."""
+    if model in BUILTIN_MODELS:
+        return model, BUILTIN_MODELS[model]
+    p = Path(model).expanduser()
+    local = p.exists() or model.startswith((".", "/", "~")) or ("/" in model and not _looks_like_hub_id(model))
+    if local:
+        return str(p.resolve()), p.resolve()
+    return model, None
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
+
+
+def _folder_revision(folder: Path) -> str:
+    """A short content hash of a local model's weights (tells retrained models apart)."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 16))
+    return h.hexdigest()[:12]
+
+
+def _check_pipeline_folder(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        hint = ""
+        if (folder / "config.json").is_file():
+            hint = " It holds a single model (config.json), not a whole pipeline: point --model at the pipeline folder."
+        raise ModelLoadError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json).{hint} "
+            "Use a folder saved with pipeline.save_pretrained(), or a hub id such as "
+            "stable-diffusion-v1-5/stable-diffusion-v1-5."
+        )
+    config = json.loads(index.read_text())
+    for name, value in config.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        if not (folder / name).is_dir():
+            raise ModelLoadError(
+                f"model folder {folder} is missing its {name!r} component (no {name}/ folder, but model_index.json "
+                f"lists {value[1]}); copy the whole pipeline folder"
+            )
+    return config
+
+
+def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a text-to-image pipeline by hub id or local folder, with a sensible
+    device (CUDA when present) and dtype (fp16/bf16 on GPU, fp32 on CPU)."""
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name, folder = resolve_model(ref.id)
+    if folder is not None:
+        config = _check_pipeline_folder(folder)
+        source: str = str(folder)
+    else:
+        try:
+            config = DiffusionPipeline.load_config(ref.id, revision=ref.revision)
+        except Exception as e:  # huggingface_hub raises many types; all mean "cannot get it"
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise ModelLoadError(
+                f"cannot load model {ref.id!r}: "
+                + ("the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache; "
+                   if offline else "it is not a local folder, and the hub did not give it (unknown id, no network, "
+                   "or a gated model needing `huggingface-cli login`); ")
+                + f"pass a local pipeline folder instead. ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from None
+        source = ref.id
+    class_name = config.get("_class_name", "")
+    is_flow = "transformer" in config and "unet" not in config
+    if dtype is None:
+        dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if is_flow else torch.float16)
+    # components listed as [null, null] (e.g. SD3 without T5) must be passed as None
+    missing = {k: None for k, v in config.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
+    try:
+        if class_name == "ShapesPixelPipeline":
+            from .pixel_pipeline import ShapesPixelPipeline
+
+            pipe = ShapesPixelPipeline.from_pretrained(source, dtype=dtype, **missing)
+        else:
+            pipe = DiffusionPipeline.from_pretrained(source, revision=ref.revision, dtype=dtype, **missing)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"cannot load pipeline {source!r} ({class_name}): {type(e).__name__}: {e}") from None
+    if not (hasattr(pipe, "unet") or hasattr(pipe, "transformer")):
+        raise ModelLoadError(f"{source!r} is a {class_name}, not a text-to-image pipeline with a UNet or transformer")
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    revision = ref.revision or (_folder_revision(folder) if folder is not None else None)
+    return pipe, name, revision
+
+
+# ---------------------------------------------------------------------------
+# the adapter
+# ---------------------------------------------------------------------------
+
+
+class ImageAdapter(ModalityAdapter):
+    """Text-to-image diffusion and flow pipelines behind the modality contract."""
+
+    name = "image"
+    score_kind = ScoreKind.DIFFUSION  # per instance: FLOW for transformer pipelines
+    default_lora_targets = ATTENTION_TARGETS
+
+    def __init__(self, pipe, *, model: str, revision: str | None = None, adapter: str | None = None,
+                 latent_cache: Path | None = None):
+        self.pipe = pipe
+        self.model_name = model
+        self.revision = revision
+        self.adapter_name = adapter
+        self.latent_cache = Path(latent_cache) if latent_cache else None
+        self.family = "flow" if getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None else "unet"
+        self.score_kind = ScoreKind.FLOW if self.family == "flow" else ScoreKind.DIFFUSION
+        if self.family == "unet":
+            from diffusers import DDPMScheduler
+
+            # the training noise schedule of the model (whatever sampler it ships with)
+            train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+            self._alphas_cumprod = train_sched.alphas_cumprod.float()
+            self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+            if self.prediction_type not in ("epsilon", "v_prediction"):
+                raise ModelLoadError(f"prediction type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+
+    @classmethod
+    def load(cls, ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None,
+             latent_cache: Path | None = None) -> "ImageAdapter":
+        pipe, name, revision = load_pipeline(ref, device=device, dtype=dtype)
+        return cls(pipe, model=name, revision=revision, adapter=ref.adapter, latent_cache=latent_cache)
+
+    # -- properties ----------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.trainable_module().device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.trainable_module().dtype
+
+    @property
+    def is_pixel_space(self) -> bool:
+        return getattr(self.pipe, "vae", None) is None
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this."""
+        if self.is_pixel_space:
+            return 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        vae_factor = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        patch = getattr(getattr(self.pipe, "transformer", None), "config", {}).get("patch_size", 1) if self.family == "flow" else 1
+        return vae_factor * patch
+
+    @property
+    def native_size(self) -> int:
+        module = self.trainable_module()
+        latent = module.config.sample_size
+        return latent if self.is_pixel_space else latent * 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    def default_params(self) -> dict[str, Any]:
+        cls = type(self.pipe).__name__
+        steps, guidance, sched = {
+            "ShapesPixelPipeline": (20, 3.0, "dpm++"),
+            "StableDiffusionXLPipeline": (30, 5.0, "euler"),
+            "StableDiffusion3Pipeline": (28, 7.0, "flow-euler"),
+        }.get(cls, (30, 7.5, "dpm++") if self.family == "unet" else (28, 5.0, "flow-euler"))
+        return {"steps": steps, "guidance": guidance, "width": self.native_size, "height": self.native_size,
+                "scheduler": sched}
+
+    def schedulers(self) -> dict[str, str]:
+        return FLOW_SCHEDULERS if self.family == "flow" else UNET_SCHEDULERS
+
+    # -- generation ----------------------------------------------------------
+    def _params(self, request: GenerationRequest) -> dict[str, Any]:
+        params = {**self.default_params(), **dict(request.params)}
+        unknown = set(params) - {"steps", "guidance", "width", "height", "scheduler"}
+        if unknown:
+            raise ValueError(f"unknown image setting(s) {sorted(unknown)}; use steps, guidance, width, height, scheduler")
+        steps = int(params["steps"])
+        if not 1 <= steps <= 200:
+            raise ValueError(f"steps must be between 1 and 200, got {steps}")
+        guidance = float(params["guidance"])
+        if not 0.0 <= guidance <= 30.0:
+            raise ValueError(f"guidance must be between 0 and 30, got {guidance}")
+        m = self.size_multiple
+        for side in ("width", "height"):
+            v = int(params[side])
+            if v % m or not m <= v <= MAX_SIDE:
+                raise ValueError(
+                    f"{side} {v} is impossible for this model: use a multiple of {m} between {m} and {MAX_SIDE} "
+                    f"(its native size is {self.native_size})"
+                )
+            params[side] = v
+        if params["scheduler"] not in self.schedulers():
+            raise ValueError(
+                f"unknown scheduler {params['scheduler']!r} for a {self.family} model; "
+                f"use one of {', '.join(self.schedulers())}"
+            )
+        params["steps"], params["guidance"] = steps, guidance
+        return params
+
+    def _set_scheduler(self, name: str) -> None:
+        import diffusers
+
+        cls = getattr(diffusers, self.schedulers()[name])
+        if type(self.pipe.scheduler) is not cls:
+            self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config)
+
+    @torch.no_grad()
+    def generate(self, request: GenerationRequest) -> list[Sample]:
+        params = self._params(request)
+        seeds = request.resolved_seeds()
+        self._set_scheduler(params["scheduler"])
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        kwargs: dict[str, Any] = dict(
+            prompt=[request.prompt] * request.n,
+            num_inference_steps=params["steps"],
+            guidance_scale=params["guidance"],
+            generator=generators,
+            height=params["height"],
+            width=params["width"],
+        )
+        if request.negative_prompt:
+            kwargs["negative_prompt"] = [request.negative_prompt] * request.n
+        images = self.pipe(**kwargs).images
+        out = []
+        for seed, image in zip(seeds, images):
+            record = {**params, "negative_prompt": request.negative_prompt or ""}
+            prov = Provenance("image", self.model_name, seed, record, revision=self.revision, adapter=self.adapter_name)
+            out.append(Sample(_png(image, request.prompt, prov), "image/png", prov))
+        return out
+
+    # -- training tensors ------------------------------------------------------
+    def _to_tensor(self, data: bytes) -> torch.Tensor:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+        return arr / 127.5 - 1.0
+
+    @torch.no_grad()
+    def _latent(self, data: bytes) -> torch.Tensor:
+        """Training latent of one image (cached on disk by model and image hash)."""
+        key = hashlib.sha256(f"{self.model_name}@{self.revision}".encode() + hashlib.sha256(data).digest()).hexdigest()
+        path = self.latent_cache / f"{key[:2]}/{key}.safetensors" if self.latent_cache else None
+        if path is not None and path.exists():
+            from safetensors.torch import load_file
+
+            return load_file(path)["latent"]
+        x = self._to_tensor(data)[None]
+        if self.is_pixel_space:
+            lat = x[0]
+        else:
+            vae = self.pipe.vae
+            dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            lat = ((dist.mean - shift) * vae.config.scaling_factor)[0].float().cpu()
+        if path is not None:
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"latent": lat.contiguous()}, tmp)
+            os.replace(tmp, path)
+        return lat
+
+    @torch.no_grad()
+    def encode(self, groups: Sequence[Group]) -> TrainingBatch:
+        if not groups:
+            raise ValueError("nothing to encode")
+        K = len(groups[0].samples)
+        if any(len(g.samples) != K for g in groups):
+            raise ValueError("every group in a batch must hold the same number of samples")
+        lats = [[self._latent(d) for d in g.samples] for g in groups]
+        shapes = {tuple(lat.shape) for row in lats for lat in row}
+        if len(shapes) > 1:
+            raise ValueError(f"images of one batch must share a size; got latent shapes {sorted(shapes)}")
+        latents = torch.stack([torch.stack(row) for row in lats])
+        prompts = [g.prompt for g in groups]
+        return TrainingBatch(prompts, {"latents": latents}, self._conditioning(prompts, latents.shape[-2:]))
+
+    def _conditioning(self, prompts: list[str], latent_hw) -> dict[str, torch.Tensor]:
+        pipe, device = self.pipe, self.device
+        cls = type(pipe).__name__
+        if cls == "ShapesPixelPipeline":
+            return {"encoder_hidden_states": pipe.encode_prompt(prompts).float().cpu()}
+        if cls == "StableDiffusionXLPipeline":
+            emb, _, pooled, _ = pipe.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
+            scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+            h, w = int(latent_hw[0]) * scale, int(latent_hw[1]) * scale
+            time_ids = pipe._get_add_time_ids(
+                (h, w), (0, 0), (h, w), dtype=emb.dtype, text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim
+            ).repeat(len(prompts), 1)
+            return {"encoder_hidden_states": emb.float().cpu(), "text_embeds": pooled.float().cpu(),
+                    "time_ids": time_ids.float().cpu()}
+        if self.family == "flow":
+            emb, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False)
+            return {"encoder_hidden_states": emb.float().cpu(), "pooled_projections": pooled.float().cpu()}
+        emb = pipe.encode_prompt(prompts, device, 1, False)[0]
+        return {"encoder_hidden_states": emb.float().cpu()}
+
+    # -- score ---------------------------------------------------------------
+    def score(self, model: torch.nn.Module, batch: TrainingBatch, generator: torch.Generator) -> torch.Tensor:
+        x0 = batch.tensors["latents"]
+        B, K = x0.shape[:2]
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        # 1. Noise and t: once per group, from the caller's generator (shared by winner and loser)
+        noise = group_noise(generator, B, K, tuple(x0.shape[2:]), device=generator.device)
+        x0, noise = x0.to(device), noise.to(device)
+        cond = {k: v.to(device).repeat_interleave(K, dim=0) for k, v in batch.conditioning.items()}
+        if self.family == "unet":
+            t = group_timesteps(generator, B, K, len(self._alphas_cumprod), device=generator.device).to(device)
+            a = self._alphas_cumprod.to(device)[t].view(B, K, *([1] * (x0.dim() - 2)))
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+            extra = {}
+            if "time_ids" in cond:
+                extra["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype), "time_ids": cond["time_ids"].to(dtype)}
+            pred = model(
+                noisy.flatten(0, 1).to(dtype), t.flatten(), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                **extra,
+            ).sample
+        else:
+            # 2. Flow matching: x_t = (1 - t) x0 + t noise, t = 1 pure noise; target velocity noise - x0
+            t = group_uniform_t(generator, B, K, device=generator.device).to(device)
+            xt = flow_interpolate(x0, noise, t)
+            target = flow_velocity_target(x0, noise)
+            pred = model(
+                hidden_states=xt.flatten(0, 1).to(dtype), timestep=(t.flatten() * 1000).to(dtype),
+                encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                pooled_projections=cond["pooled_projections"].to(dtype),
+            ).sample
+        return denoising_score(pred.view(B, K, *pred.shape[1:]), target)
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.pipe.transformer if self.family == "flow" else self.pipe.unet
+
+    def lora_target_modules(self) -> list[str]:
+        return list(ATTENTION_TARGETS)
+
+
+def _png(image: Image.Image, prompt: str, prov: Provenance) -> bytes:
+    """PNG bytes with the generation parameters in text chunks (A1111 style and JSON)."""
+    p = prov.params
+    info = PngInfo()
+    a1111 = (
+        f"{prompt}\nNegative prompt: {p.get('negative_prompt', '')}\n"
+        f"Steps: {p['steps']}, Sampler: {p['scheduler']}, CFG scale: {p['guidance']}, Seed: {prov.seed}, "
+        f"Size: {p['width']}x{p['height']}, Model: {prov.model}"
+        + (f", Model hash: {prov.revision}" if prov.revision else "")
+    )
+    info.add_text("parameters", a1111)
+    info.add_text("palate", json.dumps({"prompt": prompt, "model": prov.model, "revision": prov.revision,
+                                        "adapter": prov.adapter, "seed": prov.seed, **dict(p)}, sort_keys=True))
+    buf = io.BytesIO()
+    image.save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()

@@ -1,0 +1,71 @@
+"""`python -m app generate`: real pipelines (a tiny one from a config, and the shipped default)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests import tiny_pipelines
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return tiny_pipelines.save(tiny_pipelines.tiny_sd(), tmp_path_factory.mktemp("tiny") / "sd")
+
+
+def test_generate_stores_candidates_with_provenance(tmp_path, tiny_folder):
+    d = tmp_path / "data"
+    out = run_cli("generate", "--model", str(tiny_folder), "--prompt", "a small red circle on a blue background",
+                  "-n", "3", "--seed", "10", "--steps", "2", "--width", "32", "--height", "32", "--json",
+                  data_dir=d, check=True)
+    rows = json.loads(out.stdout)
+    assert [r["seed"] for r in rows] == [10, 11, 12]
+    for r in rows:
+        img = Image.open(r["path"])
+        assert img.size == (32, 32) and "Seed: " in img.text["parameters"]
+        assert r["params"]["steps"] == 2 and r["model"] == str(tiny_folder)
+    listing = json.loads(run_cli("list", "--json", data_dir=d, check=True).stdout)
+    assert len(listing) == 3 and listing[0]["model_revision"]
+    # the same seeds again give the same files (content-addressed: same hashes)
+    again = json.loads(run_cli("generate", "--model", str(tiny_folder), "--prompt", "a small red circle on a blue background",
+                               "-n", "3", "--seed", "10", "--steps", "2", "--width", "32", "--height", "32", "--json",
+                               data_dir=d, check=True).stdout)
+    assert [r["path"] for r in again] == [r["path"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "  "], "prompt is empty"),
+        (["--prompt", "p", "-n", "0"], "between 1 and 64"),
+        (["--prompt", "p", "-n", "65"], "between 1 and 64"),
+        (["--prompt", "p", "--width", "31", "--steps", "2"], "width 31 is impossible"),
+        (["--prompt", "p", "--scheduler", "warp-drive", "--steps", "2"], "unknown scheduler"),
+    ],
+)
+def test_generate_bad_input(tmp_path, tiny_folder, args, message):
+    d = tmp_path / "data"
+    proc = run_cli("generate", "--model", str(tiny_folder), *args, data_dir=d)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "no generations stored yet" in run_cli("list", data_dir=d).stdout
+
+
+def test_generate_unknown_models(tmp_path):
+    d = tmp_path / "data"
+    proc = run_cli("generate", "--model", str(tmp_path / "missing"), "--prompt", "p", data_dir=d)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = run_cli("generate", "--model", "no-such-org/no-such-model", "--prompt", "p", data_dir=d)
+    assert proc.returncode == 2 and "cannot load model 'no-such-org/no-such-model'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_generate_with_the_default_model(tmp_path):
+    d = tmp_path / "data"
+    out = run_cli("generate", "--prompt", "two large green squares on a white background", "-n", "2", "--seed", "1",
+                  "--json", data_dir=d, check=True)
+    rows = json.loads(out.stdout)
+    assert len(rows) == 2 and rows[0]["model"] == "shapes-diffusion"
+    assert Image.open(rows[0]["path"]).size == (32, 32)

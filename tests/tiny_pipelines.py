@@ -1,0 +1,99 @@
+"""Tiny random diffusers pipelines of each family, built from configs (no downloads).
+
+Used by the image modality tests to exercise the real-pipeline code paths:
+SD-like (UNet + VAE + one CLIP text encoder, epsilon or v prediction),
+SDXL-like (two text encoders, added time/text conditioning) and SD3-like
+(an MMDiT transformer with flow matching).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _tokenizer(max_len: int = 16):
+    from modalities.image.default_model import build_tokenizer
+
+    return build_tokenizer(max_len)
+
+
+def _clip(vocab: int, hidden: int = 32, projection: int | None = None, max_len: int = 16):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=max_len, projection_dim=projection or hidden, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3,
+    )
+    return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+
+
+def _vae(latent_channels: int = 4, **kw):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=32, **kw,
+    )
+
+
+def tiny_sd(prediction_type: str = "epsilon"):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
+    )
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False,
+                          steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_clip(len(tok)), tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def tiny_sdxl():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=32 + 6 * 8,
+        use_linear_projection=True,
+    )
+    sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   timestep_spacing="leading", steps_offset=1)
+    return StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_clip(len(tok)), text_encoder_2=_clip(len(tok), projection=32), tokenizer=tok,
+        tokenizer_2=_tokenizer(), unet=unet, scheduler=sched,
+    )
+
+
+def tiny_sd3():
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(scaling_factor=1.5, shift_factor=0.1),
+        text_encoder=_clip(len(tok), projection=32), tokenizer=tok, text_encoder_2=_clip(len(tok), projection=32),
+        tokenizer_2=_tokenizer(), text_encoder_3=None, tokenizer_3=None,
+    )
+
+
+def save(pipe, path: Path) -> Path:
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
