@@ -1,17 +1,21 @@
 """Generating candidates and storing them: the service the CLI (and the UI) call.
 
-Loaded models are kept per (modality, model, device) in this process, so a
-second request for the same model does not load it again.
+Loaded models are kept per (modality, model, device) in this process -- the
+two most recently used -- so a second request for the same model does not
+load it again. One generation runs per loaded model at a time (a pipeline's
+scheduler is shared state).
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any, Sequence
 
 from storage import Generation, Store
 
 DEFAULT_MODELS = {"image": "shapes-diffusion"}
-_adapters: dict[tuple[str, str, str | None], Any] = {}
+MAX_LOADED = 2
+_adapters: "OrderedDict[tuple[str, str, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -22,7 +26,7 @@ def default_model(modality: str) -> str:
 
 
 def get_adapter(store: Store, modality: str, model: str, *, device: str | None = None):
-    """The loaded adapter for ``model`` (loading it on first use)."""
+    """The loaded adapter for ``model`` and its lock (loading it on first use)."""
     from modalities import registry
     from modalities.protocol import ModelRef
 
@@ -33,7 +37,10 @@ def get_adapter(store: Store, modality: str, model: str, *, device: str | None =
             kwargs: dict[str, Any] = {"device": device}
             if modality == "image":
                 kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
-            _adapters[key] = cls.load(ModelRef(model), **kwargs)
+            _adapters[key] = (cls.load(ModelRef(model), **kwargs), threading.Lock())
+            while len(_adapters) > MAX_LOADED:
+                _adapters.popitem(last=False)  # forget the least recently used model
+        _adapters.move_to_end(key)
         return _adapters[key]
 
 
@@ -63,8 +70,9 @@ def generate_candidates(
     request = GenerationRequest(prompt=prompt, n=n, seeds=tuple(seeds) if seeds is not None else None,
                                 negative_prompt=negative_prompt or None, params=dict(params or {}))
     # 2. Load (or reuse) the model and generate
-    adapter = get_adapter(store, modality, model or default_model(modality), device=device)
-    samples = adapter.generate(request)
+    adapter, lock = get_adapter(store, modality, model or default_model(modality), device=device)
+    with lock:
+        samples = adapter.generate(request)
     # 3. Store every candidate with its provenance, in one transaction
     with store.write():
         return [

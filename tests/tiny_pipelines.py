@@ -97,3 +97,12 @@ def tiny_sd3():
 def save(pipe, path: Path) -> Path:
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def tiny_pixel():
+    """The built-in model's architecture, shrunk."""
+    from modalities.image.default_model import DefaultModelConfig, build_pipeline
+
+    cfg = DefaultModelConfig(resolution=16, block_out_channels=(16, 32, 32), text_hidden=32, text_heads=2,
+                             attention_heads=2)
+    return build_pipeline(cfg, seed=0)

@@ -46,6 +46,13 @@ UNET_SCHEDULERS = {
 }
 FLOW_SCHEDULERS = {"flow-euler": "FlowMatchEulerDiscreteScheduler", "flow-heun": "FlowMatchHeunDiscreteScheduler"}
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# Pipelines whose score this adapter knows how to compute, by family.
+SUPPORTED_PIPELINES = {
+    "ShapesPixelPipeline": "unet",
+    "StableDiffusionPipeline": "unet",
+    "StableDiffusionXLPipeline": "unet",
+    "StableDiffusion3Pipeline": "flow",
+}
 MAX_SIDE = 4096
 
 
@@ -74,14 +81,29 @@ def _looks_like_hub_id(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
 def _folder_revision(folder: Path) -> str:
-    """A short content hash of a local model's weights (tells retrained models apart)."""
+    """A short content hash of a local model's weights and configs (tells
+    fine-tunes and retrained models apart; cached per file by size and mtime)."""
     h = hashlib.sha256()
-    for f in sorted(folder.rglob("*.safetensors")):
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(str(f.stat().st_size).encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 16))
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".json", ".txt", ".model"):
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(_file_sha256(f).encode())
     return h.hexdigest()[:12]
 
 
@@ -115,14 +137,19 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
     device (CUDA when present) and dtype (fp16/bf16 on GPU, fp32 on CPU)."""
     from diffusers import DiffusionPipeline
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _check_device(device)
     name, folder = resolve_model(ref.id)
     if folder is not None:
+        if name in BUILTIN_MODELS and not folder.exists():
+            raise ModelLoadError(
+                f"the built-in model is missing from {folder}; restore it with `git checkout -- models/` "
+                "or retrain it with `python scripts/train_image_default.py`"
+            )
         config = _check_pipeline_folder(folder)
         source: str = str(folder)
     else:
         try:
-            config = DiffusionPipeline.load_config(ref.id, revision=ref.revision)
+            config, commit = DiffusionPipeline.load_config(ref.id, revision=ref.revision, return_commit_hash=True)
         except Exception as e:  # huggingface_hub raises many types; all mean "cannot get it"
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise ModelLoadError(
@@ -133,8 +160,15 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
                 + f"pass a local pipeline folder instead. ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             ) from None
         source = ref.id
+        # record the exact commit, so the provenance says which weights made an image
+        ref = ModelRef(ref.id, revision=commit or ref.revision, adapter=ref.adapter)
     class_name = config.get("_class_name", "")
-    is_flow = "transformer" in config and "unet" not in config
+    if class_name not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(
+            f"{source!r} is a {class_name or 'pipeline of unknown class'}, which Palate cannot train yet; "
+            f"supported: {', '.join(SUPPORTED_PIPELINES)}"
+        )
+    is_flow = SUPPORTED_PIPELINES[class_name] == "flow"
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if is_flow else torch.float16)
     # components listed as [null, null] (e.g. SD3 without T5) must be passed as None
@@ -143,9 +177,12 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
         if class_name == "ShapesPixelPipeline":
             from .pixel_pipeline import ShapesPixelPipeline
 
-            pipe = ShapesPixelPipeline.from_pretrained(source, dtype=dtype, **missing)
+            pipe = ShapesPixelPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True, **missing)
         else:
-            pipe = DiffusionPipeline.from_pretrained(source, revision=ref.revision, dtype=dtype, **missing)
+            # safetensors only: never unpickle .bin weights from a folder or the hub
+            pipe = DiffusionPipeline.from_pretrained(
+                source, revision=ref.revision, dtype=dtype, use_safetensors=True, **missing
+            )
     except ModelLoadError:
         raise
     except Exception as e:
@@ -154,9 +191,36 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
         raise ModelLoadError(f"{source!r} is a {class_name}, not a text-to-image pipeline with a UNet or transformer")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    if ref.adapter:
+        _load_lora(pipe, ref.adapter)
     pipe.to(device)
     revision = ref.revision or (_folder_revision(folder) if folder is not None else None)
     return pipe, name, revision
+
+
+def _check_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+        return device
+    raise ModelLoadError(f"unknown device {device!r}; use cpu or cuda (cuda:N for another GPU)")
+
+
+def _load_lora(pipe, adapter: str) -> None:
+    """Apply a LoRA adapter (diffusers/PEFT safetensors folder or file) to the pipeline."""
+    path = Path(adapter).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"adapter {adapter!r} does not exist")
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ModelLoadError(f"{type(pipe).__name__} cannot load LoRA adapters")
+    try:
+        pipe.load_lora_weights(str(path), adapter_name="palate")
+    except Exception as e:
+        raise ModelLoadError(f"cannot load adapter {adapter!r}: {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +242,10 @@ class ImageAdapter(ModalityAdapter):
         self.revision = revision
         self.adapter_name = adapter
         self.latent_cache = Path(latent_cache) if latent_cache else None
-        self.family = "flow" if getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None else "unet"
+        cls_name = type(pipe).__name__
+        if cls_name not in SUPPORTED_PIPELINES:
+            raise ModelLoadError(f"{cls_name} is not supported; supported: {', '.join(SUPPORTED_PIPELINES)}")
+        self.family = SUPPORTED_PIPELINES[cls_name]
         self.score_kind = ScoreKind.FLOW if self.family == "flow" else ScoreKind.DIFFUSION
         if self.family == "unet":
             from diffusers import DDPMScheduler
@@ -204,6 +271,11 @@ class ImageAdapter(ModalityAdapter):
     @property
     def dtype(self) -> torch.dtype:
         return self.trainable_module().dtype
+
+    @property
+    def max_batch(self) -> int:
+        """Candidates per pipeline call."""
+        return 8 if self.device.type == "cpu" or self.is_pixel_space else 4
 
     @property
     def is_pixel_space(self) -> bool:
@@ -289,10 +361,15 @@ class ImageAdapter(ModalityAdapter):
         )
         if request.negative_prompt:
             kwargs["negative_prompt"] = [request.negative_prompt] * request.n
-        images = self.pipe(**kwargs).images
+        images = []
+        chunk = self.max_batch
+        for start in range(0, request.n, chunk):  # bounded batches: SDXL x 64 would not fit a GPU
+            part = {k: (v[start:start + chunk] if isinstance(v, list) else v) for k, v in kwargs.items()}
+            images += self.pipe(**part).images
         out = []
         for seed, image in zip(seeds, images):
-            record = {**params, "negative_prompt": request.negative_prompt or ""}
+            record = {**params, "negative_prompt": request.negative_prompt or "", "dtype": str(self.dtype).replace("torch.", ""),
+                      "device": self.device.type}
             prov = Provenance("image", self.model_name, seed, record, revision=self.revision, adapter=self.adapter_name)
             out.append(Sample(_png(image, request.prompt, prov), "image/png", prov))
         return out
@@ -306,7 +383,10 @@ class ImageAdapter(ModalityAdapter):
     @torch.no_grad()
     def _latent(self, data: bytes) -> torch.Tensor:
         """Training latent of one image (cached on disk by model and image hash)."""
-        key = hashlib.sha256(f"{self.model_name}@{self.revision}".encode() + hashlib.sha256(data).digest()).hexdigest()
+        vae = getattr(self.pipe, "vae", None)
+        vae_dtype = "pixel" if vae is None else str(vae.dtype)
+        ident = f"{self.model_name}@{self.revision}|{vae_dtype}".encode()
+        key = hashlib.sha256(ident + hashlib.sha256(data).digest()).hexdigest()
         path = self.latent_cache / f"{key[:2]}/{key}.safetensors" if self.latent_cache else None
         if path is not None and path.exists():
             from safetensors.torch import load_file
@@ -316,10 +396,18 @@ class ImageAdapter(ModalityAdapter):
         if self.is_pixel_space:
             lat = x[0]
         else:
-            vae = self.pipe.vae
-            dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+            # some VAEs (SDXL's) overflow in fp16: encode in fp32 when the config says so
+            original = vae.dtype
+            enc_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else original
+            vae.to(enc_dtype)
+            try:
+                dist = vae.encode(x.to(vae.device, enc_dtype)).latent_dist
+            finally:
+                vae.to(original)
             shift = getattr(vae.config, "shift_factor", None) or 0.0
             lat = ((dist.mean - shift) * vae.config.scaling_factor)[0].float().cpu()
+        if not torch.isfinite(lat).all():
+            raise ValueError("the VAE produced non-finite latents for an image; try fp32 (--device cpu)")
         if path is not None:
             from safetensors.torch import save_file
 
@@ -368,8 +456,8 @@ class ImageAdapter(ModalityAdapter):
     def score(self, model: torch.nn.Module, batch: TrainingBatch, generator: torch.Generator) -> torch.Tensor:
         x0 = batch.tensors["latents"]
         B, K = x0.shape[:2]
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
+        device = self.trainable_module().device
+        dtype = self.trainable_module().dtype  # not a LoRA parameter's (often float32)
         # 1. Noise and t: once per group, from the caller's generator (shared by winner and loser)
         noise = group_noise(generator, B, K, tuple(x0.shape[2:]), device=generator.device)
         x0, noise = x0.to(device), noise.to(device)
@@ -392,7 +480,8 @@ class ImageAdapter(ModalityAdapter):
             xt = flow_interpolate(x0, noise, t)
             target = flow_velocity_target(x0, noise)
             pred = model(
-                hidden_states=xt.flatten(0, 1).to(dtype), timestep=(t.flatten() * 1000).to(dtype),
+                # the timestep stays float32: bf16 would round t*1000 to steps of 4 near 1000
+                hidden_states=xt.flatten(0, 1).to(dtype), timestep=t.flatten() * 1000,
                 encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
                 pooled_projections=cond["pooled_projections"].to(dtype),
             ).sample

@@ -9,6 +9,7 @@ themselves (scaling factor 1).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -77,8 +78,11 @@ class ShapesPixelPipeline(DiffusionPipeline):
         x = torch.cat([torch.randn(shape, generator=g, device="cpu" if g is None else g.device) for g in gens])
         x = x.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
-        # 4. Denoise
+        # 4. Denoise (stochastic samplers draw each image's noise from its own generator)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = gens if n > 1 else gens[0]
         for t in self.progress_bar(self.scheduler.timesteps):
             inp = torch.cat([x, x]) if cfg else x
             inp = self.scheduler.scale_model_input(inp, t)
@@ -86,7 +90,7 @@ class ShapesPixelPipeline(DiffusionPipeline):
             if cfg:
                 uncond, text = pred.chunk(2)
                 pred = uncond + guidance_scale * (text - uncond)
-            x = self.scheduler.step(pred, t, x).prev_sample
+            x = self.scheduler.step(pred, t, x, **step_kwargs).prev_sample
 
         # 5. To images
         x = (x.float().clamp(-1, 1) + 1) / 2

@@ -136,9 +136,14 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def split_prompts(n_train_pool: int = 0) -> tuple[list[str], list[str]]:
+def split_prompts() -> tuple[list[str], list[str]]:
     """Every prompt of the world, split once and for all into train and
-    held-out (about 10%), by a hash of the text so the split never moves."""
+    held-out (about 10%).
+
+    The split is by *scene* -- (count, size, colour, shape, background) -- with
+    a hash of the scene so it never moves: all position variants of a scene
+    fall on the same side, so a held-out prompt's scene was never trained on.
+    """
     import hashlib
 
     train, held = [], []
@@ -149,10 +154,11 @@ def split_prompts(n_train_pool: int = 0) -> tuple[list[str], list[str]]:
                     for bg in BACKGROUNDS:
                         if bg == colour:
                             continue
+                        scene = f"{count}|{size}|{colour}|{shape}|{bg}"
+                        h = int(hashlib.sha256(scene.encode()).hexdigest()[:8], 16)
+                        side = held if h % 10 == 0 else train
                         for pos in (None, *POSITIONS) if count == 1 else (None,):
-                            p = prompt_of(Spec(count, size, colour, shape, bg, pos))
-                            h = int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)
-                            (held if h % 10 == 0 else train).append(p)
+                            side.append(prompt_of(Spec(count, size, colour, shape, bg, pos)))
     return train, held
 
 
@@ -304,7 +310,7 @@ def _classify_colour(rgb: np.ndarray, candidates: Iterable[str]) -> str:
     return min(chromatic, key=lambda n: hue_dist(n) + 0.15 * abs(colorsys.rgb_to_hls(*(c / 255 for c in PALETTE[n]))[1] - l))
 
 
-def _components(mask: np.ndarray, min_pixels: int) -> list[np.ndarray]:
+def _components(mask: np.ndarray) -> list[np.ndarray]:
     """4-connected components of a boolean mask, as arrays of (y, x)."""
     h, w = mask.shape
     seen = np.zeros_like(mask, dtype=bool)
@@ -321,9 +327,17 @@ def _components(mask: np.ndarray, min_pixels: int) -> list[np.ndarray]:
                 if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
                     seen[ny, nx] = True
                     stack.append((ny, nx))
-        if len(pix) >= min_pixels:
-            comps.append(np.array(pix))
+        comps.append(np.array(pix))
     return comps
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
 
 
 @dataclass
@@ -332,9 +346,10 @@ class Analysis:
 
     background: str
     background_rgb: np.ndarray
-    background_std: float
+    background_std: float  # noise of the background, away from the shapes' edges
     objects: list[dict] = field(default_factory=list)  # colour, shape, size, centroid, area, saturation
     foreground_fraction: float = 0.0
+    speck_fraction: float = 0.0  # pixels in blobs too small to be shapes (artefacts)
 
 
 def analyse(image: Image.Image) -> Analysis:
@@ -348,10 +363,15 @@ def analyse(image: Image.Image) -> Analysis:
     noise_dist = border_dist[border_dist < 90.0]
     noise_level = float(np.percentile(noise_dist, 95)) if len(noise_dist) else 0.0
     mask = dist > max(40.0, 1.5 * noise_level)
-    bg_pixels = arr[~mask]
-    bg_std = float(bg_pixels.std(axis=0).mean() / 255.0) if len(bg_pixels) else 0.0
+    # background noise measured away from the shapes' soft edges
+    far = ~_dilate(_dilate(mask))
+    bg_pixels = arr[far]
+    bg_std = float(bg_pixels.std(axis=0).mean() / 255.0) if len(bg_pixels) > 8 else 0.0
     scale = n / RESOLUTION
-    comps = _components(mask, min_pixels=max(4, int(6 * scale * scale)))
+    min_pixels = max(4, int(6 * scale * scale))
+    all_comps = _components(mask)
+    comps = [c for c in all_comps if len(c) >= min_pixels]
+    specks = sum(len(c) for c in all_comps if len(c) < min_pixels)
     objects = []
     for c in comps:
         ys, xs = c[:, 0], c[:, 1]
@@ -365,7 +385,10 @@ def analyse(image: Image.Image) -> Analysis:
             shape = "triangle"
         else:
             shape = "circle"
-        pix = arr[ys, xs]
+        # colour from the component's core: its edge pixels are blends with the background
+        d = dist[ys, xs]
+        core = d >= np.percentile(d, 50)
+        pix = arr[ys[core], xs[core]]
         colour_rgb = np.median(pix, axis=0)
         rgb01 = colour_rgb / 255
         sat = float((rgb01.max() - rgb01.min()))
@@ -385,6 +408,7 @@ def analyse(image: Image.Image) -> Analysis:
         background_std=bg_std,
         objects=objects,
         foreground_fraction=float(mask.mean()),
+        speck_fraction=specks / float(n * n),
     )
 
 
@@ -492,11 +516,15 @@ def _centredness(img: Image.Image) -> float:
 
 
 def _largeness(img: Image.Image) -> float:
-    return analyse(img).foreground_fraction
+    """Mean area of the shapes (specks and extra shapes do not make an image "larger")."""
+    objs = analyse(img).objects
+    return sum(o["area"] for o in objs) / len(objs) if objs else 0.0
 
 
 def _cleanliness(img: Image.Image) -> float:
-    return -analyse(img).background_std
+    """Minus the background's noise; specks count as dirt too."""
+    a = analyse(img)
+    return -(a.background_std + 2.0 * a.speck_fraction)
 
 
 TASTES: dict[str, Taste] = {
@@ -504,7 +532,7 @@ TASTES: dict[str, Taste] = {
     for t in (
         Taste("saturated", "likes vivid, saturated colours", _saturation, 0.05),
         Taste("centered", "likes the shapes gathered at the centre of the image", _centredness, 0.03),
-        Taste("large", "likes big shapes that fill the frame", _largeness, 0.01),
+        Taste("large", "likes big shapes", _largeness, 0.005),
         Taste("clean", "likes flat, noise-free backgrounds", _cleanliness, 0.005),
     )
 }
