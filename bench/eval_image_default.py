@@ -19,14 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def held_out_prompts(n: int) -> list[str]:
+def held_out_prompts(n: int, split: str = "held-out") -> list[str]:
+    """``n`` prompts of a split, in a fixed shuffled order (held-out: never trained on;
+    train: for choosing settings without peeking at the held-out set)."""
     from modalities.image.shapes import split_prompts
 
-    _, held = split_prompts()
-    rng = random.Random(1234)
-    held = sorted(held)
-    rng.shuffle(held)
-    return held[:n]
+    train, held = split_prompts()
+    chosen = sorted(held if split == "held-out" else train)
+    random.Random(1234).shuffle(chosen)
+    return chosen[:n]
 
 
 def generate_images(model: str, prompts: list[str], params: dict | None = None) -> tuple[list, float]:
@@ -59,16 +60,18 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--smoke", type=int, default=24, help="size of the small fixed set the tests re-check")
+    ap.add_argument("--split", default="held-out", choices=["held-out", "train"])
     ap.add_argument("--guidance", type=float, help="override the default guidance (to choose it)")
     ap.add_argument("--steps", type=int, help="override the default steps (to choose them)")
     args = ap.parse_args(argv)
     from modalities.image.shapes import Judge, evaluate
 
-    prompts = held_out_prompts(args.prompts)
+    prompts = held_out_prompts(args.prompts, args.split)
     params = {k: v for k, v in (("guidance", args.guidance), ("steps", args.steps)) if v is not None}
     pairs, seconds = generate_images(args.model, prompts, params)
     judge = Judge()
     result = {
+        "split": args.split,
         "prompts": len(prompts),
         "settings": params or "defaults",
         "model": {**evaluate(judge, pairs), "seconds": round(seconds, 1)},
