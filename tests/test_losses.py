@@ -1,0 +1,163 @@
+"""Every registered loss against closed forms; generated from the registry, so a new loss
+without a closed-form entry here fails this file."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignment.losses import LOSSES, get_loss, losses_for
+
+S = -0.7  # a score (log-likelihood-like, <= 0)
+
+
+def _expected_at_equal(name: str, beta: float, spec) -> float:
+    """The loss when winner and loser (and their references) score the same."""
+    d = spec.defaults
+    return {
+        "dpo": math.log(2),
+        "diffusion-dpo": math.log(2),
+        "flow-dpo": math.log(2),
+        "conservative-dpo": math.log(2),
+        "rankdpo": math.log(2),
+        "ipo": 1 / (4 * beta**2),
+        "hinge": 1.0,
+        "simpo": math.log1p(math.exp(d.get("gamma", 0.5))),
+        "irepo": 0.0,  # labels 0.5: logit 0, and h = 0
+        "mapo": -S + math.log(2),
+        "flow-rwr": -S,
+    }[name]
+
+
+def _call(spec, policy, reference, beta, labels=None, **kw):
+    kwargs = dict(spec.defaults)
+    kwargs.update(kw)
+    if labels is not None:
+        kwargs["labels"] = labels
+    return spec.fn(policy, reference if spec.needs_reference else None, beta=beta, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_equal_scores_give_the_closed_form(name):
+    spec = get_loss(name)
+    beta = spec.default_beta
+    policy = torch.full((3, 2), S)
+    reference = torch.full((3, 2), S - 0.2)
+    labels = torch.full((3,), 0.5)
+    loss, metrics = _call(spec, policy, reference, beta, labels=labels if spec.needs_labels else None)
+    assert loss.item() == pytest.approx(_expected_at_equal(name, beta, spec), rel=1e-5, abs=1e-6)
+    assert metrics["margin"] == pytest.approx(0.0, abs=1e-6)
+    assert set(metrics) == {"reward_accuracy", "margin", "chosen_reward", "rejected_reward"}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_swapping_winner_and_loser_flips_the_margin(name):
+    spec = get_loss(name)
+    policy = torch.tensor([[-0.2, -0.9], [-0.4, -0.6]])
+    reference = torch.tensor([[-0.5, -0.5], [-0.5, -0.5]])
+    labels = torch.tensor([0.8, 0.7]) if spec.needs_labels else None
+    _, m = _call(spec, policy, reference, spec.default_beta, labels=labels)
+    _, m_swapped = _call(spec, policy.flip(1), reference.flip(1), spec.default_beta, labels=labels)
+    assert m["margin"] > 0 and m_swapped["margin"] == pytest.approx(-m["margin"])
+    assert m["reward_accuracy"] == 1.0 and m_swapped["reward_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_raising_the_winner_lowers_the_loss(name):
+    spec = get_loss(name)
+    policy = torch.full((2, 2), S, requires_grad=True)
+    reference = torch.full((2, 2), S)
+    labels = torch.full((2,), 0.9) if spec.needs_labels else None
+    loss, _ = _call(spec, policy, reference, spec.default_beta, labels=labels)
+    loss.backward()
+    assert (policy.grad[:, 0] < 0).all(), policy.grad  # gradient descent raises the winner's score
+    assert torch.isfinite(policy.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_integer_beta_is_a_float_beta(name):
+    """A beta of 5000 parsed as an int must not change anything (no integer arithmetic)."""
+    spec = get_loss(name)
+    policy = torch.tensor([[-0.3, -0.4]])
+    reference = torch.tensor([[-0.35, -0.35]])
+    labels = torch.tensor([0.75]) if spec.needs_labels else None
+    a, _ = _call(spec, policy, reference, 2, labels=labels)
+    b, _ = _call(spec, policy, reference, 2.0, labels=labels)
+    assert a.item() == b.item()
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in LOSSES.items() if s.needs_reference))
+def test_reference_is_required(name):
+    spec = get_loss(name)
+    with pytest.raises(ValueError, match="needs reference scores"):
+        spec.fn(torch.zeros(1, 2) - 1, None, beta=1.0, labels=torch.tensor([0.7]))
+
+
+def test_dpo_and_diffusion_dpo_values():
+    policy = torch.tensor([[-0.1, -0.5]])
+    reference = torch.tensor([[-0.3, -0.3]])
+    h = (-0.1 + 0.3) - (-0.5 + 0.3)  # 0.4
+    loss, m = get_loss("dpo").fn(policy, reference, beta=0.5)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5 * h)), rel=1e-6)
+    assert m["margin"] == pytest.approx(h)
+    loss, _ = get_loss("diffusion-dpo").fn(policy, reference, beta=10.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-5.0 * h)), rel=1e-6)
+
+
+def test_irepo_regresses_onto_the_logit_of_the_soft_label():
+    policy = torch.tensor([[-0.1, -0.5]])
+    reference = torch.tensor([[-0.3, -0.3]])
+    for p in (0.6, 0.9, 1.0):
+        loss, _ = get_loss("irepo").fn(policy, reference, beta=1.0, labels=torch.tensor([p]), clip=0.05)
+        q = min(p, 0.95)
+        assert loss.item() == pytest.approx((0.4 - math.log(q / (1 - q))) ** 2, rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="soft labels"):
+        get_loss("irepo").fn(policy, reference, beta=1.0)
+
+
+def test_mapo_margin_sign_prefers_the_more_likely_winner():
+    """The preferred sample being more likely (higher score) must lower the margin term."""
+    good = torch.tensor([[-0.1, -0.9]])
+    bad = torch.tensor([[-0.9, -0.1]])
+    lg, mg = get_loss("mapo").fn(good, None, beta=1.0)
+    lb, mb = get_loss("mapo").fn(bad, None, beta=1.0)
+    margin_term = lambda loss, winner: loss.item() - (-winner)  # noqa: E731
+    assert margin_term(lg, -0.1) < math.log(2) < margin_term(lb, -0.9)
+
+
+def test_rankdpo_weights_and_ties():
+    policy = torch.tensor([[-0.1, -0.2, -0.3, -0.4]])
+    reference = torch.full((1, 4), -0.25)
+    loss, m = get_loss("rankdpo").fn(policy, reference, beta=2.0)
+    # closed form: DCG-weighted mean of -log sigmoid(beta/2 * (h_i - h_j)) over i < j
+    K = 4
+    gains = [2 ** (K - r) - 1 for r in range(1, K + 1)]
+    disc = [1 / math.log2(1 + p) for p in range(1, K + 1)]
+    h = [-0.1 + 0.25, -0.2 + 0.25, -0.3 + 0.25, -0.4 + 0.25]
+    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    w = [abs(gains[i] - gains[j]) * abs(disc[i] - disc[j]) for i, j in pairs]
+    expected = sum(wi * math.log1p(math.exp(-(h[i] - h[j]))) for wi, (i, j) in zip(w, pairs)) / sum(w)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert m["reward_accuracy"] == 1.0
+    tied, m_tied = get_loss("rankdpo").fn(policy, reference, beta=2.0, ranks=torch.tensor([[1, 1, 1, 1]]))
+    assert tied.item() == 0.0 and m_tied["reward_accuracy"] == 0.0  # a tie is never a win
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"\[B, K>=2\]"):
+        get_loss("dpo").fn(torch.zeros(3), torch.zeros(3), beta=0.1)
+    with pytest.raises(ValueError, match="float32"):
+        get_loss("dpo").fn(torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), beta=0.1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        get_loss("conservative-dpo").fn(torch.zeros(1, 2), torch.zeros(1, 2), beta=0.1, label_smoothing=0.7)
+    with pytest.raises(KeyError, match="unknown method 'dpo2'"):
+        get_loss("dpo2")
+
+
+def test_methods_by_score_family():
+    assert "diffusion-dpo" in losses_for("diffusion") and "dpo" not in losses_for("diffusion")
+    assert {"simpo", "dpo", "irepo"} <= set(losses_for("autoregressive"))
+    assert {"flow-dpo", "flow-rwr", "mapo"} <= set(losses_for("flow"))
+    for spec in LOSSES.values():
+        assert spec.paper and isinstance(spec.default_beta, float)
