@@ -151,7 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with _open(args) as store:
         gens = generate_candidates(
             store, modality=args.modality, prompt=args.prompt, n=args.n, model=args.model, seed=args.seed,
-            negative_prompt=args.negative_prompt, params=params, device=args.device,
+            negative_prompt=args.negative_prompt, params=params, device=args.device, lora=args.adapter,
         )
         data_dir = store.data_dir
     if args.json:
@@ -161,6 +161,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for g in gens:
             print(f"generation {g.id} (seed {g.seed}): {data_dir / g.media_path}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Build a run from the store, write its config, and run `python -m alignment.train RUN_DIR`."""
+    import subprocess
+
+    from alignment.config import TrainConfig
+
+    overrides = json.loads(Path(args.config).read_text()) if args.config else {}
+    for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.model and "model" not in overrides:
+        overrides["model"] = args.model
+    if args.modality == "image":
+        from app.generation import default_model
+
+        overrides.setdefault("model", default_model("image"))
+    with _open(args) as store:
+        cfg = TrainConfig.from_dict({"modality": args.modality, "method": args.method,
+                                     "data_dir": str(store.data_dir), **overrides})
+        run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict())
+        run_dir = store.data_dir / "runs" / f"run-{run.id:04d}"
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "run_id": run.id})
+        cfg.save(run_dir)
+        store.update_run(run.id, run_dir=str(run_dir), config=cfg.to_dict())
+    print(f"run {run.id}: {run_dir}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "alignment.train", str(run_dir)])
+    return proc.returncode
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -341,6 +371,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="sampler: dpm++, ddim, euler, euler-a, unipc, pndm (UNet models); "
                                        "flow-euler, flow-heun (flow models)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. a training run's adapter/)")
+
+    # train
+    p = add("train", cmd_train, "train a LoRA adapter on the stored judgments (runs python -m alignment.train)")
+    p.add_argument("--modality", default="image", choices=["image"])
+    p.add_argument("--method", required=True, help="diffusion-dpo, mapo, rankdpo (UNet models); flow-dpo, flow-rwr, "
+                                                   "mapo, rankdpo (flow models)")
+    p.add_argument("--model", help="base model (default: the built-in one)")
+    p.add_argument("--config", help="a JSON file of training settings (see alignment/config.py)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--derivation", choices=["all", "best-vs-rest"], help="how rankings become pairs")
+    p.add_argument("--device")
 
     # list
     p = add("list", cmd_list, "list stored candidates (generations) with their ids")

@@ -15,7 +15,7 @@ from storage import Generation, Store
 
 DEFAULT_MODELS = {"image": "shapes-diffusion"}
 MAX_LOADED = 2
-_adapters: "OrderedDict[tuple[str, str, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
+_adapters: "OrderedDict[tuple[str, str, str | None, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -25,19 +25,19 @@ def default_model(modality: str) -> str:
     return DEFAULT_MODELS[modality]
 
 
-def get_adapter(store: Store, modality: str, model: str, *, device: str | None = None):
-    """The loaded adapter for ``model`` and its lock (loading it on first use)."""
+def get_adapter(store: Store, modality: str, model: str, *, device: str | None = None, lora: str | None = None):
+    """The loaded adapter for ``model`` (with the LoRA adapter ``lora`` applied) and its lock."""
     from modalities import registry
     from modalities.protocol import ModelRef
 
-    key = (modality, model, device)
+    key = (modality, model, device, lora)
     with _lock:
         if key not in _adapters:
             cls = registry.get(modality)
             kwargs: dict[str, Any] = {"device": device}
             if modality == "image":
                 kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
-            _adapters[key] = (cls.load(ModelRef(model), **kwargs), threading.Lock())
+            _adapters[key] = (cls.load(ModelRef(model, adapter=lora), **kwargs), threading.Lock())
             while len(_adapters) > MAX_LOADED:
                 _adapters.popitem(last=False)  # forget the least recently used model
         _adapters.move_to_end(key)
@@ -56,6 +56,7 @@ def generate_candidates(
     negative_prompt: str | None = None,
     params: dict[str, Any] | None = None,
     device: str | None = None,
+    lora: str | None = None,
 ) -> list[Generation]:
     """Generate ``n`` candidates for ``prompt`` and store them (all or none).
 
@@ -70,7 +71,7 @@ def generate_candidates(
     request = GenerationRequest(prompt=prompt, n=n, seeds=tuple(seeds) if seeds is not None else None,
                                 negative_prompt=negative_prompt or None, params=dict(params or {}))
     # 2. Load (or reuse) the model and generate
-    adapter, lock = get_adapter(store, modality, model or default_model(modality), device=device)
+    adapter, lock = get_adapter(store, modality, model or default_model(modality), device=device, lora=lora)
     with lock:
         samples = adapter.generate(request)
     # 3. Store every candidate with its provenance, in one transaction

@@ -69,3 +69,27 @@ def test_generate_with_the_default_model(tmp_path):
     rows = json.loads(out.stdout)
     assert len(rows) == 2 and rows[0]["model"] == "shapes-diffusion"
     assert Image.open(rows[0]["path"]).size == (32, 32)
+
+
+def test_train_from_the_cli(tmp_path):
+    """generate -> vote -> train, as a user would, on a tiny pixel model."""
+    model = tiny_pipelines.save(tiny_pipelines.tiny_pixel(), tmp_path / "pixel")
+    d = tmp_path / "data"
+    rows = json.loads(run_cli("generate", "--model", str(model), "--prompt", "a small red circle on a blue background",
+                              "-n", "4", "--seed", "0", "--steps", "2", "--json", data_dir=d, check=True).stdout)
+    ids = [str(r["id"]) for r in rows]
+    run_cli("vote", ids[0], ids[1], "--choice", "a", data_dir=d, check=True)
+    run_cli("vote", "--ranking", ids[2], ids[3], ids[1], data_dir=d, check=True)
+    proc = run_cli("train", "--model", str(model), "--method", "diffusion-dpo", "--steps", "2", "--batch-size", "2",
+                   "--lr", "0.001", data_dir=d)
+    assert proc.returncode == 0, proc.stderr
+    assert "run 1:" in proc.stdout and "adapter in" in proc.stderr
+    info = json.loads(run_cli("db", "info", "--json", data_dir=d, check=True).stdout)
+    assert info["counts"]["runs"] == 1 and info["counts"]["adapters"] == 1
+    adapter_dir = d / "runs" / "run-0001" / "adapter"
+    tuned = json.loads(run_cli("generate", "--model", str(model), "--adapter", str(adapter_dir), "--prompt",
+                               "a small red circle on a blue background", "-n", "1", "--seed", "0", "--steps", "2",
+                               "--json", data_dir=d, check=True).stdout)
+    assert tuned[0]["params"]["adapter"] == str(adapter_dir)
+    bad = run_cli("train", "--model", str(model), "--method", "no-such-method", data_dir=d)
+    assert bad.returncode == 2 and "unknown method" in bad.stderr

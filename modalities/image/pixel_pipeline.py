@@ -15,11 +15,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 
-class ShapesPixelPipeline(DiffusionPipeline):
+class ShapesPixelPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    """Text-to-image in pixel space; loads and saves LoRA adapters like Stable Diffusion."""
+
     model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler):

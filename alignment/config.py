@@ -1,0 +1,94 @@
+"""The training run's configuration: a frozen dataclass that validates itself.
+
+It is written as ``config.json`` into the run directory; ``python -m
+alignment.train RUN_DIR`` reads it back. Unknown keys are refused (a typo must
+not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .losses import LOSSES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    modality: str  # image, text, ...
+    method: str  # a key of alignment.losses.LOSSES
+    model: str  # hub id, local folder, or built-in alias
+    data_dir: str  # the Palate data directory the preferences come from
+    model_revision: str | None = None
+    data_model: str | None = None  # whose candidates to train on (default: the generations of `model`)
+    steps: int = 100
+    batch_size: int = 4  # groups per optimizer step (before accumulation)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4
+    warmup: int = 0
+    beta: float | None = None  # None: the method's default (see alignment.losses)
+    loss_kwargs: dict[str, float] = field(default_factory=dict)
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    derivation: str = "all"  # rankings -> pairs: all or best-vs-rest
+    seed: int = 0
+    checkpoint_every: int = 50
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    device: str | None = None
+    run_id: int | None = None  # the run's row in the store
+
+    def __post_init__(self) -> None:
+        if self.method not in LOSSES:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(LOSSES))}")
+        for name in ("steps", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.beta is not None and not float(self.beta) > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.derivation not in ("all", "best-vs-rest"):
+            raise ValueError(f"derivation must be all or best-vs-rest, not {self.derivation!r}")
+        # numbers from JSON or a CLI may arrive as ints: make beta and lr floats once and for all
+        object.__setattr__(self, "lr", float(self.lr))
+        if self.beta is not None:
+            object.__setattr__(self, "beta", float(self.beta))
+
+    @property
+    def effective_beta(self) -> float:
+        return float(self.beta) if self.beta is not None else LOSSES[self.method].default_beta
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """What must not change between a run and its resumption."""
+        d = self.to_dict()
+        d.pop("run_id", None)
+        d.pop("device", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, run_dir: Path) -> Path:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "config.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "TrainConfig":
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"{run_dir} is not a training run directory (no config.json)")
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,126 @@
+"""The LoRA preference trainer on a tiny pixel pipeline and a small store of votes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignment.config import TrainConfig
+from alignment.train import train
+from storage import Store
+from tests import tiny_pipelines
+
+PROMPTS = ["a small red circle on a blue background", "two large green squares on a white background"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny pixel model and a store with pairwise votes and a ranking on its candidates."""
+    from app.generation import generate_candidates
+
+    root = tmp_path_factory.mktemp("trainer")
+    model = tiny_pipelines.save(tiny_pipelines.tiny_pixel(), root / "model")
+    data = root / "data"
+    with Store.open(data) as store:
+        for p in PROMPTS:
+            g = generate_candidates(store, modality="image", prompt=p, n=4, model=str(model), seed=0,
+                                    params={"steps": 2})
+            store.vote(g[0].id, g[1].id, "a")
+            store.vote(g[2].id, g[3].id, "b")
+            store.vote(g[0].id, g[2].id, "tie")  # never a pair
+            store.rank([g[1].id, g[3].id, g[0].id, g[2].id])
+    return model, data
+
+
+def _run(tmp_path, world, name, **overrides):
+    model, data = world
+    cfg = {"modality": "image", "method": "diffusion-dpo", "model": str(model), "data_dir": str(data), "steps": 4,
+           "batch_size": 2, "lr": 1e-3, "checkpoint_every": 2, "lora_rank": 4, "lora_alpha": 4.0, **overrides}
+    run_dir = tmp_path / name
+    TrainConfig.from_dict(cfg).save(run_dir)
+    return run_dir
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trains_logs_and_saves_an_adapter(tmp_path, world):
+    model, data = world
+    with Store.open(data) as store:
+        run = store.create_run(modality="image", method="diffusion-dpo", base_model=str(model), config={})
+    run_dir = _run(tmp_path, world, "run", run_id=run.id)
+    before = {k: v.clone() for k, v in load_file(model / "unet" / "diffusion_pytorch_model.safetensors").items()}
+    assert train(run_dir) == 0
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "reward_accuracy", "margin", "chosen_reward", "rejected_reward", "grad_norm", "lr"):
+        assert all(key in r and r[key] == r[key] for r in rows), key
+    assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at LoRA init: log 2
+    weights = load_file(run_dir / "adapter" / "pytorch_lora_weights.safetensors")
+    assert weights and all("lora" in k for k in weights)
+    assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k or "lora.up" in k)
+    after = load_file(model / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base model is untouched
+    with Store.open(data) as store:
+        r = store.get_run(run.id)
+        assert r.status == "completed" and r.exit_code == 0 and r.metrics_path.endswith("metrics.jsonl")
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, world):
+    straight = _run(tmp_path, world, "straight")
+    assert train(straight) == 0
+    interrupted = _run(tmp_path, world, "interrupted")
+    assert train(interrupted, stop_after=2) == 130
+    assert len(_metrics(interrupted)) == 2
+    assert train(interrupted) == 1  # a second start without --resume is refused
+    assert train(interrupted, resume=True) == 0
+    a, b = _metrics(straight), _metrics(interrupted)
+    assert [(r["step"], r["loss"], r["margin"]) for r in a] == [(r["step"], r["loss"], r["margin"]) for r in b]
+    wa = load_file(straight / "adapter" / "pytorch_lora_weights.safetensors")
+    wb = load_file(interrupted / "adapter" / "pytorch_lora_weights.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_rankdpo_and_mapo_run(tmp_path, world):
+    assert train(_run(tmp_path, world, "rank", method="rankdpo", steps=2, batch_size=1)) == 0
+    assert train(_run(tmp_path, world, "mapo", method="mapo", steps=2)) == 0
+
+
+def test_clear_errors(tmp_path, world, capsys):
+    assert train(_run(tmp_path, world, "big", batch_size=50)) == 1
+    assert "too few preference pairs" in capsys.readouterr().err
+    assert train(_run(tmp_path, world, "dpo", method="dpo")) == 1
+    assert "not for image models" in capsys.readouterr().err
+    changed = _run(tmp_path, world, "changed")
+    assert train(changed, stop_after=1) == 130
+    cfg = json.loads((changed / "config.json").read_text())
+    cfg["lr"] = 0.5
+    (changed / "config.json").write_text(json.dumps(cfg))
+    assert train(changed, resume=True) == 1
+    assert "changed since the checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"modality": "image", "method": "dpo", "model": "m", "data_dir": "d", "stpes": 3})
+    with pytest.raises(ValueError, match="not a training run directory"):
+        TrainConfig.load(tmp_path / "nowhere")
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, world, monkeypatch, capsys):
+    from alignment import losses
+
+    spec = losses.LOSSES["diffusion-dpo"]
+    calls = {"n": 0}
+
+    def flaky(policy, reference, **kw):
+        calls["n"] += 1
+        loss, m = spec.fn(policy, reference, **kw)
+        return (loss * float("nan") if calls["n"] > 2 else loss), m
+
+    monkeypatch.setitem(losses.LOSSES, "diffusion-dpo", losses.LossSpec(**{**spec.__dict__, "fn": flaky}))
+    run_dir = _run(tmp_path, world, "nan", checkpoint_every=2)
+    assert train(run_dir) == 1
+    assert "the loss became nan at step 3" in capsys.readouterr().err
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["lora"].values())
