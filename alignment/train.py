@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -126,11 +127,15 @@ def save_adapter(adapter, module: torch.nn.Module, out: Path) -> Path:
     """The adapter in diffusers LoRA format (pipeline.load_lora_weights loads it)."""
     pipe = adapter.pipe
     state = lora_state(module)
+    # the LoraConfig (rank, alpha, targets) travels in the file: without it a loader assumes alpha = rank
+    config = module.peft_config["default"].to_dict()
     out.mkdir(parents=True, exist_ok=True)
     if adapter.family == "flow":
-        type(pipe).save_lora_weights(out, transformer_lora_layers=state, safe_serialization=True)
+        type(pipe).save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
+                                     safe_serialization=True)
     else:
-        type(pipe).save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
+        type(pipe).save_lora_weights(out, unet_lora_layers=state, unet_lora_adapter_metadata=config,
+                                     safe_serialization=True)
     return out
 
 
@@ -174,8 +179,10 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         params = add_lora(module, cfg, adapter.lora_target_modules())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
-        # 2. Data
+        # 2. Data (its hash goes into the run record and every exported adapter's metadata)
         examples = build_examples(store, cfg, cfg.data_model or adapter.model_name)
+        data_hash = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:16]
+        mark(data_hash=data_hash)
         per_step = cfg.batch_size * cfg.grad_accum
         if len(examples) < cfg.batch_size:
             raise TrainingError(
@@ -288,7 +295,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             store.add_adapter(
                 name=f"run{run_id}-{cfg.method}", modality=cfg.modality, base_model=adapter.model_name,
                 base_revision=adapter.revision, method=cfg.method, run_id=run_id, path=str(out),
-                metadata={"config": cfg.to_dict(), "examples": len(examples), "steps": step},
+                metadata={"config": cfg.to_dict(), "examples": len(examples), "steps": step, "data_hash": data_hash},
             )
         mark(status="completed", exit_code=0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=None)
         print(f"done: {step} steps; adapter in {out}", file=sys.stderr)

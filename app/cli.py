@@ -260,6 +260,26 @@ def cmd_export_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_adapter(args: argparse.Namespace) -> int:
+    from alignment.export import export_adapter, verify_export
+
+    with _open(args) as store:
+        adapter = store.get_adapter(args.adapter_id)
+        run = store.get_run(adapter.run_id) if adapter.run_id is not None else None
+    metadata = {
+        "base_model": adapter.base_model, "base_revision": adapter.base_revision or "", "method": adapter.method or "",
+        "run_id": adapter.run_id, "data_hash": adapter.metadata.get("data_hash") or (run.data_hash if run else ""),
+        "hyperparameters": adapter.metadata.get("config", {}),
+    }
+    out = export_adapter(adapter.path, args.out, args.format, metadata=metadata)
+    diff = verify_export(adapter.base_model, adapter.path, out, args.format)
+    if args.json:
+        _print_json({"path": str(out), "format": args.format, "max_difference": diff})
+    else:
+        print(f"wrote {out} ({args.format}); loaded back: same image as the trained adapter (max difference {diff:.1e})")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from storage.exchange import import_dataset
 
@@ -430,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="pickapic", choices=["pickapic", "trl-jsonl", "trl-parquet"])
     p.add_argument("--modality", choices=MODALITIES, help="default: image for pickapic, text for trl-*")
     p.add_argument("--model", help="only candidates of this model")
+
+    p = add("adapter", cmd_export_adapter, "export a trained adapter (diffusers, PEFT or kohya format), checked by "
+            "loading it back", parent=exp_sub)
+    p.add_argument("adapter_id", type=int, metavar="ADAPTER_ID", help="the adapter's id in the store (db info counts them)")
+    p.add_argument("out", metavar="OUT", help="output folder (diffusers, peft) or .safetensors file (kohya)")
+    p.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "kohya"])
 
     # import
     p = add("import", cmd_import, "import a Pick-a-Pic-style Parquet or TRL-style JSONL/Parquet dataset")

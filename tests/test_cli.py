@@ -9,7 +9,7 @@ from tests.conftest import png_bytes, run_cli
 
 COMMANDS = [
     [], ["db"], ["db", "check"], ["db", "info"], ["add"], ["list"], ["vote"], ["export"], ["export", "dataset"],
-    ["generate"], ["train"],
+    ["generate"], ["train"], ["export", "adapter"],
     ["import"], ["stats"],
 ]
 
