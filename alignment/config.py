@@ -39,6 +39,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     device: str | None = None
+    validation_prompts: list[str] | None = None  # None: the first distinct training prompts
+    validation_count: int = 4  # prompts sampled at the start and the end (0: none)
+    validation_seeds: int = 2  # images per prompt, seeds 0..n-1
     run_id: int | None = None  # the run's row in the store
 
     def __post_init__(self) -> None:

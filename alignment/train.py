@@ -144,6 +144,27 @@ def save_adapter(adapter, module: torch.nn.Module, out: Path) -> Path:
 # ---------------------------------------------------------------------------
 
 
+def validation_samples(store, adapter, cfg: TrainConfig, examples: list[dict[str, Any]], stage: str,
+                       extra: dict[str, Any]) -> list[int]:
+    """Sample fixed prompts and seeds with the model as it is now (LoRA on) and store them as
+    generations tied to the run, so start and end can be compared side by side."""
+    from modalities.protocol import GenerationRequest
+
+    if cfg.run_id is None or cfg.validation_count == 0:
+        return []
+    prompts = list(cfg.validation_prompts or dict.fromkeys(e["prompt"] for e in examples))[: cfg.validation_count]
+    ids = []
+    with torch.no_grad():
+        for prompt in prompts:
+            request = GenerationRequest(prompt, n=cfg.validation_seeds, seeds=tuple(range(cfg.validation_seeds)))
+            for sample in adapter.generate(request):
+                kw = sample.provenance.storage_kwargs()
+                kw["params"] = {**kw["params"], "validation": stage, "run_id": cfg.run_id, **extra}
+                ids.append(store.add_generation(prompt=prompt, media=sample.data, mime=sample.mime,
+                                                run_id=cfg.run_id, **kw).id)
+    return ids
+
+
 def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None) -> int:
     from modalities import registry
     from modalities.protocol import Group, ModelRef
@@ -227,7 +248,9 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                 media_cache[gid] = store.media_bytes(store.get_generation(gid))
             return media_cache[gid]
 
-        # 4. Loop
+        # 4. Loop (validation samples first, on a fresh run: the LoRA starts at zero, so this is the base)
+        if step == 0:
+            validation_samples(store, adapter, cfg, examples, "start", {"step": 0})
         metrics_file = open(run_dir / METRICS, "a")
         t0 = time.time()
         progress = _progress(cfg.steps, step)
@@ -291,6 +314,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
 
         # 5. The adapter, saved and (for a run of the store) registered
         out = save_adapter(adapter, module, run_dir / "adapter")
+        validation_samples(store, adapter, cfg, examples, "end", {"step": step, "adapter": str(out)})
         if run_id is not None:
             store.add_adapter(
                 name=f"run{run_id}-{cfg.method}", modality=cfg.modality, base_model=adapter.model_name,

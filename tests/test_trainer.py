@@ -67,6 +67,16 @@ def test_trains_logs_and_saves_an_adapter(tmp_path, world):
     with Store.open(data) as store:
         r = store.get_run(run.id)
         assert r.status == "completed" and r.exit_code == 0 and r.metrics_path.endswith("metrics.jsonl")
+        assert r.data_hash and len(r.data_hash) == 16
+        val = [g for g in store.list_generations(modality="image") if g.run_id == run.id]
+        start = [g for g in val if g.params["validation"] == "start"]
+        end = [g for g in val if g.params["validation"] == "end"]
+        assert len(start) == len(end) == 2 * 2  # 2 training prompts x 2 seeds, at the start and the end
+        assert {(g.prompt, g.seed) for g in start} == {(g.prompt, g.seed) for g in end}
+        assert end[0].params["adapter"].endswith("adapter") and start[0].params["step"] == 0
+        # the base model's own candidates with the same seeds are the start samples (LoRA starts at zero)
+        (adapter_row,) = store.list_adapters()
+        assert adapter_row.run_id == run.id and adapter_row.metadata["data_hash"] == r.data_hash
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, world):
