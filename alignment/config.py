@@ -39,6 +39,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     device: str | None = None
+    mixed_precision: str = "auto"  # auto (bf16 or fp16 on CUDA, none on CPU), no, fp16, bf16
+    optimizer: str = "auto"  # auto (adamw8bit on CUDA when bitsandbytes is installed), adamw, adamw8bit
+    cache_reference: bool = False  # reference scores once per micro-batch; the data order repeats each epoch
+    init_adapter: str | None = None  # continue from this adapter folder (it becomes the reference)
     validation_prompts: list[str] | None = None  # None: the first distinct training prompts
     validation_count: int = 4  # prompts sampled at the start and the end (0: none)
     validation_seeds: int = 2  # images per prompt, seeds 0..n-1
@@ -56,6 +60,10 @@ class TrainConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.derivation not in ("all", "best-vs-rest"):
             raise ValueError(f"derivation must be all or best-vs-rest, not {self.derivation!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision!r}")
+        if self.optimizer not in ("auto", "adamw", "adamw8bit"):
+            raise ValueError(f"optimizer must be auto, adamw or adamw8bit, not {self.optimizer!r}")
         # numbers from JSON or a CLI may arrive as ints: make beta and lr floats once and for all
         object.__setattr__(self, "lr", float(self.lr))
         if self.beta is not None:

@@ -16,9 +16,31 @@ One loop for every modality, through the modality protocol (see
    stop on a non-finite loss or gradient, keeping the last good checkpoint;
 6. save the adapter into ``RUN_DIR/adapter`` (diffusers LoRA format).
 
-The reference is always the *base* model with the adapter disabled. (Training
-on top of an earlier adapter is not offered yet: disabling the new adapter
-would not give the earlier one back.)
+The reference is the model the run starts from, never a second copy of it:
+
+- a fresh run: the *base* model, i.e. the trained module with its LoRA
+  adapter disabled;
+- ``init_adapter`` (continuing from an earlier adapter): base + that adapter.
+  It is loaded as a second, frozen LoRA named ``reference`` (a LoRA's worth of
+  memory); the new adapter starts as a copy of it and trains, and the reference
+  is the same module with ``reference`` active instead. The saved adapter is a
+  whole adapter (base -> tuned), not a difference to the earlier one.
+
+``cache_reference`` computes each micro-batch's reference scores once: the
+data order is then the same every epoch and a micro-batch keeps its noise and
+t, so later epochs reuse them (for diffusion and flow models this trades noise
+diversity for speed; autoregressive scores are deterministic anyway).
+
+The same command runs under ``accelerate launch`` (``--num_processes N``, GPUs
+or ``--cpu``): each process takes its share of every step's micro-batches and
+the LoRA gradients are averaged, so N processes with ``grad_accum`` a give the
+same updates as one process with ``grad_accum`` N*a. Only the first process
+writes (metrics, checkpoints, the store, the adapter).
+
+Mixed precision (``mixed_precision``: auto = bf16 on a CUDA GPU that has it,
+else fp16, none on CPU) runs the forward passes under autocast, LoRA weights
+stay float32 and fp16 uses a gradient scaler. ``optimizer``: auto = 8-bit AdamW
+(bitsandbytes) on CUDA when bitsandbytes is installed, else AdamW.
 
 ``--resume`` continues exactly: same data order, same noise, same optimizer
 state, so the loss curve equals an uninterrupted run's.
@@ -28,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -45,6 +68,7 @@ from .config import TrainConfig
 from .losses import get_loss
 
 CHECKPOINT = "checkpoint.pt"
+ADAPTER_INFO = "palate.json"
 METRICS = "metrics.jsonl"
 
 
@@ -80,11 +104,18 @@ def build_examples(store, cfg: TrainConfig, data_model: str) -> list[dict[str, A
 
 def example_index(cfg: TrainConfig, n: int, i: int) -> int:
     """The i-th example of the stream: a fresh seeded shuffle each epoch (so resuming at any
-    step reproduces the same order without saving any data state)."""
+    step reproduces the same order without saving any data state). With ``cache_reference``
+    every epoch keeps the first epoch's order, so micro-batches recur."""
     epoch, pos = divmod(i, n)
     order = list(range(n))
-    random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+    random.Random(cfg.seed * 1_000_003 + (0 if cfg.cache_reference else epoch)).shuffle(order)
     return order[pos]
+
+
+def noise_seed(cfg: TrainConfig, n: int, base: int) -> int:
+    """The seed of the noise and t of the micro-batch starting at stream position ``base``
+    (with ``cache_reference``, a recurring micro-batch keeps its seed)."""
+    return cfg.seed * 1_000_003 + (base % n if cfg.cache_reference else base)
 
 
 # ---------------------------------------------------------------------------
@@ -102,18 +133,60 @@ def adapter_disabled(module: torch.nn.Module):
         module.enable_adapters()
 
 
-def add_lora(module: torch.nn.Module, cfg: TrainConfig, targets: list[str]) -> list[torch.nn.Parameter]:
+@contextlib.contextmanager
+def reference_active(module: torch.nn.Module):
+    """The reference of a run continued from an earlier adapter: that adapter, frozen."""
+    module.set_adapter("reference")
+    try:
+        yield module
+    finally:
+        module.set_adapter("default")
+
+
+def add_lora(module: torch.nn.Module, cfg: TrainConfig, targets: list[str], *,
+             config: Any = None) -> list[torch.nn.Parameter]:
     from peft import LoraConfig
 
     module.requires_grad_(False)
-    module.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                  target_modules=targets, init_lora_weights=True))
-    params = [p for n, p in module.named_parameters() if "lora_" in n]
+    module.add_adapter(config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=targets, init_lora_weights=True), adapter_name="default")
+    if hasattr(module, "set_adapter"):
+        module.set_adapter("default")
+    params = [p for n, p in module.named_parameters() if "lora_" in n and ".default." in n + "."]
     for p in params:
         p.requires_grad_(True)
         p.data = p.data.float()  # LoRA weights train in float32 even on an fp16 model
     if not params:
         raise TrainingError(f"LoRA found no modules named {targets} to wrap")
+    return params
+
+
+def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """Load ``cfg.init_adapter`` as the frozen ``reference`` LoRA and start the trained one
+    as an exact copy of it (same rank, alpha and targets)."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from modalities.image.adapter import ModelLoadError, check_adapter_base
+
+    path = Path(cfg.init_adapter).expanduser()
+    try:
+        check_adapter_base(path, adapter.model_name, adapter.revision)
+        adapter.pipe.load_lora_weights(str(path), adapter_name="reference")
+    except ModelLoadError as e:
+        raise TrainingError(str(e)) from None
+    except Exception as e:
+        raise TrainingError(f"cannot continue from adapter {str(path)!r}: {type(e).__name__}: {e}") from None
+    ref_config = module.peft_config["reference"]
+    if (cfg.lora_rank, cfg.lora_alpha) != (ref_config.r, ref_config.lora_alpha):
+        print(f"continuing from {path}: using its LoRA rank {ref_config.r} and alpha {ref_config.lora_alpha}",
+              file=sys.stderr)
+    from peft import LoraConfig
+
+    config = LoraConfig(r=ref_config.r, lora_alpha=ref_config.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=ref_config.target_modules, init_lora_weights=True)
+    params = add_lora(module, cfg, [], config=config)
+    set_peft_model_state_dict(module, get_peft_model_state_dict(module, adapter_name="reference"),
+                              adapter_name="default")
     return params
 
 
@@ -123,8 +196,9 @@ def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module).items()}
 
 
-def save_adapter(adapter, module: torch.nn.Module, out: Path) -> Path:
-    """The adapter in diffusers LoRA format (pipeline.load_lora_weights loads it)."""
+def save_adapter(adapter, module: torch.nn.Module, out: Path, info: dict[str, Any] | None = None) -> Path:
+    """The adapter in diffusers LoRA format (pipeline.load_lora_weights loads it), with
+    ``palate.json`` saying which base model it belongs to (loaders refuse another one)."""
     pipe = adapter.pipe
     state = lora_state(module)
     # the LoraConfig (rank, alpha, targets) travels in the file: without it a loader assumes alpha = rank
@@ -136,7 +210,78 @@ def save_adapter(adapter, module: torch.nn.Module, out: Path) -> Path:
     else:
         type(pipe).save_lora_weights(out, unet_lora_layers=state, unet_lora_adapter_metadata=config,
                                      safe_serialization=True)
+    meta = {"base_model": adapter.model_name, "base_revision": adapter.revision, **(info or {})}
+    (out / ADAPTER_INFO).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     return out
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    if setting == "auto":
+        if device.type != "cuda":
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return setting
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device):
+    name = cfg.optimizer
+    if name == "auto":
+        name = "adamw8bit" if device.type == "cuda" and importlib.util.find_spec("bitsandbytes") else "adamw"
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainingError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes), "
+                                "or use optimizer adamw") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=0.0), name
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0), "adamw"
+
+
+class Processes:
+    """This process's place among ``accelerate launch``'s (one process: rank 0 of 1)."""
+
+    def __init__(self, cpu: bool):
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=cpu)
+        self.world = self.state.num_processes
+        self.rank = self.state.process_index
+        self.main = self.state.is_main_process
+
+    def mean_(self, tensors: list[torch.Tensor]) -> None:
+        """Average tensors across processes, in place."""
+        if self.world == 1 or not tensors:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def any(self, flag: bool) -> bool:
+        """True when the flag is set in any process (so all stop together)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.state.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------
@@ -174,19 +319,23 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
     cfg = TrainConfig.load(run_dir)
     spec = get_loss(cfg.method)
     torch.manual_seed(cfg.seed)
+    procs = Processes(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     store = Store.open(cfg.data_dir)
     run_id = cfg.run_id
 
     def mark(**fields: Any) -> None:
-        if run_id is not None:
+        if run_id is not None and procs.main:
             store.update_run(run_id, **fields)
 
     mark(status="running", pid=os.getpid(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None,
          metrics_path=str(run_dir / METRICS))
     try:
-        # 1. Model and LoRA
+        # 1. Model and LoRA (every process holds the model; under accelerate each on its own device)
+        device = cfg.device
+        if procs.world > 1 or device is None:
+            device = "cpu" if procs.state.device.type == "cpu" else str(procs.state.device)
         adapter_cls = registry.get(cfg.modality)
-        adapter = adapter_cls.load(ModelRef(cfg.model, revision=cfg.model_revision), device=cfg.device,
+        adapter = adapter_cls.load(ModelRef(cfg.model, revision=cfg.model_revision), device=device,
                                    latent_cache=Path(cfg.data_dir) / "cache" / "latents")
         kind = adapter.score_kind.value
         if kind not in spec.score_kinds:
@@ -197,19 +346,37 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         module = adapter.trainable_module()
         if cfg.gradient_checkpointing and hasattr(module, "enable_gradient_checkpointing"):
             module.enable_gradient_checkpointing()
-        params = add_lora(module, cfg, adapter.lora_target_modules())
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        if cfg.init_adapter:
+            params = continue_from(adapter, module, cfg)
+            reference_model = reference_active
+        else:
+            params = add_lora(module, cfg, adapter.lora_target_modules())
+            reference_model = adapter_disabled
+        dev = torch.device(adapter.device)
+        precision = resolve_precision(cfg.mixed_precision, dev)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        optimizer, optimizer_name = make_optimizer(params, cfg, dev)
+        scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+
+        def autocast():
+            if amp_dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(dev.type, dtype=amp_dtype)
 
         # 2. Data (its hash goes into the run record and every exported adapter's metadata)
         examples = build_examples(store, cfg, cfg.data_model or adapter.model_name)
         data_hash = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()[:16]
         mark(data_hash=data_hash)
-        per_step = cfg.batch_size * cfg.grad_accum
+        per_step = cfg.batch_size * cfg.grad_accum * procs.world  # examples per optimizer step, all processes
         if len(examples) < cfg.batch_size:
             raise TrainingError(
                 f"too few {'rankings' if spec.listwise else 'preference pairs'} for this run: "
                 f"{len(examples)} for a batch size of {cfg.batch_size}; judge more candidates or lower batch_size"
             )
+        if procs.main:
+            print(f"training {cfg.method} on {len(examples)} {'rankings' if spec.listwise else 'pairs'}: "
+                  f"{dev.type}, {procs.world} process(es), precision {precision}, optimizer {optimizer_name}"
+                  + (f", continuing from {cfg.init_adapter}" if cfg.init_adapter else ""), file=sys.stderr)
 
         # 3. Resume
         step = 0
@@ -220,17 +387,25 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
             if state["config_digest"] != cfg.digest():
                 raise TrainingError(f"{run_dir}/config.json changed since the checkpoint; start a new run instead")
+            if state.get("world", 1) != procs.world:
+                raise TrainingError(f"the checkpoint was made by {state.get('world', 1)} process(es); "
+                                    f"resume it with the same number, not {procs.world}")
             from peft.utils import set_peft_model_state_dict
 
-            set_peft_model_state_dict(module, state["lora"])
+            set_peft_model_state_dict(module, state["lora"], adapter_name="default")
             optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             step = state["step"]
         elif ckpt.exists():
             raise TrainingError(f"{run_dir} already holds a checkpoint; pass --resume to continue it")
 
         def save_checkpoint() -> None:
+            if not procs.main:
+                return
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"lora": lora_state(module), "optimizer": optimizer.state_dict(), "step": step,
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world": procs.world,
                         "config_digest": cfg.digest()}, tmp)
             os.replace(tmp, ckpt)
 
@@ -242,35 +417,48 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         loss_kwargs = {**spec.defaults, **cfg.loss_kwargs}
         media_cache: dict[int, bytes] = {}
+        reference_cache: dict[int, torch.Tensor] = {}
 
         def media(gid: int) -> bytes:
             if gid not in media_cache:
                 media_cache[gid] = store.media_bytes(store.get_generation(gid))
             return media_cache[gid]
 
+        def reference_scores(batch, base: int, seed: int) -> torch.Tensor:
+            key = base % len(examples)
+            if cfg.cache_reference and key in reference_cache:
+                return reference_cache[key]
+            with torch.no_grad(), reference_model(module), autocast():
+                ref = adapter.score(module, batch, torch.Generator("cpu").manual_seed(seed)).float()
+            if cfg.cache_reference:
+                reference_cache[key] = ref
+            return ref
+
         # 4. Loop (validation samples first, on a fresh run: the LoRA starts at zero, so this is the base)
-        if step == 0:
+        if step == 0 and procs.main:
             validation_samples(store, adapter, cfg, examples, "start", {"step": 0})
-        metrics_file = open(run_dir / METRICS, "a")
+        procs.barrier()
+        metrics_file = open(run_dir / METRICS, "a") if procs.main else None
         t0 = time.time()
-        progress = _progress(cfg.steps, step)
-        while step < cfg.steps and stop["signal"] is None:
+        progress = _progress(cfg.steps, step) if procs.main else (lambda *_: None)
+        skipped_in_a_row = 0
+        while step < cfg.steps and not procs.any(stop["signal"] is not None):
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             sums: Counter = Counter()
+            bad_loss = None
             for micro in range(cfg.grad_accum):
-                base = step * per_step + micro * cfg.batch_size
+                # this process's micro-batch: the (micro * world + rank)-th of the step
+                base = step * per_step + (micro * procs.world + procs.rank) * cfg.batch_size
                 batch_ex = [examples[example_index(cfg, len(examples), base + b)] for b in range(cfg.batch_size)]
                 batch = adapter.encode([Group(e["prompt"], tuple(media(g) for g in e["generation_ids"]))
                                         for e in batch_ex])
-                seed = (cfg.seed * 1_000_003 + step) * 1_009 + micro
-                policy = adapter.score(module, batch, torch.Generator("cpu").manual_seed(seed))
-                reference = None
-                if spec.needs_reference:
-                    with torch.no_grad(), adapter_disabled(module):
-                        reference = adapter.score(module, batch, torch.Generator("cpu").manual_seed(seed))
+                seed = noise_seed(cfg, len(examples), base)
+                with autocast():
+                    policy = adapter.score(module, batch, torch.Generator("cpu").manual_seed(seed)).float()
+                reference = reference_scores(batch, base, seed) if spec.needs_reference else None
                 extra: dict[str, Any] = {}
                 if spec.needs_labels or cfg.method == "flow-rwr":
                     extra["labels"] = torch.tensor([e["label"] for e in batch_ex], dtype=torch.float32)
@@ -278,51 +466,81 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                     extra["ranks"] = torch.tensor([e["ranks"] for e in batch_ex])
                 loss, metrics = spec.fn(policy, reference, beta=cfg.effective_beta, **loss_kwargs, **extra)
                 if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at step {step + 1}; stopped, the last good checkpoint is "
-                        f"kept. Lower the learning rate ({cfg.lr}) or beta ({cfg.effective_beta})."
-                    )
-                (loss / cfg.grad_accum).backward()
+                    bad_loss = loss.item()
+                    break
+                scaler.scale(loss / cfg.grad_accum).backward()
                 sums["loss"] += loss.item() / cfg.grad_accum
                 for k, v in metrics.items():
                     sums[k] += v / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if not torch.isfinite(grad_norm):
+            if procs.any(bad_loss is not None):
                 raise TrainingError(
-                    f"the gradient became {grad_norm.item()} at step {step + 1}; stopped, the last good checkpoint "
-                    f"is kept. Lower the learning rate ({cfg.lr})."
+                    f"the loss became {bad_loss if bad_loss is not None else 'non-finite'} at step {step + 1}; "
+                    f"stopped, the last good checkpoint is kept. Lower the learning rate ({cfg.lr}) "
+                    f"or beta ({cfg.effective_beta})."
                 )
-            optimizer.step()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            procs.mean_(grads)
+            for p, g in zip(params, grads):
+                p.grad = g
+            names = sorted(sums)
+            averaged = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=procs.state.device)
+            procs.mean_([averaged])
+            sums = Counter(dict(zip(names, averaged.tolist())))
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            skipped = False
+            if not torch.isfinite(grad_norm):
+                if not scaler.is_enabled() or skipped_in_a_row >= 20:
+                    raise TrainingError(
+                        f"the gradient became {grad_norm.item()} at step {step + 1}"
+                        + (" (20 steps in a row under fp16)" if scaler.is_enabled() else "")
+                        + f"; stopped, the last good checkpoint is kept. Lower the learning rate ({cfg.lr})."
+                    )
+                skipped = True  # fp16: the scaler skips this step and lowers its scale
+            skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             record = {"step": step, **{k: round(v, 6) for k, v in sums.items()},
                       "grad_norm": round(float(grad_norm), 6), "lr": lr, "seconds": round(time.time() - t0, 2)}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            if skipped:
+                record["skipped"] = True
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
             progress(step, record)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint()
             if stop_after is not None and step >= stop_after:
                 stop["signal"] = "stop_after"
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if step < cfg.steps:
             save_checkpoint()
             mark(status="cancelled", error=f"stopped at step {step}; resume with --resume", pid=None)
-            print(f"stopped at step {step}; continue with: python -m alignment.train {run_dir} --resume", file=sys.stderr)
+            if procs.main:
+                print(f"stopped at step {step}; continue with: python -m alignment.train {run_dir} --resume",
+                      file=sys.stderr)
             return 130
 
-        # 5. The adapter, saved and (for a run of the store) registered
-        out = save_adapter(adapter, module, run_dir / "adapter")
-        validation_samples(store, adapter, cfg, examples, "end", {"step": step, "adapter": str(out)})
-        if run_id is not None:
-            store.add_adapter(
-                name=f"run{run_id}-{cfg.method}", modality=cfg.modality, base_model=adapter.model_name,
-                base_revision=adapter.revision, method=cfg.method, run_id=run_id, path=str(out),
-                metadata={"config": cfg.to_dict(), "examples": len(examples), "steps": step, "data_hash": data_hash},
-            )
-        mark(status="completed", exit_code=0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=None)
-        print(f"done: {step} steps; adapter in {out}", file=sys.stderr)
+        # 5. The adapter, saved and (for a run of the store) registered -- by the first process
+        if procs.main:
+            info = {"method": cfg.method, "run_id": run_id, "data_hash": data_hash, "steps": step,
+                    "init_adapter": cfg.init_adapter}
+            out = save_adapter(adapter, module, run_dir / "adapter", info)
+            validation_samples(store, adapter, cfg, examples, "end", {"step": step, "adapter": str(out)})
+            if run_id is not None:
+                store.add_adapter(
+                    name=f"run{run_id}-{cfg.method}", modality=cfg.modality, base_model=adapter.model_name,
+                    base_revision=adapter.revision, method=cfg.method, run_id=run_id, path=str(out),
+                    metadata={"config": cfg.to_dict(), "examples": len(examples), "steps": step,
+                              "data_hash": data_hash},
+                )
+            mark(status="completed", exit_code=0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), pid=None)
+            print(f"done: {step} steps; adapter in {out}", file=sys.stderr)
+        procs.barrier()
         return 0
     except TrainingError as e:
         mark(status="failed", error=str(e), exit_code=1, pid=None)
@@ -333,6 +551,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         raise
     finally:
         store.close()
+        procs.close()
 
 
 def _progress(total: int, start: int):

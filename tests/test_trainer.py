@@ -1,7 +1,11 @@
 """The LoRA preference trainer on a tiny pixel pipeline and a small store of votes."""
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +138,132 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, world, monkeyp
     assert "the loss became nan at step 3" in capsys.readouterr().err
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["lora"].values())
+
+
+# -- precision, optimizer, reference cache, continuing, several processes ------
+
+
+def test_bf16_and_fp16_autocast_train_on_cpu(tmp_path, world, capsys):
+    for precision in ("bf16", "fp16"):
+        run_dir = _run(tmp_path, world, precision, mixed_precision=precision, steps=3)
+        assert train(run_dir) == 0, capsys.readouterr().err
+        assert f"precision {precision}" in capsys.readouterr().err
+        rows = _metrics(run_dir)
+        assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+        assert rows[0]["loss"] == pytest.approx(math.log(2), abs=2e-2)  # policy == reference at LoRA init
+        weights = load_file(run_dir / "adapter" / "pytorch_lora_weights.safetensors")
+        assert all(v.dtype == torch.float32 for v in weights.values())  # LoRA weights stay float32
+        assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k or "lora.up" in k)
+    state = torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=False)
+    assert state["scaler"] and state["scaler"]["scale"] > 0  # fp16 resumes with its gradient scaler
+
+
+def test_eight_bit_optimizer(tmp_path, world, capsys, monkeypatch):
+    pytest.importorskip("bitsandbytes")  # a dev dependency: installed by scripts/test.sh
+    straight = _run(tmp_path, world, "8bit", optimizer="adamw8bit")
+    assert train(straight) == 0
+    assert "optimizer adamw8bit" in capsys.readouterr().err
+    resumed = _run(tmp_path, world, "8bit-resumed", optimizer="adamw8bit")
+    assert train(resumed, stop_after=2) == 130
+    assert train(resumed, resume=True) == 0
+    assert [r["loss"] for r in _metrics(straight)] == [r["loss"] for r in _metrics(resumed)]
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    assert train(_run(tmp_path, world, "no-bnb", optimizer="adamw8bit")) == 1
+    assert "needs bitsandbytes" in capsys.readouterr().err
+
+
+def test_cached_reference_scores(tmp_path, world, monkeypatch):
+    from alignment import train as train_mod
+
+    calls = {"reference": 0}
+    original = train_mod.adapter_disabled
+
+    @contextlib.contextmanager
+    def counting(module):
+        calls["reference"] += 1
+        with original(module):
+            yield module
+
+    monkeypatch.setattr(train_mod, "adapter_disabled", counting)
+    # within the first epoch a cached run is the plain run: same order, same noise, same reference
+    plain = _run(tmp_path, world, "plain", steps=2)
+    cached = _run(tmp_path, world, "cached", steps=2, cache_reference=True)
+    assert train(plain) == 0 and train(cached) == 0
+    assert [r["loss"] for r in _metrics(plain)] == [r["loss"] for r in _metrics(cached)]
+    # over many epochs the reference is scored once per distinct micro-batch, and resume stays exact
+    with Store.open(world[1]) as store:
+        n = len(train_mod.build_examples(store, TrainConfig.load(cached), None))
+    calls["reference"] = 0
+    long = _run(tmp_path, world, "long", steps=3 * n, cache_reference=True)
+    assert train(long) == 0
+    assert calls["reference"] == n // math.gcd(n, 2)  # batch size 2: the micro-batch starts mod n
+    resumed = _run(tmp_path, world, "long-resumed", steps=3 * n, cache_reference=True)
+    assert train(resumed, stop_after=n) == 130 and train(resumed, resume=True) == 0
+    assert [r["loss"] for r in _metrics(long)] == [r["loss"] for r in _metrics(resumed)]
+
+
+def test_continue_from_an_adapter(tmp_path, world, capsys):
+    from modalities.image.adapter import ImageAdapter, ModelLoadError
+    from modalities.protocol import GenerationRequest, ModelRef
+
+    model, data = world
+    first = _run(tmp_path, world, "first", steps=4, lr=1e-2)
+    assert train(first) == 0
+    adapter_dir = first / "adapter"
+    info = json.loads((adapter_dir / "palate.json").read_text())
+    assert info["base_model"] and info["base_revision"] and info["method"] == "diffusion-dpo"
+    second = _run(tmp_path, world, "second", steps=3, lr=1e-2, lora_rank=8, init_adapter=str(adapter_dir))
+    assert train(second) == 0
+    assert "using its LoRA rank 4" in capsys.readouterr().err
+    rows = _metrics(second)
+    # the reference is the earlier adapter and the new one starts as its copy: the first loss is log 2
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert rows[0]["margin"] == pytest.approx(0.0, abs=1e-6)
+    a = load_file(adapter_dir / "pytorch_lora_weights.safetensors")
+    b = load_file(second / "adapter" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    # the saved adapter is whole (base -> tuned): it loads on the base alone and differs from the first
+    request = GenerationRequest(PROMPTS[0], n=1, seeds=(3,), params={"steps": 2})
+    out = {name: ImageAdapter.load(ModelRef(str(model), adapter=str(d)), device="cpu").generate(request)[0].data
+           for name, d in (("first", adapter_dir), ("second", second / "adapter"))}
+    assert out["first"] != out["second"]
+    # an adapter of another base model is refused, by the trainer and by the loader
+    other = tiny_pipelines.save(tiny_pipelines.tiny_pixel(seed=1), tmp_path / "other-model")
+    with pytest.raises(ModelLoadError, match="was trained on"):
+        ImageAdapter.load(ModelRef(str(other), adapter=str(adapter_dir)), device="cpu")
+    wrong = _run(tmp_path, world, "wrong", model=str(other), init_adapter=str(adapter_dir))
+    assert train(wrong) == 1
+    assert "was trained on" in capsys.readouterr().err
+
+
+def test_two_processes_under_accelerate_equal_one_with_accumulation(tmp_path, world):
+    """accelerate launch --cpu --num_processes 2: each process takes half of every step, the
+    gradients are averaged -- the same updates as one process accumulating two micro-batches."""
+    import socket
+    import subprocess
+
+    one = _run(tmp_path, world, "one", steps=3, grad_accum=2, validation_count=0)
+    assert train(one) == 0
+    two = _run(tmp_path, world, "two", steps=3, grad_accum=1, validation_count=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         "-m", "alignment.train", str(two)],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    a, b = _metrics(one), _metrics(two)
+    assert [r["step"] for r in b] == [1, 2, 3]  # one writer: the first process
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+        assert rb["margin"] == pytest.approx(ra["margin"], rel=1e-3, abs=1e-6)
+    wa = load_file(one / "adapter" / "pytorch_lora_weights.safetensors")
+    wb = load_file(two / "adapter" / "pytorch_lora_weights.safetensors")
+    assert wa.keys() == wb.keys()
+    # float sums in another order move a few weights by ~1e-5; a wrong split would move most by ~lr (1e-3)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    assert max(wa[k].abs().max().item() for k in wa if "lora_B" in k or "lora.up" in k) > 1e-3

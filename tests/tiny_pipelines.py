@@ -99,10 +99,10 @@ def save(pipe, path: Path) -> Path:
     return path
 
 
-def tiny_pixel():
-    """The built-in model's architecture, shrunk."""
+def tiny_pixel(seed: int = 0):
+    """The built-in model's architecture, shrunk (another seed: another model of the same shape)."""
     from modalities.image.default_model import DefaultModelConfig, build_pipeline
 
     cfg = DefaultModelConfig(resolution=16, block_out_channels=(16, 32, 32), text_hidden=32, text_heads=2,
                              attention_heads=2)
-    return build_pipeline(cfg, seed=0)
+    return build_pipeline(cfg, seed=seed)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +55,7 @@ SUPPORTED_PIPELINES = {
     "StableDiffusion3Pipeline": "flow",
 }
 MAX_SIDE = 4096
+TEXT_CACHE_SIZE = 512  # prompts whose text conditioning the trainer keeps in memory
 
 
 class ModelLoadError(ValueError):
@@ -191,10 +193,11 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
         raise ModelLoadError(f"{source!r} is a {class_name}, not a text-to-image pipeline with a UNet or transformer")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    revision = ref.revision or (_folder_revision(folder) if folder is not None else None)
     if ref.adapter:
+        check_adapter_base(Path(ref.adapter).expanduser(), name, revision)
         _load_lora(pipe, ref.adapter)
     pipe.to(device)
-    revision = ref.revision or (_folder_revision(folder) if folder is not None else None)
     return pipe, name, revision
 
 
@@ -208,6 +211,28 @@ def _check_device(device: str | None) -> str:
             raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
         return device
     raise ModelLoadError(f"unknown device {device!r}; use cpu or cuda (cuda:N for another GPU)")
+
+
+def check_adapter_base(path: Path, model: str, revision: str | None) -> None:
+    """Refuse an adapter trained on another base model. Palate's adapters carry a
+    ``palate.json`` naming their base (its revision: a hub commit or a folder's content
+    hash); adapters from elsewhere have none and are tried as they are."""
+    if not path.exists():
+        raise ModelLoadError(f"adapter {str(path)!r} does not exist")
+    info_file = (path if path.is_dir() else path.parent) / "palate.json"
+    if not info_file.is_file():
+        return
+    try:
+        info = json.loads(info_file.read_text())
+    except ValueError:
+        raise ModelLoadError(f"{info_file} is not valid JSON") from None
+    base, base_rev = info.get("base_model"), info.get("base_revision")
+    same = base_rev == revision if (base_rev and revision) else base == model
+    if not same:
+        raise ModelLoadError(
+            f"adapter {str(path)!r} was trained on {base!r} (revision {base_rev}), not on {model!r} "
+            f"(revision {revision}); load it with the model it was trained on"
+        )
 
 
 def _load_lora(pipe, adapter: str) -> None:
@@ -433,6 +458,23 @@ class ImageAdapter(ModalityAdapter):
         return TrainingBatch(prompts, {"latents": latents}, self._conditioning(prompts, latents.shape[-2:]))
 
     def _conditioning(self, prompts: list[str], latent_hw) -> dict[str, torch.Tensor]:
+        """Text conditioning per prompt, cached in memory (the text encoders never train:
+        LoRA goes into the UNet/transformer only), so a prompt is encoded once per run."""
+        hw = tuple(int(x) for x in latent_hw)
+        cache = self.__dict__.setdefault("_text_cache", OrderedDict())
+        missing = [p for p in dict.fromkeys(prompts) if (p, hw) not in cache]
+        if missing:
+            fresh = self._encode_conditioning(missing, hw)
+            for i, p in enumerate(missing):
+                cache[(p, hw)] = {k: v[i] for k, v in fresh.items()}
+        for p in prompts:
+            cache.move_to_end((p, hw))
+        out = {k: torch.stack([cache[(p, hw)][k] for p in prompts]) for k in cache[(prompts[0], hw)]}
+        while len(cache) > TEXT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return out
+
+    def _encode_conditioning(self, prompts: list[str], latent_hw) -> dict[str, torch.Tensor]:
         pipe, device = self.pipe, self.device
         cls = type(pipe).__name__
         if cls == "ShapesPixelPipeline":
