@@ -170,7 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alignment.config import TrainConfig
 
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
-    for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device"):
+    for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device",
+                "init_adapter", "mixed_precision", "optimizer", "cache_reference"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
@@ -181,6 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         overrides.setdefault("model", default_model("image"))
     with _open(args) as store:
+        init = overrides.get("init_adapter")
+        if init is not None and str(init).isdigit():  # an adapter id of the store
+            overrides["init_adapter"] = store.get_adapter(int(init)).path
         cfg = TrainConfig.from_dict({"modality": args.modality, "method": args.method,
                                      "data_dir": str(store.data_dir), **overrides})
         run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict())
@@ -409,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--derivation", choices=["all", "best-vs-rest"], help="how rankings become pairs")
     p.add_argument("--device")
+    p.add_argument("--init-adapter", metavar="ADAPTER", help="continue from an adapter (its id in the store or a "
+                   "folder): it becomes the reference, and the new adapter starts as its copy")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
+                   help="autocast for the forward passes (auto: bf16/fp16 on CUDA, none on CPU)")
+    p.add_argument("--optimizer", choices=["auto", "adamw", "adamw8bit"],
+                   help="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW")
+    p.add_argument("--cache-reference", action="store_true", default=None,
+                   help="score each micro-batch's reference once and reuse it in later epochs")
 
     # list
     p = add("list", cmd_list, "list stored candidates (generations) with their ids")

@@ -93,3 +93,15 @@ def test_train_from_the_cli(tmp_path):
     assert tuned[0]["params"]["adapter"] == str(adapter_dir)
     bad = run_cli("train", "--model", str(model), "--method", "no-such-method", data_dir=d)
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+    # continue from the stored adapter (by its id), with the 8-bit-free CPU defaults spelled out
+    more = run_cli("train", "--model", str(model), "--method", "diffusion-dpo", "--steps", "1", "--batch-size", "2",
+                   "--init-adapter", "1", "--mixed-precision", "no", "--optimizer", "adamw", data_dir=d)
+    assert more.returncode == 0, more.stderr
+    assert f"continuing from {adapter_dir}" in more.stderr
+    config = json.loads((d / "runs" / "run-0002" / "config.json").read_text())
+    assert config["init_adapter"] == str(adapter_dir) and config["optimizer"] == "adamw"
+    # an adapter made on another base model is refused with a clear message
+    other = tiny_pipelines.save(tiny_pipelines.tiny_pixel(seed=1), tmp_path / "other")
+    wrong = run_cli("generate", "--model", str(other), "--adapter", str(adapter_dir), "--prompt", "a small red circle "
+                    "on a blue background", "-n", "1", "--steps", "2", data_dir=d)
+    assert wrong.returncode == 2 and "was trained on" in wrong.stderr
