@@ -442,6 +442,8 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         t0 = time.time()
         progress = _progress(cfg.steps, step) if procs.main else (lambda *_: None)
         skipped_in_a_row = 0
+        last_mark = 0.0
+        mark(step=step, total_steps=cfg.steps)
         while step < cfg.steps and not procs.any(stop["signal"] is not None):
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
             for g in optimizer.param_groups:
@@ -509,6 +511,9 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
             progress(step, record)
+            if time.time() - last_mark >= 1.0 or step == cfg.steps:  # the run record, at most once a second
+                mark(step=step, last_metrics=record)
+                last_mark = time.time()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint()
             if stop_after is not None and step >= stop_after:
@@ -519,6 +524,9 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             signal.signal(s, h)
         if step < cfg.steps:
             save_checkpoint()
+            last = _last_record(run_dir) if procs.main else None
+            if last is not None:
+                mark(step=step, last_metrics=last)
             mark(status="cancelled", error=f"stopped at step {step}; resume with --resume", pid=None)
             if procs.main:
                 print(f"stopped at step {step}; continue with: python -m alignment.train {run_dir} --resume",
@@ -552,6 +560,14 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
     finally:
         store.close()
         procs.close()
+
+
+def _last_record(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / METRICS
+    if not path.exists():
+        return None
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1]) if lines else None
 
 
 def _progress(total: int, start: int):

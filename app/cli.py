@@ -182,12 +182,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         overrides.setdefault("model", default_model("image"))
     with _open(args) as store:
-        init = overrides.get("init_adapter")
+        init, parent = overrides.get("init_adapter"), None
         if init is not None and str(init).isdigit():  # an adapter id of the store
-            overrides["init_adapter"] = store.get_adapter(int(init)).path
+            parent = store.get_adapter(int(init))
+            overrides["init_adapter"] = parent.path
         cfg = TrainConfig.from_dict({"modality": args.modality, "method": args.method,
                                      "data_dir": str(store.data_dir), **overrides})
-        run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict())
+        run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict(),
+                               parent_adapter_id=parent.id if parent else None)
         run_dir = store.data_dir / "runs" / f"run-{run.id:04d}"
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "run_id": run.id})
         cfg.save(run_dir)

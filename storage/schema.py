@@ -205,6 +205,18 @@ def _0003_views(db: sqlite_utils.Database) -> None:
     )
 
 
+def _0004_run_progress(db: sqlite_utils.Database) -> None:
+    """A run's progress in its record: the trainer writes its step and latest metrics as it goes."""
+    _execute_statements(
+        db,
+        """
+        ALTER TABLE runs ADD COLUMN step INTEGER;
+        ALTER TABLE runs ADD COLUMN total_steps INTEGER;
+        ALTER TABLE runs ADD COLUMN last_metrics TEXT;
+        """
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -215,6 +227,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _0001_initial),
     Migration("0002_imports", _0002_imports),
     Migration("0003_views", _0003_views),
+    Migration("0004_run_progress", _0004_run_progress),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -147,6 +147,9 @@ class Run:
     started_at: str | None
     finished_at: str | None
     updated_at: str
+    step: int | None = None  # the last finished step (the trainer updates it as it goes)
+    total_steps: int | None = None
+    last_metrics: dict[str, Any] | None = None  # that step's metrics (loss, reward accuracy, ...)
 
 
 @dataclass(frozen=True)
@@ -771,6 +774,9 @@ class Store:
         "started_at",
         "finished_at",
         "config",
+        "step",
+        "total_steps",
+        "last_metrics",
     )
 
     def create_run(
@@ -808,8 +814,9 @@ class Store:
             raise ValueError(f"cannot update run field(s) {sorted(unknown)}; allowed: {', '.join(self._RUN_FIELDS)}")
         if "status" in fields and fields["status"] not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {fields['status']!r}")
-        if "config" in fields:
-            fields["config"] = _dumps(fields["config"])
+        for key in ("config", "last_metrics"):
+            if key in fields and fields[key] is not None:
+                fields[key] = _dumps(fields[key])
         fields["updated_at"] = now_iso()
         with self.write() as db:
             self._require("runs", run_id, "run")
@@ -1065,6 +1072,7 @@ def _generation(r: Mapping[str, Any]) -> Generation:
 def _run(r: Mapping[str, Any]) -> Run:
     d = dict(r)
     d["config"] = json.loads(d["config"] or "{}")
+    d["last_metrics"] = json.loads(d["last_metrics"]) if d.get("last_metrics") else None
     return Run(**d)
 
 

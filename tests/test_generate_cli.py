@@ -6,6 +6,7 @@ import json
 import pytest
 from PIL import Image
 
+from storage import Store
 from tests import tiny_pipelines
 from tests.conftest import run_cli
 
@@ -100,6 +101,8 @@ def test_train_from_the_cli(tmp_path):
     assert f"continuing from {adapter_dir}" in more.stderr
     config = json.loads((d / "runs" / "run-0002" / "config.json").read_text())
     assert config["init_adapter"] == str(adapter_dir) and config["optimizer"] == "adamw"
+    with Store.open(d) as store:
+        assert store.get_run(2).parent_adapter_id == 1
     # an adapter made on another base model is refused with a clear message
     other = tiny_pipelines.save(tiny_pipelines.tiny_pixel(seed=1), tmp_path / "other")
     wrong = run_cli("generate", "--model", str(other), "--adapter", str(adapter_dir), "--prompt", "a small red circle "

@@ -13,6 +13,7 @@ from storage import (
     Store,
     UnknownIdError,
 )
+from storage.schema import MIGRATIONS
 from tests.conftest import add_images, png_bytes
 
 
@@ -22,8 +23,8 @@ def test_open_creates_wal_database_with_foreign_keys(data_dir):
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10_000
-        assert s.schema_version() == 3
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert s.schema_version() == len(MIGRATIONS)
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_generation_round_trip_and_content_addressing(store):

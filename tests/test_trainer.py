@@ -72,6 +72,7 @@ def test_trains_logs_and_saves_an_adapter(tmp_path, world):
         r = store.get_run(run.id)
         assert r.status == "completed" and r.exit_code == 0 and r.metrics_path.endswith("metrics.jsonl")
         assert r.data_hash and len(r.data_hash) == 16
+        assert r.step == r.total_steps == 4 and r.last_metrics == rows[-1]  # progress in the run record
         val = [g for g in store.list_generations(modality="image") if g.run_id == run.id]
         start = [g for g in val if g.params["validation"] == "start"]
         end = [g for g in val if g.params["validation"] == "end"]
