@@ -171,7 +171,7 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
     path = Path(cfg.init_adapter).expanduser()
     try:
         check_adapter_base(path, adapter.model_name, adapter.revision)
-        adapter.pipe.load_lora_weights(str(path), adapter_name="reference")
+        adapter.load_lora(module, path, "reference")
     except ModelLoadError as e:
         raise TrainingError(str(e)) from None
     except Exception as e:
@@ -197,19 +197,11 @@ def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(adapter, module: torch.nn.Module, out: Path, info: dict[str, Any] | None = None) -> Path:
-    """The adapter in diffusers LoRA format (pipeline.load_lora_weights loads it), with
+    """The adapter in its modality's format (images: diffusers' LoRA file, which
+    ``pipeline.load_lora_weights`` loads; language models: a PEFT folder), with
     ``palate.json`` saying which base model it belongs to (loaders refuse another one)."""
-    pipe = adapter.pipe
-    state = lora_state(module)
-    # the LoraConfig (rank, alpha, targets) travels in the file: without it a loader assumes alpha = rank
     config = module.peft_config["default"].to_dict()
-    out.mkdir(parents=True, exist_ok=True)
-    if adapter.family == "flow":
-        type(pipe).save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
-                                     safe_serialization=True)
-    else:
-        type(pipe).save_lora_weights(out, unet_lora_layers=state, unet_lora_adapter_metadata=config,
-                                     safe_serialization=True)
+    adapter.save_lora(module, out, lora_state(module), config)
     meta = {"base_model": adapter.model_name, "base_revision": adapter.revision, **(info or {})}
     (out / ADAPTER_INFO).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     return out
@@ -344,8 +336,13 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                 f"use one of the methods for {kind} models"
             )
         module = adapter.trainable_module()
-        if cfg.gradient_checkpointing and hasattr(module, "enable_gradient_checkpointing"):
-            module.enable_gradient_checkpointing()
+        if cfg.gradient_checkpointing:
+            for name in ("enable_gradient_checkpointing", "gradient_checkpointing_enable"):  # diffusers, transformers
+                if hasattr(module, name):
+                    getattr(module, name)()
+                    break
+        if hasattr(adapter, "length_normalized"):  # autoregressive scores: per-token means for SimPO & co.
+            adapter.length_normalized = spec.length_normalized
         if cfg.init_adapter:
             params = continue_from(adapter, module, cfg)
             reference_model = reference_active

@@ -146,8 +146,15 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from app.generation import generate_candidates
 
-    params = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance), ("width", args.width),
-                                ("height", args.height), ("scheduler", args.scheduler)) if v is not None}
+    image = (("steps", args.steps), ("guidance", args.guidance), ("width", args.width), ("height", args.height),
+             ("scheduler", args.scheduler))
+    text = (("temperature", args.temperature), ("top_p", args.top_p), ("max_tokens", args.max_tokens))
+    mine, other = (image, text) if args.modality == "image" else (text, image)
+    wrong = [k for k, v in other if v is not None]
+    if wrong:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} do not apply to {args.modality} "
+                         f"models")
+    params = {k: v for k, v in mine if v is not None}
     with _open(args) as store:
         gens = generate_candidates(
             store, modality=args.modality, prompt=args.prompt, n=args.n, model=args.model, seed=args.seed,
@@ -177,10 +184,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.model and "model" not in overrides:
         overrides["model"] = args.model
-    if args.modality == "image":
+    if "model" not in overrides:
         from app.generation import default_model
 
-        overrides.setdefault("model", default_model("image"))
+        overrides["model"] = default_model(args.modality)  # a clear error where there is none yet
     with _open(args) as store:
         init, parent = overrides.get("init_adapter"), None
         if init is not None and str(init).isdigit():  # an adapter id of the store
@@ -384,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # generate
     p = add("generate", cmd_generate, "generate candidates for a prompt with a model and store them")
-    p.add_argument("--modality", default="image", choices=["image"], help="what to generate (default: image)")
+    p.add_argument("--modality", default="image", choices=["image", "text"], help="what to generate (default: image)")
     p.add_argument("--prompt", required=True, help='e.g. "two small red circles on a blue background"')
     p.add_argument("-n", type=int, default=4, help="how many candidates (1-64, default 4)")
     p.add_argument("--model", help="hub id or local pipeline folder (default: the built-in shapes-diffusion)")
@@ -396,14 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int)
     p.add_argument("--scheduler", help="sampler: dpm++, ddim, euler, euler-a, unipc, pndm (UNet models); "
                                        "flow-euler, flow-heun (flow models)")
+    p.add_argument("--temperature", type=float, help="text: sampling temperature (0 = greedy; default 0.7)")
+    p.add_argument("--top-p", type=float, help="text: nucleus sampling mass (default 0.95)")
+    p.add_argument("--max-tokens", type=int, help="text: longest answer in tokens (default 256)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. a training run's adapter/)")
 
     # train
     p = add("train", cmd_train, "train a LoRA adapter on the stored judgments (runs python -m alignment.train)")
-    p.add_argument("--modality", default="image", choices=["image"])
+    p.add_argument("--modality", default="image", choices=["image", "text"])
     p.add_argument("--method", required=True, help="diffusion-dpo, mapo, rankdpo (UNet models); flow-dpo, flow-rwr, "
-                                                   "mapo, rankdpo (flow models)")
+                                                   "mapo, rankdpo (flow models); dpo, ipo, hinge, conservative-dpo, "
+                                                   "simpo, irepo (language models)")
     p.add_argument("--model", help="base model (default: the built-in one)")
     p.add_argument("--config", help="a JSON file of training settings (see alignment/config.py)")
     p.add_argument("--steps", type=int)

@@ -45,6 +45,7 @@ import abc
 import enum
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 if TYPE_CHECKING:  # torch is only needed by implementations, not to import the contract
@@ -250,3 +251,25 @@ class ModalityAdapter(abc.ABC):
     def lora_target_modules(self) -> list[str]:
         """LoRA targets for the loaded model; defaults to ``default_lora_targets``."""
         return list(self.default_lora_targets)
+
+    # -- LoRA files (defaults: a PEFT folder, as transformers models use) -------
+    def save_lora(self, module: "nn.Module", out: "Path", state: "dict[str, torch.Tensor]",
+                  config: dict[str, Any]) -> None:
+        """Write the trained LoRA (``state``: peft's state dict, ``config``: its LoraConfig
+        as a dict) into the folder ``out`` in the format ``ModelRef.adapter`` loads back.
+        Default: a PEFT folder (``adapter_model.safetensors`` + ``adapter_config.json``)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        prefixed = {k if k.startswith("base_model.model.") else f"base_model.model.{k}": v.contiguous()
+                    for k, v in state.items()}
+        save_file(prefixed, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+        clean = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+        (out / "adapter_config.json").write_text(json.dumps(clean, indent=2, sort_keys=True, default=str) + "\n")
+
+    def load_lora(self, module: "nn.Module", path: "Path", adapter_name: str) -> None:
+        """Load a saved LoRA into ``module`` as the extra adapter ``adapter_name`` (inactive
+        weights; the trainer switches between adapters with ``set_adapter``)."""
+        module.load_adapter(str(path), adapter_name=adapter_name)

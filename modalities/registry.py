@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # name -> "module:Class". Filled in by the modality issues (image, text, ...).
 _BUILTIN: dict[str, str] = {
     "image": "modalities.image.adapter:ImageAdapter",
+    "text": "modalities.text.adapter:TextAdapter",
 }
 _REGISTRY: dict[str, str | type] = dict(_BUILTIN)
 

@@ -106,3 +106,54 @@ def tiny_pixel(seed: int = 0):
     cfg = DefaultModelConfig(resolution=16, block_out_channels=(16, 32, 32), text_hidden=32, text_heads=2,
                              attention_heads=2)
     return build_pipeline(cfg, seed=seed)
+
+
+# -- a tiny causal LM (text modality) ------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+CORPUS = [
+    "Q: Tom has 3 apples and buys 4 more. How many apples?\nA: 3 + 4 = 7. Check: 7 - 4 = 3. The answer is 7.",
+    "Q: A box holds 12 pens; 5 are taken. How many are left?\nA: 12 - 5 = 7. The answer is 7.",
+    "user: assistant: what is the sum of 2 and 9? 11. double check 9 + 2 = 11",
+]
+CONTEXT = 64
+
+
+def tiny_lm_tokenizer(chat_template: str | None = None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=CONTEXT)
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def tiny_lm_model(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # a peakier random model, so sampled answers differ visibly across seeds
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+def save_tiny_lm(path, chat_template: str | None = None):
+    tok = tiny_lm_tokenizer(chat_template)
+    tiny_lm_model(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

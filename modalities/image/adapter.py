@@ -532,6 +532,22 @@ class ImageAdapter(ModalityAdapter):
     def trainable_module(self) -> torch.nn.Module:
         return self.pipe.transformer if self.family == "flow" else self.pipe.unet
 
+    def save_lora(self, module: torch.nn.Module, out: Path, state: dict[str, torch.Tensor],
+                  config: dict[str, Any]) -> None:
+        """diffusers' LoRA file (``pytorch_lora_weights.safetensors``, what
+        ``pipeline.load_lora_weights`` loads), with the LoraConfig in its metadata: without it
+        a loader would assume alpha = rank."""
+        out.mkdir(parents=True, exist_ok=True)
+        if self.family == "flow":
+            type(self.pipe).save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
+                                              safe_serialization=True)
+        else:
+            type(self.pipe).save_lora_weights(out, unet_lora_layers=state, unet_lora_adapter_metadata=config,
+                                              safe_serialization=True)
+
+    def load_lora(self, module: torch.nn.Module, path: Path, adapter_name: str) -> None:
+        self.pipe.load_lora_weights(str(path), adapter_name=adapter_name)
+
     def lora_target_modules(self) -> list[str]:
         return list(ATTENTION_TARGETS)
 

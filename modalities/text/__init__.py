@@ -1,0 +1,1 @@
+"""Text modality: any Hugging Face causal language model (reasoning answers to prompts)."""

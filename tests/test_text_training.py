@@ -1,0 +1,106 @@
+"""The same trainer on the text modality: a tiny random Llama, answers judged in the store."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignment.config import TrainConfig
+from alignment.train import train
+from storage import Store
+from tests import tiny_pipelines
+
+PROMPTS = ["Q: Tom has 3 apples and buys 4 more. How many apples?", "Q: A box holds 12 pens; 5 are taken."]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from app.generation import generate_candidates
+
+    root = tmp_path_factory.mktemp("text-trainer")
+    model = tiny_pipelines.save_tiny_lm(root / "lm")
+    data = root / "data"
+    with Store.open(data) as store:
+        for p in PROMPTS:
+            g = generate_candidates(store, modality="text", prompt=p, n=4, model=str(model), seed=0,
+                                    params={"max_tokens": 10})
+            store.vote(g[0].id, g[1].id, "a")
+            store.vote(g[0].id, g[1].id, "b")  # a second annotator disagrees: a soft label of 0.5
+            store.rank([g[1].id, g[3].id, g[0].id, g[2].id])
+    return model, data
+
+
+def _run(tmp_path, world, name, **overrides):
+    model, data = world
+    cfg = {"modality": "text", "method": "dpo", "model": str(model), "data_dir": str(data), "steps": 3,
+           "batch_size": 2, "lr": 1e-2, "lora_rank": 4, "lora_alpha": 8.0, "validation_count": 1,
+           "validation_seeds": 1, **overrides}
+    run_dir = tmp_path / name
+    TrainConfig.from_dict(cfg).save(run_dir)
+    return run_dir
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "simpo", "irepo", "conservative-dpo"])
+def test_text_methods_train_and_save_a_peft_adapter(tmp_path, world, method):
+    from modalities.protocol import Group, ModelRef
+    from modalities.text.adapter import TextAdapter
+
+    model, data = world
+    run_dir = _run(tmp_path, world, method, method=method)
+    assert train(run_dir) == 0
+    rows = _metrics(run_dir)
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    if method == "dpo":
+        assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at LoRA init
+    out = run_dir / "adapter"
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(k.startswith("base_model.model.") and "lora_" in k for k in weights)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((out / "palate.json").read_text())["method"] == method
+    # the saved adapter loads through the modality's own loader and changes the model's scores
+    base = TextAdapter.load(ModelRef(str(model)), device="cpu")
+    tuned = TextAdapter.load(ModelRef(str(model), adapter=str(out)), device="cpu")
+    batch = base.encode([Group(PROMPTS[0], (b"3 + 4 = 7", b"7"))])
+    with torch.no_grad():
+        s0 = base.score(base.trainable_module(), batch, None)
+        s1 = tuned.score(tuned.trainable_module(), tuned.encode([Group(PROMPTS[0], (b"3 + 4 = 7", b"7"))]), None)
+    assert not torch.allclose(s0, s1)
+
+
+def test_text_continues_from_an_adapter(tmp_path, world):
+    first = _run(tmp_path, world, "first")
+    assert train(first) == 0
+    second = _run(tmp_path, world, "second", init_adapter=str(first / "adapter"))
+    assert train(second) == 0
+    rows = _metrics(second)
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # reference = the earlier adapter = start
+    a = load_file(first / "adapter" / "adapter_model.safetensors")
+    b = load_file(second / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_text_from_the_cli(tmp_path):
+    from tests.conftest import run_cli
+
+    model = tiny_pipelines.save_tiny_lm(tmp_path / "lm")
+    d = tmp_path / "data"
+    rows = json.loads(run_cli("generate", "--modality", "text", "--model", str(model), "--prompt", PROMPTS[0], "-n",
+                              "3", "--seed", "0", "--max-tokens", "8", "--temperature", "1.0", "--json",
+                              data_dir=d, check=True).stdout)
+    assert len(rows) == 3 and all(r["params"]["max_tokens"] == 8 for r in rows)
+    assert (d / rows[0]["path"].split(str(d) + "/")[-1]).read_bytes()  # the answer text is stored
+    run_cli("vote", "--ranking", str(rows[0]["id"]), str(rows[1]["id"]), str(rows[2]["id"]), data_dir=d, check=True)
+    proc = run_cli("train", "--modality", "text", "--model", str(model), "--method", "simpo", "--steps", "2",
+                   "--batch-size", "2", data_dir=d)
+    assert proc.returncode == 0, proc.stderr
+    bad = run_cli("generate", "--modality", "text", "--model", str(model), "--prompt", "x", "--steps", "3", data_dir=d)
+    assert bad.returncode == 2 and "--steps do not apply to text models" in bad.stderr
+    none = run_cli("train", "--modality", "text", "--method", "dpo", data_dir=d)
+    assert none.returncode == 2 and "no built-in model for 'text'" in none.stderr
