@@ -8,13 +8,15 @@ One loop for every modality, through the modality protocol (see
    with a LoRA adapter (peft); only the LoRA weights train;
 3. build the data from the preference store: winner-first pairs (or ranked
    groups for listwise losses), in a fixed, seed-determined order;
-4. for each micro-batch, score the policy and -- with the adapter disabled,
-   which is the base model -- the reference, from generators in the same state
-   so both see the same noise and t; apply the method's loss;
-5. log every step to ``RUN_DIR/metrics.jsonl`` and the run record in the
-   store; checkpoint every ``checkpoint_every`` steps and on SIGTERM/Ctrl-C;
-   stop on a non-finite loss or gradient, keeping the last good checkpoint;
-6. save the adapter into ``RUN_DIR/adapter`` (diffusers LoRA format).
+4. for each micro-batch, score the policy and the reference (see below), from
+   generators in the same state so both see the same noise and t; apply the
+   method's loss;
+5. log every step to ``RUN_DIR/metrics.jsonl`` and (at most once a second) to
+   the run record in the store; checkpoint every ``checkpoint_every`` steps and
+   on SIGTERM/Ctrl-C; stop on a non-finite loss or gradient, keeping the last
+   good checkpoint;
+6. save the adapter into ``RUN_DIR/adapter`` in its modality's format (images:
+   diffusers' LoRA file; language models: a PEFT folder) with ``palate.json``.
 
 The reference is the model the run starts from, never a second copy of it:
 
@@ -176,14 +178,19 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
         raise TrainingError(str(e)) from None
     except Exception as e:
         raise TrainingError(f"cannot continue from adapter {str(path)!r}: {type(e).__name__}: {e}") from None
+    if "reference" not in getattr(module, "peft_config", {}):
+        raise TrainingError(f"adapter {str(path)!r} holds no LoRA weights for this model's "
+                            f"{type(module).__name__}; nothing to continue from")
     ref_config = module.peft_config["reference"]
     if (cfg.lora_rank, cfg.lora_alpha) != (ref_config.r, ref_config.lora_alpha):
         print(f"continuing from {path}: using its LoRA rank {ref_config.r} and alpha {ref_config.lora_alpha}",
               file=sys.stderr)
-    from peft import LoraConfig
+    import copy
 
-    config = LoraConfig(r=ref_config.r, lora_alpha=ref_config.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=ref_config.target_modules, init_lora_weights=True)
+    # the same LoraConfig (rank and alpha patterns, rslora, DoRA, ...), trainable, with this run's dropout
+    config = copy.deepcopy(ref_config)
+    config.inference_mode = False
+    config.lora_dropout = cfg.lora_dropout
     params = add_lora(module, cfg, [], config=config)
     set_peft_model_state_dict(module, get_peft_model_state_dict(module, adapter_name="reference"),
                               adapter_name="default")
@@ -246,7 +253,7 @@ class Processes:
             return
         import torch.distributed as dist
 
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0
@@ -274,6 +281,9 @@ class Processes:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+        from accelerate import PartialState
+
+        PartialState._reset_state()  # a singleton: the next train() in this process decides afresh
 
 
 # ---------------------------------------------------------------------------
@@ -319,6 +329,8 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         if run_id is not None and procs.main:
             store.update_run(run_id, **fields)
 
+    metrics_file = None
+    old_handlers: dict[int, Any] = {}
     mark(status="running", pid=os.getpid(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None,
          metrics_path=str(run_dir / METRICS))
     try:
@@ -387,6 +399,15 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             if state.get("world", 1) != procs.world:
                 raise TrainingError(f"the checkpoint was made by {state.get('world', 1)} process(es); "
                                     f"resume it with the same number, not {procs.world}")
+            was = {"optimizer": state.get("optimizer_name", optimizer_name), "precision": state.get("precision", precision),
+                   "data": state.get("data_hash", data_hash)}
+            now = {"optimizer": optimizer_name, "precision": precision, "data": data_hash}
+            changed = [f"{k} {was[k]} -> {now[k]}" for k in was if was[k] != now[k]]
+            if changed:
+                raise TrainingError(
+                    f"cannot resume exactly: {', '.join(changed)} since the checkpoint (another machine, a "
+                    "missing bitsandbytes, or new judgments); start a new run, or set the same optimizer and "
+                    "mixed_precision explicitly")
             from peft.utils import set_peft_model_state_dict
 
             set_peft_model_state_dict(module, state["lora"], adapter_name="default")
@@ -394,6 +415,10 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             step = state["step"]
+            if procs.main and (run_dir / METRICS).exists():  # steps after the checkpoint will be redone
+                kept = [line for line in (run_dir / METRICS).read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= step]
+                (run_dir / METRICS).write_text("".join(line + "\n" for line in kept))
         elif ckpt.exists():
             raise TrainingError(f"{run_dir} already holds a checkpoint; pass --resume to continue it")
 
@@ -403,12 +428,16 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"lora": lora_state(module), "optimizer": optimizer.state_dict(), "step": step,
                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "world": procs.world,
+                        "optimizer_name": optimizer_name, "precision": precision, "data_hash": data_hash,
                         "config_digest": cfg.digest()}, tmp)
             os.replace(tmp, ckpt)
 
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
+            if stop["signal"] is not None:  # asked twice: stop now, without the checkpoint
+                signal.signal(signum, signal.SIG_DFL)
+                raise KeyboardInterrupt
             stop["signal"] = signum
 
         old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -448,29 +477,40 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             optimizer.zero_grad(set_to_none=True)
             sums: Counter = Counter()
             bad_loss = None
+            failure: Exception | None = None
             for micro in range(cfg.grad_accum):
-                # this process's micro-batch: the (micro * world + rank)-th of the step
-                base = step * per_step + (micro * procs.world + procs.rank) * cfg.batch_size
-                batch_ex = [examples[example_index(cfg, len(examples), base + b)] for b in range(cfg.batch_size)]
-                batch = adapter.encode([Group(e["prompt"], tuple(media(g) for g in e["generation_ids"]))
-                                        for e in batch_ex])
-                seed = noise_seed(cfg, len(examples), base)
-                with autocast():
-                    policy = adapter.score(module, batch, torch.Generator("cpu").manual_seed(seed)).float()
-                reference = reference_scores(batch, base, seed) if spec.needs_reference else None
-                extra: dict[str, Any] = {}
-                if spec.needs_labels or cfg.method == "flow-rwr":
-                    extra["labels"] = torch.tensor([e["label"] for e in batch_ex], dtype=torch.float32)
-                if spec.listwise:
-                    extra["ranks"] = torch.tensor([e["ranks"] for e in batch_ex])
-                loss, metrics = spec.fn(policy, reference, beta=cfg.effective_beta, **loss_kwargs, **extra)
-                if not torch.isfinite(loss):
-                    bad_loss = loss.item()
+                try:
+                    # this process's micro-batch: the (micro * world + rank)-th of the step
+                    base = step * per_step + (micro * procs.world + procs.rank) * cfg.batch_size
+                    batch_ex = [examples[example_index(cfg, len(examples), base + b)] for b in range(cfg.batch_size)]
+                    batch = adapter.encode([Group(e["prompt"], tuple(media(g) for g in e["generation_ids"]))
+                                            for e in batch_ex])
+                    seed = noise_seed(cfg, len(examples), base)
+                    with autocast():
+                        policy = adapter.score(module, batch, torch.Generator("cpu").manual_seed(seed)).float()
+                    reference = reference_scores(batch, base, seed) if spec.needs_reference else None
+                    extra: dict[str, Any] = {}
+                    if spec.needs_labels or cfg.method == "flow-rwr":
+                        extra["labels"] = torch.tensor([e["label"] for e in batch_ex], dtype=torch.float32)
+                    if spec.listwise:
+                        extra["ranks"] = torch.tensor([e["ranks"] for e in batch_ex])
+                    loss, metrics = spec.fn(policy, reference, beta=cfg.effective_beta, **loss_kwargs, **extra)
+                    if not torch.isfinite(loss):
+                        bad_loss = loss.item()
+                        break
+                    scaler.scale(loss / cfg.grad_accum).backward()
+                    sums["loss"] += loss.item() / cfg.grad_accum
+                    for k, v in metrics.items():
+                        sums[k] += v / cfg.grad_accum
+                except Exception as e:  # several processes: tell the others before raising
+                    if procs.world == 1:
+                        raise
+                    failure = e
                     break
-                scaler.scale(loss / cfg.grad_accum).backward()
-                sums["loss"] += loss.item() / cfg.grad_accum
-                for k, v in metrics.items():
-                    sums[k] += v / cfg.grad_accum
+            if procs.any(failure is not None):
+                if failure is not None:
+                    raise failure
+                raise TrainingError("another process of this run failed; its error is printed above")
             if procs.any(bad_loss is not None):
                 raise TrainingError(
                     f"the loss became {bad_loss if bad_loss is not None else 'non-finite'} at step {step + 1}; "
@@ -524,7 +564,8 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             last = _last_record(run_dir) if procs.main else None
             if last is not None:
                 mark(step=step, last_metrics=last)
-            mark(status="cancelled", error=f"stopped at step {step}; resume with --resume", pid=None)
+            mark(status="cancelled", error=f"stopped at step {step}; resume with --resume", pid=None, exit_code=130,
+                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             if procs.main:
                 print(f"stopped at step {step}; continue with: python -m alignment.train {run_dir} --resume",
                       file=sys.stderr)
@@ -548,13 +589,18 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         procs.barrier()
         return 0
     except TrainingError as e:
-        mark(status="failed", error=str(e), exit_code=1, pid=None)
+        mark(status="failed", error=str(e), exit_code=1, pid=None, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
-        mark(status="failed", error=f"{type(e).__name__}: {e}", exit_code=1, pid=None)
+        mark(status="failed", error=f"{type(e).__name__}: {e}", exit_code=1, pid=None,
+             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         raise
     finally:
+        if metrics_file is not None and not metrics_file.closed:
+            metrics_file.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
         store.close()
         procs.close()
 

@@ -184,15 +184,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.model and "model" not in overrides:
         overrides["model"] = args.model
-    if "model" not in overrides:
-        from app.generation import default_model
-
-        overrides["model"] = default_model(args.modality)  # a clear error where there is none yet
     with _open(args) as store:
         init, parent = overrides.get("init_adapter"), None
-        if init is not None and str(init).isdigit():  # an adapter id of the store
+        if init is not None and str(init).isdigit():  # an adapter id of the store: its base model by default
             parent = store.get_adapter(int(init))
             overrides["init_adapter"] = parent.path
+            overrides.setdefault("model", parent.base_model)
+        elif init is not None:
+            overrides["init_adapter"] = str(Path(init).expanduser().resolve())
+        if "model" not in overrides:
+            from app.generation import default_model
+
+            overrides["model"] = default_model(args.modality)  # a clear error where there is none yet
         cfg = TrainConfig.from_dict({"modality": args.modality, "method": args.method,
                                      "data_dir": str(store.data_dir), **overrides})
         run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict(),
@@ -202,8 +205,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.save(run_dir)
         store.update_run(run.id, run_dir=str(run_dir), config=cfg.to_dict())
     print(f"run {run.id}: {run_dir}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "alignment.train", str(run_dir)])
-    return proc.returncode
+    proc = subprocess.Popen([sys.executable, "-m", "alignment.train", str(run_dir)])
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the trainer got the same Ctrl-C: let it checkpoint and exit
+            continue
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -108,3 +108,39 @@ def test_train_from_the_cli(tmp_path):
     wrong = run_cli("generate", "--model", str(other), "--adapter", str(adapter_dir), "--prompt", "a small red circle "
                     "on a blue background", "-n", "1", "--steps", "2", data_dir=d)
     assert wrong.returncode == 2 and "was trained on" in wrong.stderr
+
+
+def test_ctrl_c_during_train_checkpoints_and_resumes(tmp_path):
+    """Ctrl-C reaches `python -m app train` and its trainer together (one process group): the CLI
+    waits while the trainer finishes its step, checkpoints and marks the run cancelled."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    model = tiny_pipelines.save(tiny_pipelines.tiny_pixel(), tmp_path / "pixel")
+    d = tmp_path / "data"
+    rows = json.loads(run_cli("generate", "--model", str(model), "--prompt", "a small red circle on a blue background",
+                              "-n", "4", "--seed", "0", "--steps", "2", "--json", data_dir=d, check=True).stdout)
+    ids = [str(r["id"]) for r in rows]
+    run_cli("vote", "--ranking", *ids, data_dir=d, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PALATE_DATA_DIR"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--data-dir", str(d), "train", "--model", str(model),
+                             "--method", "diffusion-dpo", "--steps", "100000", "--batch-size", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    metrics = d / "runs" / "run-0001" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    assert (d / "runs" / "run-0001" / "checkpoint.pt").exists()
+    with Store.open(d) as store:
+        run = store.get_run(1)
+        assert run.status == "cancelled" and run.exit_code == 130 and run.step >= 2

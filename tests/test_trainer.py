@@ -268,3 +268,57 @@ def test_two_processes_under_accelerate_equal_one_with_accumulation(tmp_path, wo
     # float sums in another order move a few weights by ~1e-5; a wrong split would move most by ~lr (1e-3)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
     assert max(wa[k].abs().max().item() for k in wa if "lora_B" in k or "lora.up" in k) > 1e-3
+
+
+def test_one_step_changes_only_lora_weights(tmp_path, world, monkeypatch):
+    """Through the real loop: after a step every base weight is bit-equal to the loaded model's,
+    and the LoRA weights moved."""
+    from alignment import train as train_mod
+    from modalities.image.adapter import ImageAdapter
+    from modalities.protocol import ModelRef
+
+    model, _ = world
+    fresh = ImageAdapter.load(ModelRef(str(model)), device="cpu").trainable_module().state_dict()
+    seen = {}
+    original = train_mod.save_adapter
+
+    def capture(adapter, module, out, info=None):
+        seen.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return original(adapter, module, out, info)
+
+    monkeypatch.setattr(train_mod, "save_adapter", capture)
+    assert train(_run(tmp_path, world, "one-step", steps=1, validation_count=0)) == 0
+    lora = {k: v for k, v in seen.items() if "lora_" in k}
+    base = {k.replace(".base_layer", ""): v for k, v in seen.items() if "lora_" not in k}
+    assert lora and base.keys() == fresh.keys()
+    assert all(torch.equal(base[k], fresh[k]) for k in fresh)
+    assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero, so it moved
+
+
+def test_resume_refuses_what_would_not_be_exact_and_drops_redone_metrics(tmp_path, world, monkeypatch, capsys):
+    import shutil
+
+    from alignment import train as train_mod
+
+    model, data = world
+    copy = tmp_path / "data-copy"
+    shutil.copytree(data, copy)
+    run_dir = _run(tmp_path, (model, copy), "resumable", checkpoint_every=2)
+    assert train(run_dir, stop_after=2) == 130
+    # a killed run may have logged steps after its checkpoint: they are redone, not repeated
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 9.9}) + "\n")
+    # another precision on this machine (e.g. "auto" on a GPU) would not continue the same run
+    monkeypatch.setattr(train_mod, "resolve_precision", lambda setting, device: "bf16")
+    assert train(run_dir, resume=True) == 1
+    assert "cannot resume exactly: precision no -> bf16" in capsys.readouterr().err
+    monkeypatch.undo()
+    with Store.open(copy) as store:  # new judgments since the checkpoint change the data
+        g = store.list_generations(modality="image")
+        store.vote(g[0].id, g[3].id, "a")
+        assert train(run_dir, resume=True) == 1
+        assert "cannot resume exactly: data" in capsys.readouterr().err
+        store.delete_judgment(store.last_judgment_id())
+    assert train(run_dir, resume=True) == 0
+    assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3, 4]
+    assert _metrics(run_dir)[2]["loss"] != 9.9

@@ -437,7 +437,7 @@ class ImageAdapter(ModalityAdapter):
             from safetensors.torch import save_file
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes of one accelerate run may race here
             save_file({"latent": lat.contiguous()}, tmp)
             os.replace(tmp, path)
         return lat
@@ -466,7 +466,7 @@ class ImageAdapter(ModalityAdapter):
         if missing:
             fresh = self._encode_conditioning(missing, hw)
             for i, p in enumerate(missing):
-                cache[(p, hw)] = {k: v[i] for k, v in fresh.items()}
+                cache[(p, hw)] = {k: v[i].clone() for k, v in fresh.items()}
         for p in prompts:
             cache.move_to_end((p, hw))
         out = {k: torch.stack([cache[(p, hw)][k] for p in prompts]) for k in cache[(prompts[0], hw)]}
