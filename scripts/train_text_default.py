@@ -80,6 +80,15 @@ def build_model(args: argparse.Namespace, tokenizer):
     return LlamaForCausalLM(cfg)
 
 
+# The model's prompt format, shipped as its chat template: a user types only the question.
+CHAT_TEMPLATE = "{{ bos_token }}Q: {{ messages[-1]['content'] }}\nA:"
+
+
+def prompt_text(tokenizer, question: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def batch_of(rng: random.Random, args: argparse.Namespace, tokenizer, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and loss labels of ``batch_size`` fresh train-split examples (loss on the trace only)."""
     rows, labels = [], []
@@ -88,9 +97,9 @@ def batch_of(rng: random.Random, args: argparse.Namespace, tokenizer, device) ->
         if problem.split != "train":
             continue  # held-out chains are never seen
         trace = world.make_trace(problem, rng)
-        prompt_ids = [tokenizer.bos_token_id] + tokenizer.encode(world.format_prompt(problem), add_special_tokens=False)
-        full = tokenizer.encode(world.format_example(problem, trace), add_special_tokens=False)
-        ids = [tokenizer.bos_token_id] + full + [tokenizer.eos_token_id]
+        prompt = prompt_text(tokenizer, problem.prompt)
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        ids = tokenizer.encode(prompt + "\n" + trace, add_special_tokens=False) + [tokenizer.eos_token_id]
         if len(ids) > args.context:
             continue
         rows.append(ids)
@@ -113,6 +122,7 @@ def main(argv=None) -> int:
     ckpt_path = run_dir / "checkpoint.pt"
     tokenizer = world.build_tokenizer()
     tokenizer.model_max_length = args.context
+    tokenizer.chat_template = CHAT_TEMPLATE
     model = build_model(args, tokenizer).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     data_rng = random.Random(args.seed)

@@ -35,5 +35,6 @@ def test_resume_equals_uninterrupted_and_the_model_loads(tmp_path):
     from modalities.text.adapter import TextAdapter
 
     model = TextAdapter.load(ModelRef(str(tmp_path / "a-out")), device="cpu")
-    (s,) = model.generate(GenerationRequest("Q: What is 3 + 4?\nA:", n=1, seeds=(0,), params={"max_tokens": 8}))
+    assert model.format_prompt("What is 3 + 4?") == "<bos>Q: What is 3 + 4?\nA:"  # its chat template
+    (s,) = model.generate(GenerationRequest("What is 3 + 4?", n=1, seeds=(0,), params={"max_tokens": 8}))
     assert s.provenance.params["response_tokens"] >= 1
