@@ -170,9 +170,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dto_pairs(args: argparse.Namespace, model: str, init_adapter: str | None, round_no: int) -> int:
+    """One round of thinking-dynamics optimization: the model answers arithmetic-world problems,
+    concise-but-correct versions of its traces are built, and the pairs are stored as votes."""
+    from alignment.dto import dto_round, noisy_annotator_votes
+    from modalities.protocol import ModelRef
+    from modalities.text import arithmetic
+    from modalities.text.adapter import TextAdapter
+
+    lm = TextAdapter.load(ModelRef(model, adapter=init_adapter), device=args.device)
+    problems = arithmetic.problems(args.problems, "train", seed=args.seed_problems + round_no)
+    prompt_fn = (lambda p: p.prompt) if lm.has_chat_template else arithmetic.format_prompt
+    with _open(args) as store:
+        params = {"max_tokens": args.max_tokens} if args.max_tokens else None
+        result = dto_round(lm, problems, n_samples=args.samples, mc_samples=args.mc_samples, store=store, params=params,
+                           seed=round_no, prompt_fn=prompt_fn, context=f"dto-round-{round_no}")
+        if args.dto_loss == "irepo" and result.stored:
+            noisy_annotator_votes(store, result.stored, annotators=5, seed=round_no, context=f"dto-round-{round_no}")
+    st = result.stats
+    print(f"DTO round {round_no}: {st.get('correct')} of {st.get('traces')} traces correct, "
+          f"{len(result.pairs)} pairs ({st.get('pairs_by_kind', {})})", flush=True)
+    return len(result.pairs)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Build a run from the store, write its config, and run `python -m alignment.train RUN_DIR`."""
     import subprocess
+
+    if args.method == "dto":
+        if args.modality != "text":
+            raise ValueError("--method dto is for reasoning models: use --modality text")
+        model = args.model
+        if not model:
+            from app.generation import default_model
+
+            model = default_model("text")
+        init = args.init_adapter
+        code = 0
+        for round_no in range(args.rounds):
+            if _dto_pairs(args, model, init, round_no) == 0:
+                raise ValueError("thinking-dynamics optimization found no pair to learn from (no correct trace "
+                                 "among the samples); use a model that solves some of the problems, or more --samples")
+            sub = argparse.Namespace(**{**vars(args), "method": args.dto_loss, "model": model, "init_adapter": init,
+                                        "rounds": 1})
+            code = cmd_train(sub)
+            if code != 0:
+                return code
+            with _open(args) as store:
+                init = store.list_runs()[-1].run_dir + "/adapter"
+        return code
 
     from alignment.config import TrainConfig
 
@@ -421,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="image", choices=["image", "text"])
     p.add_argument("--method", required=True, help="diffusion-dpo, mapo, rankdpo (UNet models); flow-dpo, flow-rwr, "
                                                    "mapo, rankdpo (flow models); dpo, ipo, hinge, conservative-dpo, "
-                                                   "simpo, irepo (language models)")
+                                                   "simpo, irepo (language models); dto (reasoning models: builds "
+                                                   "its own pairs, then trains with --dto-loss)")
     p.add_argument("--model", help="base model (default: the built-in one)")
     p.add_argument("--config", help="a JSON file of training settings (see alignment/config.py)")
     p.add_argument("--steps", type=int)
@@ -441,6 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW")
     p.add_argument("--cache-reference", action="store_true", default=None,
                    help="score each micro-batch's reference once and reuse it in later epochs")
+    dto = p.add_argument_group("thinking-dynamics optimization (--modality text --method dto)")
+    dto.add_argument("--dto-loss", default="simpo", choices=["simpo", "dpo", "irepo"],
+                     help="the preference loss trained on DTO's pairs (irepo: soft labels from 5 noisy AI annotators)")
+    dto.add_argument("--problems", type=int, default=64, help="arithmetic-world problems per round")
+    dto.add_argument("--samples", type=int, default=4, help="answers sampled per problem")
+    dto.add_argument("--mc-samples", type=int, default=4, help="completions per cut point (Monte-Carlo)")
+    dto.add_argument("--max-tokens", type=int, help="longest sampled trace (default: the model's, 256)")
+    dto.add_argument("--rounds", type=int, default=1, help="rounds, each on fresh answers of the last adapter")
+    dto.add_argument("--seed-problems", type=int, default=0, help=argparse.SUPPRESS)
 
     # list
     p = add("list", cmd_list, "list stored candidates (generations) with their ids")

@@ -104,3 +104,19 @@ def test_text_from_the_cli(tmp_path):
     assert bad.returncode == 2 and "--steps do not apply to text models" in bad.stderr
     none = run_cli("train", "--modality", "text", "--method", "dpo", data_dir=d)
     assert none.returncode == 2 and "no built-in model for 'text'" in none.stderr
+
+
+def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
+    """A random model solves nothing: DTO stores no pair and says so (the positive path needs a model
+    that can do arithmetic: the built-in reasoning model, still to come)."""
+    from tests.conftest import run_cli
+
+    model = tiny_pipelines.save_tiny_lm(tmp_path / "lm", context=512)  # word problems need the room
+    d = tmp_path / "data"
+    proc = run_cli("train", "--modality", "text", "--method", "dto", "--model", str(model), "--problems", "2",
+                   "--samples", "2", "--mc-samples", "1", "--max-tokens", "16", "--steps", "1", data_dir=d)
+    assert proc.returncode == 2, proc.stderr
+    assert "DTO round 0: 0 of 4 traces correct, 0 pairs" in proc.stdout
+    assert "found no pair to learn from" in proc.stderr
+    image = run_cli("train", "--method", "dto", data_dir=d)
+    assert image.returncode == 2 and "use --modality text" in image.stderr

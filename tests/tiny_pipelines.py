@@ -122,7 +122,7 @@ CORPUS = [
 CONTEXT = 64
 
 
-def tiny_lm_tokenizer(chat_template: str | None = None):
+def tiny_lm_tokenizer(chat_template: str | None = None, context: int = CONTEXT):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -133,17 +133,17 @@ def tiny_lm_tokenizer(chat_template: str | None = None):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", model_max_length=CONTEXT)
+                                   unk_token="<unk>", model_max_length=context)
     if chat_template:
         fast.chat_template = chat_template
     return fast
 
 
-def tiny_lm_model(vocab: int):
+def tiny_lm_model(vocab: int, context: int = CONTEXT):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
@@ -152,8 +152,8 @@ def tiny_lm_model(vocab: int):
     return model
 
 
-def save_tiny_lm(path, chat_template: str | None = None):
-    tok = tiny_lm_tokenizer(chat_template)
-    tiny_lm_model(len(tok)).save_pretrained(path)
+def save_tiny_lm(path, chat_template: str | None = None, context: int = CONTEXT):
+    tok = tiny_lm_tokenizer(chat_template, context)
+    tiny_lm_model(len(tok), context).save_pretrained(path)
     tok.save_pretrained(path)
     return path
