@@ -100,6 +100,14 @@ def test_text_from_the_cli(tmp_path):
     proc = run_cli("train", "--modality", "text", "--model", str(model), "--method", "simpo", "--steps", "2",
                    "--batch-size", "2", data_dir=d)
     assert proc.returncode == 0, proc.stderr
+    # the judged answers export as TRL preference rows (prompt, chosen, rejected)
+    out = tmp_path / "pairs.jsonl"
+    run_cli("export", "dataset", str(out), "--format", "trl-jsonl", data_dir=d, check=True)
+    rows_out = [json.loads(line) for line in out.read_text().splitlines()]
+    answers = {r["id"]: (d / r["path"].split(str(d) + "/")[-1]).read_text() for r in rows}
+    assert len(rows_out) == 3  # a ranking of 3 is 3 pairs
+    best = rows_out[0]
+    assert best["prompt"] == PROMPTS[0] and best["chosen"] in answers.values() and best["rejected"] in answers.values()
     bad = run_cli("generate", "--modality", "text", "--model", str(model), "--prompt", "x", "--steps", "3", data_dir=d)
     assert bad.returncode == 2 and "--steps do not apply to text models" in bad.stderr
     none = run_cli("train", "--modality", "text", "--method", "dpo", data_dir=d)
