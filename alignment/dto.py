@@ -330,8 +330,10 @@ def adapter_completer(adapter: Any, params: Mapping[str, Any] | None = None) -> 
     one), appends the tokens of ``prefix`` as a forced start of the answer
     (tokenized alone, as ``encode`` tokenizes an answer after its prompt) and
     samples one continuation per seed with the adapter's own sampler
-    (temperature, top-p, a CPU generator per seed -- so a seed gives the same
-    text whatever ``n``; with an empty prefix, the same text as ``generate``).
+    (temperature, top-p, a CPU generator per seed; the seeds run as one batch
+    when the adapter has ``_sample_batch`` -- so a seed gives the same text
+    whatever ``n``, and with an empty prefix the same text as ``generate``, up
+    to float rounding between batch sizes).
     ``params`` are the adapter's generation settings; ``max_tokens`` shrinks to
     the room the context leaves after the prefix (no room: empty strings).
     Returns the continuations only, decoded without special tokens.
@@ -365,7 +367,11 @@ def adapter_completer(adapter: Any, params: Mapping[str, Any] | None = None) -> 
         model.eval()
         try:
             with torch.no_grad():
-                out = [adapter._sample(ids, settings, s)[0] for s in seeds]
+                batch = getattr(adapter, "_sample_batch", None)
+                if batch is not None:
+                    out = [t for t, _ in batch(ids, settings, seeds)]
+                else:
+                    out = [adapter._sample(ids, settings, s)[0] for s in seeds]
         finally:
             model.train(was_training)
         return [tok.decode(t, skip_special_tokens=True, clean_up_tokenization_spaces=False) for t in out]

@@ -456,9 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int)
     p.add_argument("--scheduler", help="sampler: dpm++, ddim, euler, euler-a, unipc, pndm (UNet models); "
                                        "flow-euler, flow-heun (flow models)")
-    p.add_argument("--temperature", type=float, help="text: sampling temperature (0 = greedy; default 0.7)")
-    p.add_argument("--top-p", type=float, help="text: nucleus sampling mass (default 0.95)")
-    p.add_argument("--max-tokens", type=int, help="text: longest answer in tokens (default 256)")
+    p.add_argument("--temperature", type=float, help="text: sampling temperature (0 = greedy; default: the "
+                                                            "model's, else 0.7)")
+    p.add_argument("--top-p", type=float, help="text: nucleus sampling mass (default: the model's, else 0.95)")
+    p.add_argument("--max-tokens", type=int, help="text: longest answer in tokens (default: the model's "
+                                                       "generation_config.json, else 256)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--adapter", help="a LoRA adapter folder to apply (e.g. a training run's adapter/)")
 
@@ -494,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     dto.add_argument("--problems", type=int, default=64, help="arithmetic-world problems per round")
     dto.add_argument("--samples", type=int, default=4, help="answers sampled per problem")
     dto.add_argument("--mc-samples", type=int, default=4, help="completions per cut point (Monte-Carlo)")
-    dto.add_argument("--max-tokens", type=int, help="longest sampled trace (default: the model's, 256)")
+    dto.add_argument("--max-tokens", type=int, help="longest sampled trace (default: the model's own default)")
     dto.add_argument("--rounds", type=int, default=1, help="rounds, each on fresh answers of the last adapter")
     dto.add_argument("--seed-problems", type=int, default=0, help=argparse.SUPPRESS)
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from storage import Generation, Store
 
-DEFAULT_MODELS = {"image": "shapes-diffusion"}
+DEFAULT_MODELS = {"image": "shapes-diffusion", "text": "arith-reasoner"}
 MAX_LOADED = 2
 _adapters: "OrderedDict[tuple[str, str, str | None, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
 _lock = threading.Lock()

@@ -7,7 +7,10 @@ One answer per problem (seed = its index) at the model's default sampling
 settings unless overridden. Reports accuracy, the share of traces containing
 redundant thinking patterns (re-verification, recomputation, detours, filler),
 mean response tokens, and the mean length of the shortest correct trace of the
-same problems (the world's ``shortest_trace``), in the model's own tokens.
+same problems (the world's ``shortest_trace``), in the model's own tokens,
+and which problems were answered correctly (``correct_by_problem``, "1"/"0"
+in order: the first N of 500 problems are the 500-problem run's first N, so
+the shipped model's test re-checks a prefix against its card).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def evaluate_model(model: str, n: int, *, adapter: str | None = None, params: di
     tok = lm.tokenizer
     problems = world.problems(n, "heldout", difficulty=difficulty)
     correct = redundant = 0
+    marks = []  # per problem: "1" correct, "0" not
     tokens = shortest = 0
     t0 = time.time()
     for i, p in enumerate(problems):
@@ -38,13 +42,16 @@ def evaluate_model(model: str, n: int, *, adapter: str | None = None, params: di
         text = s.data.decode()
         v = world.judge(p, text, tok)
         correct += v.correct
+        marks.append("1" if v.correct else "0")
         redundant += world.redundancy(text)
         tokens += s.provenance.params["response_tokens"]
         shortest += world.count_tokens("\n" + world.shortest_trace(p), tok) + 1  # + end of sequence
     return {"problems": n, "accuracy": round(correct / n, 4), "redundant_share": round(redundant / n, 4),
             "mean_response_tokens": round(tokens / n, 1), "mean_shortest_tokens": round(shortest / n, 1),
             "length_ratio": round(tokens / max(1, shortest), 2), "seconds": round(time.time() - t0, 1),
-            "params": params or "defaults", "adapter": adapter}
+            "params": params or "defaults", "adapter": adapter, "difficulty": difficulty,
+            "settings": lm.default_params() if not params else {**lm.default_params(), **params},
+            "correct_by_problem": "".join(marks)}
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="models/arith-reasoner", help="where the finished model folder is written")
     p.add_argument("--difficulty", default="medium", choices=sorted(world.DIFFICULTIES))
     p.add_argument("--hidden", type=int, default=192)
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--steps", type=int, default=3000)
@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--temperature", type=float, default=0.7, help="the shipped default sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.95, help="the shipped default top-p")
+    p.add_argument("--answer-tokens", type=int, default=384, help="the shipped default max tokens of an answer")
     p.add_argument("--stop-after", type=int, default=0, help="stop (as if interrupted) after this step; for tests")
     p.add_argument("--export-only", action="store_true", help="write the last checkpoint to --out and exit")
     return p.parse_args(argv)
@@ -191,6 +194,13 @@ def main(argv=None) -> int:
 
 def export(model, tokenizer, args, out_dir: Path, step: int, seconds: float, device) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
+    from transformers import GenerationConfig
+
+    # the model's default sampling settings travel with it (the text adapter reads them)
+    model.generation_config = GenerationConfig(
+        do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.answer_tokens, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
     model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     training = {k: v for k, v in vars(args).items() if k not in ("export_only", "stop_after")}

@@ -236,6 +236,30 @@ def test_generation_parameter_errors(plain):
     assert s.provenance.params["max_tokens"] == CONTEXT - s.provenance.params["prompt_tokens"]
 
 
+def test_sampling_defaults_come_from_the_models_generation_config(tmp_path):
+    from transformers import GenerationConfig
+
+    d = _save(tmp_path / "lm")
+    assert TextAdapter.load(ModelRef(str(d))).default_params() == {"temperature": 0.7, "top_p": 0.95,
+                                                                   "max_tokens": 256}
+    GenerationConfig(do_sample=True, temperature=0.5, top_p=0.8, max_new_tokens=20).save_pretrained(d)
+    lm = TextAdapter.load(ModelRef(str(d)))
+    assert lm.default_params() == {"temperature": 0.5, "top_p": 0.8, "max_tokens": 20}
+    (s,) = lm.generate(GenerationRequest("Q: 2 + 9?\nA:", n=1, seeds=(0,)))
+    assert {k: s.provenance.params[k] for k in ("temperature", "top_p", "max_tokens")} == lm.default_params()
+    (s,) = lm.generate(GenerationRequest("Q: 2 + 9?\nA:", n=1, seeds=(0,), params={"temperature": 1.0}))
+    assert s.provenance.params["temperature"] == 1.0 and s.provenance.params["max_tokens"] == 20
+    GenerationConfig(do_sample=False, max_new_tokens=7).save_pretrained(d)
+    assert TextAdapter.load(ModelRef(str(d))).default_params()["temperature"] == 0.0
+
+
+def test_batched_sampling_matches_one_seed_at_a_time(plain):
+    ids = plain.prompt_ids("Q: Tom has 3 apples and buys 4 more. How many apples?\nA:")
+    settings = {"temperature": 1.0, "top_p": 0.9, "max_tokens": 12}
+    seeds = [3, 1, 4, 1, 5]
+    assert plain._sample_batch(ids, settings, seeds) == [plain._sample(ids, settings, s) for s in seeds]
+
+
 # -- encode and score ---------------------------------------------------------------
 
 

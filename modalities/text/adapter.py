@@ -31,8 +31,9 @@ from ..scoring import token_logprob_score
 __all__ = ["TextAdapter", "ModelLoadError", "BUILTIN_MODELS", "DEFAULT_PARAMS", "lora_targets_for"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# alias -> folder of a built-in model shipped in this repository (the text world adds its line)
-BUILTIN_MODELS: dict[str, Path] = {}
+# alias -> folder of a built-in model shipped in this repository
+BUILTIN_MODELS: dict[str, Path] = {"arith-reasoner": REPO_ROOT / "models" / "arith-reasoner"}
+DEFAULT_MODEL = "arith-reasoner"  # the arithmetic-world reasoning model (scripts/train_text_default.py)
 
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
 PARAM_ALIASES = {"max_new_tokens": "max_tokens"}
@@ -173,7 +174,7 @@ def load_causal_lm(ref: ModelRef, *, device: str | None = None, dtype: torch.dty
     if folder is not None:
         if name in BUILTIN_MODELS and not folder.exists():
             raise ModelLoadError(f"the built-in model {name!r} is missing from {folder}; restore it with "
-                                 "`git checkout -- models/`")
+                                 "`git checkout -- models/` or retrain it with `python scripts/train_text_default.py`")
         _check_model_folder(folder, trust_remote_code)
         source, revision = str(folder), ref.revision
     else:
@@ -347,7 +348,21 @@ class TextAdapter(ModalityAdapter):
         return 0
 
     def default_params(self) -> dict[str, Any]:
-        return dict(DEFAULT_PARAMS)
+        """The sampling settings used where a request gives none: :data:`DEFAULT_PARAMS`,
+        overridden by what the model ships in its ``generation_config.json``
+        (``temperature``, ``top_p``, ``max_new_tokens``; ``do_sample: false`` is greedy)."""
+        params = dict(DEFAULT_PARAMS)
+        gc = getattr(self.model, "generation_config", None)
+        if gc is None or getattr(gc, "_from_model_config", True):
+            return params  # no generation_config.json: HF's generic values are not the model's choice
+        shipped = gc.to_diff_dict() if hasattr(gc, "to_diff_dict") else {}
+        for key, ours in (("temperature", "temperature"), ("top_p", "top_p"), ("max_new_tokens", "max_tokens")):
+            value = shipped.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                params[ours] = int(value) if ours == "max_tokens" else float(value)
+        if shipped.get("do_sample") is False:
+            params["temperature"] = 0.0
+        return params
 
     # -- prompt format (shared by generate and encode) --------------------------
     def format_prompt(self, prompt: str) -> str:
@@ -384,7 +399,7 @@ class TextAdapter(ModalityAdapter):
         if unknown:
             raise ValueError(f"unknown text setting(s) {sorted(unknown)}; use {', '.join(DEFAULT_PARAMS)} "
                              f"(max_new_tokens is accepted for max_tokens)")
-        params = {**DEFAULT_PARAMS, **given}
+        params = {**self.default_params(), **given}
         try:
             temperature, top_p = float(params["temperature"]), float(params["top_p"])
             max_tokens = params["max_tokens"]
@@ -471,6 +486,42 @@ class TextAdapter(ModalityAdapter):
                 out = self._forward_last(input_ids=torch.tensor([[tok]], device=device),
                                          past_key_values=out.past_key_values, use_cache=True)
         return tokens, "length"
+
+    def _sample_batch(self, prompt_ids: list[int], params: dict[str, Any],
+                      seeds: Sequence[int]) -> list[tuple[list[int], str]]:
+        """Like :meth:`_sample` for several seeds at once: the rows share the prompt and
+        run as one batch (one forward pass per token for all), each row drawing from its
+        own seeded generator. Faster for many completions of one prefix; a row can differ
+        from :meth:`_sample` with the same seed only through float rounding across batch
+        sizes. Used for Monte-Carlo completions (alignment.dto)."""
+        seeds = list(seeds)
+        if len(seeds) <= 1:
+            return [self._sample(prompt_ids, params, s) for s in seeds]
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        eos = self.eos_token_ids
+        device = self.device
+        n = len(seeds)
+        out = self._forward_last(input_ids=torch.tensor([prompt_ids] * n, device=device), use_cache=True)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        for step in range(params["max_tokens"]):
+            nxt = []
+            for i in range(n):
+                if finish[i] is not None:
+                    nxt.append(self.pad_token_id)
+                    continue
+                tok = _pick(out.logits[i, -1], params["temperature"], params["top_p"], gens[i])
+                if tok in eos:
+                    finish[i] = "stop"
+                    nxt.append(self.pad_token_id)
+                else:
+                    tokens[i].append(tok)
+                    nxt.append(tok)
+            if all(f is not None for f in finish) or step + 1 >= params["max_tokens"]:
+                break
+            out = self._forward_last(input_ids=torch.tensor([[t] for t in nxt], device=device),
+                                     past_key_values=out.past_key_values, use_cache=True)
+        return [(t, f or "length") for t, f in zip(tokens, finish)]
 
     # -- training tensors ------------------------------------------------------
     def encode(self, groups: Sequence[Group]) -> TrainingBatch:

@@ -1,0 +1,142 @@
+"""Thinking-dynamics optimization on the built-in reasoning model: before and after.
+
+    .venv/bin/python bench/dto_benchmark.py [--model arith-reasoner] [--problems 96] [--eval-problems 500]
+        [--losses simpo,dpo,irepo] [--json bench/results/dto_benchmark.json]
+
+1. The base model answers ``--eval-problems`` held-out arithmetic-world
+   problems at its default sampling settings (one answer each, seed = index):
+   accuracy and mean response tokens (bench/eval_text_default.py).
+2. One DTO round (alignment.dto.dto_round) on ``--problems`` train-split
+   problems: ``--samples`` answers each, Monte-Carlo prefix correctness with
+   ``--mc-samples`` completions per cut point, concise-correct traces, pairs
+   stored as votes in a fresh data directory.
+3. Each loss trains a LoRA adapter on those same pairs through the CLI
+   (``python -m app train --modality text --method LOSS``, the command a user
+   runs); iREPO additionally gets five noisy simulated annotators' votes on
+   every pair (its soft labels), cast after the other losses have trained.
+4. Each adapter answers the same held-out problems with the same seeds.
+
+Reports accuracy, mean tokens, their change against the base model, and the
+wall time of every phase. Figures, not assertions: the README quotes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from eval_text_default import evaluate_model  # noqa: E402
+
+TRAIN_DEFAULTS = {"simpo": {"lr": 1e-3, "beta": 2.0}, "dpo": {"lr": 1e-3, "beta": 0.1},
+                  "irepo": {"lr": 1e-3, "beta": 0.1}}
+
+
+def _train(loss: str, args: argparse.Namespace, data_dir: Path) -> tuple[str, float]:
+    """Train one adapter through the CLI; (adapter folder, seconds)."""
+    from storage import Store
+
+    hp = TRAIN_DEFAULTS[loss]
+    cmd = [sys.executable, "-m", "app", "--data-dir", str(data_dir), "train", "--modality", "text", "--method", loss,
+           "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--lr", str(args.lr or hp["lr"]), "--beta", str(hp["beta"]), "--lora-rank", str(args.lora_rank),
+           "--seed", "0"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{loss} training failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    with Store(data_dir) as store:
+        run = store.list_runs()[-1]
+        metrics = run.last_metrics
+    print(f"  {loss}: trained {args.steps} steps in {seconds:.0f} s; last metrics {metrics}", flush=True)
+    return str(Path(run.run_dir) / "adapter"), seconds
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="arith-reasoner")
+    ap.add_argument("--problems", type=int, default=96, help="train-split problems for the DTO round")
+    ap.add_argument("--samples", type=int, default=4, help="answers per problem")
+    ap.add_argument("--mc-samples", type=int, default=4, help="completions per cut point")
+    ap.add_argument("--eval-problems", type=int, default=500)
+    ap.add_argument("--losses", default="simpo,dpo,irepo")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, help="learning rate for every loss (default: per loss, 1e-3)")
+    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--data-dir", help="keep the pairs and runs here (default: a temporary folder)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    losses = [x for x in args.losses.split(",") if x]
+    unknown = set(losses) - set(TRAIN_DEFAULTS)
+    if unknown:
+        ap.error(f"unknown loss(es) {sorted(unknown)}; choose from {sorted(TRAIN_DEFAULTS)}")
+
+    import torch
+
+    from alignment.dto import dto_round, noisy_annotator_votes
+    from modalities.protocol import ModelRef
+    from modalities.text import arithmetic as world
+    from modalities.text.adapter import TextAdapter
+    from storage import Store
+
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="dto-bench-"))
+    t_all = time.time()
+    result: dict = {"model": args.model, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                    "settings": {k: v for k, v in vars(args).items() if k not in ("json", "data_dir")}}
+
+    print(f"base model on {args.eval_problems} held-out problems ...", flush=True)
+    base = evaluate_model(args.model, args.eval_problems)
+    result["base"] = base
+    print(f"  base: {json.dumps(base)}", flush=True)
+
+    print(f"DTO round on {args.problems} train problems x {args.samples} samples ...", flush=True)
+    t0 = time.time()
+    lm = TextAdapter.load(ModelRef(args.model))
+    problems = world.problems(args.problems, "train", seed=0)
+    prompt_fn = (lambda p: p.prompt) if lm.has_chat_template else world.format_prompt
+    with Store(data_dir) as store:
+        rnd = dto_round(lm, problems, n_samples=args.samples, mc_samples=args.mc_samples, store=store,
+                        prompt_fn=prompt_fn, seed=0, context="dto-round-0")
+    stats = {k: v for k, v in rnd.stats.items()}
+    stats["seconds"] = round(time.time() - t0, 1)
+    result["dto_round"] = stats
+    print(f"  {json.dumps(stats)}", flush=True)
+    del lm
+    if not rnd.pairs:
+        raise SystemExit("no pairs: the model solved none of the problems")
+
+    result["tuned"] = {}
+    for loss in losses:
+        if loss == "irepo":
+            with Store(data_dir) as store:
+                result["irepo_annotators"] = noisy_annotator_votes(store, rnd.stored, annotators=5, seed=0,
+                                                                   context="dto-round-0")
+        adapter, seconds = _train(loss, args, data_dir)
+        ev = evaluate_model(args.model, args.eval_problems, adapter=adapter)
+        ev["train_seconds"] = round(seconds, 1)
+        ev["accuracy_change_points"] = round(100 * (ev["accuracy"] - base["accuracy"]), 1)
+        ev["tokens_change_percent"] = round(100 * (ev["mean_response_tokens"] / base["mean_response_tokens"] - 1), 1)
+        result["tuned"][loss] = ev
+        print(f"  {loss}: {json.dumps(ev)}", flush=True)
+    result["total_minutes"] = round((time.time() - t_all) / 60, 1)
+    result["data_dir"] = str(data_dir) if args.data_dir else None
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
