@@ -110,13 +110,47 @@ def test_text_from_the_cli(tmp_path):
     assert best["prompt"] == PROMPTS[0] and best["chosen"] in answers.values() and best["rejected"] in answers.values()
     bad = run_cli("generate", "--modality", "text", "--model", str(model), "--prompt", "x", "--steps", "3", data_dir=d)
     assert bad.returncode == 2 and "--steps do not apply to text models" in bad.stderr
-    none = run_cli("train", "--modality", "text", "--method", "dpo", data_dir=d)
-    assert none.returncode == 2 and "no built-in model for 'text'" in none.stderr
+    # without --model the built-in reasoning model is trained; this data dir holds no judgment of it
+    none = run_cli("train", "--modality", "text", "--method", "dpo", "--batch-size", "2", data_dir=tmp_path / "d2")
+    assert none.returncode != 0 and "too few preference pairs" in none.stderr
+
+
+@pytest.mark.slow
+def test_dto_from_the_cli_on_the_built_in_model_trains_and_exports_its_pairs(tmp_path):
+    """The whole DTO loop on the shipped reasoning model: its answers, concise-but-correct traces,
+    pairs stored as votes, SimPO training, an adapter that loads, and the pairs as TRL rows."""
+    from modalities.protocol import GenerationRequest, ModelRef
+    from modalities.text import arithmetic as world
+    from modalities.text.adapter import TextAdapter
+    from storage import Store
+    from tests.conftest import run_cli
+
+    d = tmp_path / "data"
+    proc = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "3", "--samples", "2",
+                   "--mc-samples", "2", "--steps", "2", "--batch-size", "2", data_dir=d)
+    assert proc.returncode == 0, proc.stderr
+    assert "DTO round 0:" in proc.stdout
+    with Store.open(d) as store:
+        pairs = store.preference_pairs(modality="text")
+        runs = store.list_runs()
+        assert pairs and len(runs) == 1 and runs[0].status == "completed" and runs[0].method == "simpo"
+        adapter = runs[0].run_dir + "/adapter"
+    out = tmp_path / "dto.jsonl"
+    run_cli("export", "dataset", str(out), "--format", "trl-jsonl", data_dir=d, check=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(pairs)
+    questions = {p.prompt for p in world.problems(3, "train", seed=0)}
+    for row in rows:
+        assert row["prompt"] in questions and row["chosen"] != row["rejected"]
+        problem = next(p for p in world.problems(3, "train", seed=0) if p.prompt == row["prompt"])
+        assert world.judge(problem, row["chosen"]).correct  # never an incorrect trace preferred
+    lm = TextAdapter.load(ModelRef("arith-reasoner", adapter=adapter))
+    (s,) = lm.generate(GenerationRequest(next(iter(questions)), n=1, seeds=(0,)))
+    assert "Answer:" in s.text
 
 
 def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
-    """A random model solves nothing: DTO stores no pair and says so (the positive path needs a model
-    that can do arithmetic: the built-in reasoning model, still to come)."""
+    """A random model solves nothing: DTO stores no pair and says so."""
     from tests.conftest import run_cli
 
     model = tiny_pipelines.save_tiny_lm(tmp_path / "lm", context=512)  # word problems need the room

@@ -38,3 +38,5 @@ def test_resume_equals_uninterrupted_and_the_model_loads(tmp_path):
     assert model.format_prompt("What is 3 + 4?") == "<bos>Q: What is 3 + 4?\nA:"  # its chat template
     (s,) = model.generate(GenerationRequest("What is 3 + 4?", n=1, seeds=(0,), params={"max_tokens": 8}))
     assert s.provenance.params["response_tokens"] >= 1
+    # the shipped default sampling settings travel with the model
+    assert model.default_params() == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 384}
