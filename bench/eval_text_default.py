@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def evaluate_model(model: str, n: int, *, adapter: str | None = None, params: dict | None = None,
-                   difficulty: str = "medium") -> dict:
+                   difficulty: str = "medium", split: str = "heldout", problem_seed: int = 0) -> dict:
     from modalities.protocol import GenerationRequest, ModelRef
     from modalities.text import arithmetic as world
     from modalities.text.adapter import TextAdapter
 
     lm = TextAdapter.load(ModelRef(model, adapter=adapter))
     tok = lm.tokenizer
-    problems = world.problems(n, "heldout", difficulty=difficulty)
+    problems = world.problems(n, split, seed=problem_seed, difficulty=difficulty)
     correct = redundant = 0
     marks = []  # per problem: "1" correct, "0" not
     tokens = shortest = 0
@@ -49,7 +49,7 @@ def evaluate_model(model: str, n: int, *, adapter: str | None = None, params: di
     return {"problems": n, "accuracy": round(correct / n, 4), "redundant_share": round(redundant / n, 4),
             "mean_response_tokens": round(tokens / n, 1), "mean_shortest_tokens": round(shortest / n, 1),
             "length_ratio": round(tokens / max(1, shortest), 2), "seconds": round(time.time() - t0, 1),
-            "params": params or "defaults", "adapter": adapter, "difficulty": difficulty,
+            "params": params or "defaults", "adapter": adapter, "difficulty": difficulty, "split": split,
             "settings": lm.default_params() if not params else {**lm.default_params(), **params},
             "correct_by_problem": "".join(marks)}
 
@@ -60,13 +60,16 @@ def main(argv=None) -> int:
     ap.add_argument("--adapter")
     ap.add_argument("--problems", type=int, default=500)
     ap.add_argument("--difficulty", default="medium")
+    ap.add_argument("--split", default="heldout", choices=["heldout", "train"],
+                    help="train: for choosing settings without looking at the held-out problems")
+    ap.add_argument("--problem-seed", type=int, default=0, help="which draw of problems (train split)")
     ap.add_argument("--temperature", type=float)
     ap.add_argument("--max-tokens", type=int)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     params = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
     result = evaluate_model(args.model, args.problems, adapter=args.adapter, params=params,
-                            difficulty=args.difficulty)
+                            difficulty=args.difficulty, split=args.split, problem_seed=args.problem_seed)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
