@@ -249,6 +249,9 @@ def test_sampling_defaults_come_from_the_models_generation_config(tmp_path):
     assert {k: s.provenance.params[k] for k in ("temperature", "top_p", "max_tokens")} == lm.default_params()
     (s,) = lm.generate(GenerationRequest("Q: 2 + 9?\nA:", n=1, seeds=(0,), params={"temperature": 1.0}))
     assert s.provenance.params["temperature"] == 1.0 and s.provenance.params["max_tokens"] == 20
+    GenerationConfig(do_sample=True, temperature=1.0).save_pretrained(d)  # 1.0 is HF's default: not in the diff
+    assert TextAdapter.load(ModelRef(str(d))).default_params() == {"temperature": 1.0, "top_p": 1.0,
+                                                                   "max_tokens": 256}
     GenerationConfig(do_sample=False, max_new_tokens=7).save_pretrained(d)
     assert TextAdapter.load(ModelRef(str(d))).default_params()["temperature"] == 0.0
 

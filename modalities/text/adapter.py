@@ -360,6 +360,12 @@ class TextAdapter(ModalityAdapter):
             value = shipped.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 params[ours] = int(value) if ours == "max_tokens" else float(value)
+        if shipped.get("do_sample") is True:  # sampling as shipped: HF's 1.0 where a value is left out
+            for key in ("temperature", "top_p"):
+                value = getattr(gc, key, None)
+                value = 1.0 if value is None else value  # unset: no scaling, no nucleus cut
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    params[key] = float(value)
         if shipped.get("do_sample") is False:
             params["temperature"] = 0.0
         return params
