@@ -15,6 +15,7 @@ pair. To take a vote back, delete the judgment (``delete_judgment``).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import json
 import os
 import sqlite3
@@ -42,6 +43,11 @@ from .schema import ANNOTATOR_KINDS, CHOICES, MIGRATIONS, MODALITIES, RUN_STATUS
 
 BUSY_TIMEOUT_S = 60.0
 CHOICE_ALIASES = {"a": "a", "b": "b", "tie": "tie", "both_bad": "both_bad", "both-bad": "both_bad", "bad": "both_bad"}
+
+
+_OPEN_PATHS: "Counter[str]" = Counter()  # databases this process has open (see Store.open)
+_OPEN_LOCK = threading.Lock()
+COMPARE_CONTEXT = "compare"  # judgments of the blind base-vs-tuned comparison
 
 
 def now_iso() -> str:
@@ -199,7 +205,12 @@ class Store:
         db_path = data_dir / DB_FILENAME
         if db_path.exists() and db_path.is_dir():
             raise DataDirError(f"{db_path} is a directory, not a database file; move it away or pick another --data-dir")
-        _check_sqlite_header(db_path)
+        with _OPEN_LOCK:
+            # Reading the file with plain open()/close() would drop every POSIX lock this process holds
+            # on it -- including the locks of a connection already open here, which lets another process
+            # delete the WAL under it ("file is not a database"). Check the header only on the first open.
+            if not _OPEN_PATHS[str(db_path)]:
+                _check_sqlite_header(db_path)
         try:
             conn = sqlite3.connect(
                 str(db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -225,11 +236,18 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        with _OPEN_LOCK:
+            _OPEN_PATHS[str(db_path)] += 1
+        store._registered = True
         return store
 
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+            if getattr(self, "_registered", False):
+                self._registered = False
+                with _OPEN_LOCK:
+                    _OPEN_PATHS[str(self.path)] -= 1
 
     def __enter__(self) -> "Store":
         return self
@@ -592,6 +610,29 @@ class Store:
         with self.write() as db:
             self._require("judgments", judgment_id, "judgment")
             db.execute("DELETE FROM judgments WHERE id = ?", (int(judgment_id),))
+
+    def delete_generation(self, generation_id: int) -> int:
+        """Remove a candidate and every judgment that involves it (a ranking without one of
+        its candidates would say something the user did not). Its media file goes too when no
+        other candidate uses it. Returns how many judgments were removed."""
+        with self.write() as db:
+            self._require("generations", generation_id, "generation")
+            gid = int(generation_id)
+            jids = [r[0] for r in db.execute(
+                "SELECT DISTINCT judgment_id FROM judgment_items WHERE generation_id = ?", (gid,)).fetchall()]
+            for jid in jids:
+                db.execute("DELETE FROM judgments WHERE id = ?", (jid,))
+            sha = db.execute("SELECT media_sha256 FROM generations WHERE id = ?", (gid,)).fetchone()[0]
+            db.execute("DELETE FROM generations WHERE id = ?", (gid,))
+            orphan = not db.execute("SELECT 1 FROM generations WHERE media_sha256 = ?", (sha,)).fetchone()
+            path = None
+            if orphan:
+                row = db.execute("SELECT path FROM media WHERE sha256 = ?", (sha,)).fetchone()
+                db.execute("DELETE FROM media WHERE sha256 = ?", (sha,))
+                path = row[0] if row else None
+        if path:
+            (self.data_dir / path).unlink(missing_ok=True)
+        return len(jids)
 
     def last_judgment_id(self, *, annotator: str | None = None) -> int | None:
         sql = "SELECT j.id FROM judgments j JOIN annotators a ON a.id = j.annotator_id"
@@ -1025,9 +1066,11 @@ def _filters(*, alias: str, **values: Any) -> tuple[str, list[Any]]:
 
 
 def _context_filter(contexts: Sequence[str] | None) -> tuple[str, list[Any]]:
-    """SQL restricting judgments (aliased ``j``) to the given contexts."""
+    """SQL restricting judgments (aliased ``j``) to the given contexts. None: every context
+    but the blind comparisons of base and tuned models (``compare``), which are evaluations,
+    never training data."""
     if contexts is None:
-        return "", []
+        return " AND j.context != ?", [COMPARE_CONTEXT]
     return f" AND j.context IN ({','.join('?' * len(contexts))})", list(contexts)
 
 
