@@ -19,8 +19,8 @@ from storage import ENV_VAR, MODALITIES, Store, StoreError
 from storage.derive import DERIVATIONS
 
 UI_NOTE = (
-    "The web UI is not part of this version yet: `python -m app` with no command shows this help.\n"
-    "Use the commands below (e.g. `python -m app stats`)."
+    "`python -m app` with no command (or `python -m app ui`) starts the web app on http://127.0.0.1:7860;\n"
+    "--host, --port, --auth USER:PASSWORD and --share set where it serves (see `python -m app ui --help`)."
 )
 
 
@@ -66,6 +66,23 @@ def _parse_rank_token(token: str) -> list[int]:
 # ---------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Start the web app (Gradio) on the data directory."""
+    import os
+
+    from storage import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    # Gradio reads its temp folder when it is imported: keep uploads and copies in the data directory
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(data_dir) / "cache" / "gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from app.ui import launch
+
+    launch(data_dir=str(data_dir), host=args.host, port=args.port, auth=args.auth, share=args.share,
+           preload=not args.no_preload)
+    return 0
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
@@ -220,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 init = store.list_runs()[-1].run_dir + "/adapter"
         return code
 
-    from alignment.config import TrainConfig
+    from app.runs import create_run, train_command
 
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
     for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device",
@@ -231,27 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model and "model" not in overrides:
         overrides["model"] = args.model
     with _open(args) as store:
-        init, parent = overrides.get("init_adapter"), None
-        if init is not None and str(init).isdigit():  # an adapter id of the store: its base model by default
-            parent = store.get_adapter(int(init))
-            overrides["init_adapter"] = parent.path
-            overrides.setdefault("model", parent.base_model)
-        elif init is not None:
-            overrides["init_adapter"] = str(Path(init).expanduser().resolve())
-        if "model" not in overrides:
-            from app.generation import default_model
-
-            overrides["model"] = default_model(args.modality)  # a clear error where there is none yet
-        cfg = TrainConfig.from_dict({"modality": args.modality, "method": args.method,
-                                     "data_dir": str(store.data_dir), **overrides})
-        run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict(),
-                               parent_adapter_id=parent.id if parent else None)
-        run_dir = store.data_dir / "runs" / f"run-{run.id:04d}"
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "run_id": run.id})
-        cfg.save(run_dir)
-        store.update_run(run.id, run_dir=str(run_dir), config=cfg.to_dict())
+        run, run_dir = create_run(store, modality=args.modality, method=args.method, settings=overrides)
     print(f"run {run.id}: {run_dir}", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "alignment.train", str(run_dir)])
+    proc = subprocess.Popen(train_command(run_dir))
     while True:
         try:
             return proc.wait()
@@ -399,6 +398,15 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _ui_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only; "
+                   "anything else needs --auth)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (or set PALATE_AUTH)")
+    p.add_argument("--share", action="store_true", help="a public Gradio share link (needs --auth and internet)")
+    p.add_argument("--no-preload", action="store_true", help="load models on first use, not at start")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -415,11 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _ui_options(parser)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str, parent=sub, **kw) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help, description=help, parents=[common], **kw)
         p.set_defaults(func=func)
         return p
+
+    # ui
+    p = add("ui", cmd_ui, "start the web app (the default when no command is given)")
+    _ui_options(p)
 
     # db
     db = sub.add_parser("db", help="inspect and check the database", description="Inspect and check the database.")
@@ -569,8 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.data_dir = getattr(args, "data_dir", None)
     args.json = getattr(args, "json", False)
     if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+        args.func = cmd_ui
     try:
         return args.func(args)
     except (StoreError, ValueError, OSError) as e:

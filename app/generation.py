@@ -2,8 +2,15 @@
 
 Loaded models are kept per (modality, model, device) in this process -- the
 two most recently used -- so a second request for the same model does not
-load it again. One generation runs per loaded model at a time (a pipeline's
-scheduler is shared state).
+load it again. Generation goes through one worker per device: one generation
+at a time on each device (a pipeline's scheduler is shared state, and two at
+once on a small GPU would only compete for its memory).
+
+GPU policy: a training run is a separate process with its own copy of the
+model. Before the app's run queue starts a run on a CUDA device it unloads the
+models this process holds there (waiting for a generation in progress), and
+while that run trains, generation on the same CUDA device is refused with a
+message saying so -- two models never share one GPU. On the CPU both go on.
 """
 from __future__ import annotations
 
@@ -17,6 +24,51 @@ DEFAULT_MODELS = {"image": "shapes-diffusion", "text": "arith-reasoner"}
 MAX_LOADED = 2
 _adapters: "OrderedDict[tuple[str, str, str | None, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
 _lock = threading.Lock()
+_device_locks: dict[str, threading.Lock] = {}
+_training_on: dict[str, int] = {}  # CUDA device -> the run training there
+
+
+def device_key(device: str | None) -> str:
+    """``cpu`` or ``cuda`` (the device a request actually runs on)."""
+    if device:
+        return "cuda" if str(device).startswith("cuda") else str(device)
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def device_lock(device: str | None) -> threading.Lock:
+    key = device_key(device)
+    with _lock:
+        return _device_locks.setdefault(key, threading.Lock())
+
+
+def reserve_for_training(device: str | None, run_id: int) -> None:
+    """A run is about to train on ``device``: on CUDA, free this process's models there first."""
+    key = device_key(device)
+    if key != "cuda":
+        return
+    with device_lock(key):
+        with _lock:
+            for k in [k for k in _adapters if device_key(k[2]) == key]:
+                del _adapters[k]
+            _training_on[key] = run_id
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def release_from_training(device: str | None) -> None:
+    with _lock:
+        _training_on.pop(device_key(device), None)
+
+
+def unload_all() -> None:
+    with _lock:
+        _adapters.clear()
 
 
 def default_model(modality: str) -> str:
@@ -31,6 +83,10 @@ def get_adapter(store: Store, modality: str, model: str, *, device: str | None =
     from modalities.protocol import ModelRef
 
     key = (modality, model, device, lora)
+    busy = _training_on.get(device_key(device))
+    if busy is not None:
+        raise RuntimeError(f"training run {busy} is using the GPU; generation on it waits until the run ends "
+                           "(or cancel the run, or generate on the CPU)")
     with _lock:
         if key not in _adapters:
             cls = registry.get(modality)
@@ -57,6 +113,7 @@ def generate_candidates(
     params: dict[str, Any] | None = None,
     device: str | None = None,
     lora: str | None = None,
+    adapter_id: int | None = None,
 ) -> list[Generation]:
     """Generate ``n`` candidates for ``prompt`` and store them (all or none).
 
@@ -71,12 +128,14 @@ def generate_candidates(
     request = GenerationRequest(prompt=prompt, n=n, seeds=tuple(seeds) if seeds is not None else None,
                                 negative_prompt=negative_prompt or None, params=dict(params or {}))
     # 2. Load (or reuse) the model and generate
-    adapter, lock = get_adapter(store, modality, model or default_model(modality), device=device, lora=lora)
-    with lock:
-        samples = adapter.generate(request)
+    with device_lock(device):
+        adapter, lock = get_adapter(store, modality, model or default_model(modality), device=device, lora=lora)
+        with lock:
+            samples = adapter.generate(request)
     # 3. Store every candidate with its provenance, in one transaction
     with store.write():
         return [
-            store.add_generation(prompt=prompt, media=s.data, mime=s.mime, **s.provenance.storage_kwargs())
+            store.add_generation(prompt=prompt, media=s.data, mime=s.mime, adapter_id=adapter_id,
+                                 **s.provenance.storage_kwargs())
             for s in samples
         ]

@@ -11,7 +11,7 @@ from tests.conftest import png_bytes, run_cli
 COMMANDS = [
     [], ["db"], ["db", "check"], ["db", "info"], ["add"], ["list"], ["vote"], ["export"], ["export", "dataset"],
     ["generate"], ["train"], ["export", "adapter"],
-    ["import"], ["stats"],
+    ["import"], ["stats"], ["ui"],
 ]
 
 
@@ -22,10 +22,24 @@ def test_every_command_has_help(cmd):
     assert "usage: python -m app" in proc.stdout
 
 
-def test_no_command_shows_help_and_says_the_ui_is_not_there_yet(tmp_path):
-    proc = run_cli(data_dir=tmp_path / "d")
+def test_help_names_the_web_app():
+    proc = run_cli("--help")
     assert proc.returncode == 0
-    assert "web UI is not part of this version yet" in proc.stdout
+    assert "starts the web app on http://127.0.0.1:7860" in proc.stdout
+
+
+@pytest.mark.parametrize("extra", [["--host", "0.0.0.0"], ["--share"]], ids=["host", "share"])
+def test_serving_beyond_loopback_needs_auth(tmp_path, extra):
+    for argv in (["ui", *extra], extra):  # `python -m app ui ...` and `python -m app ...`
+        proc = run_cli(*argv, data_dir=tmp_path / "d")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "needs --auth USER:PASSWORD" in proc.stderr
+
+
+def test_auth_must_be_user_colon_password(tmp_path):
+    proc = run_cli("ui", "--auth", "justaname", data_dir=tmp_path / "d")
+    assert proc.returncode == 2
+    assert "--auth takes USER:PASSWORD" in proc.stderr
 
 
 def test_full_scripted_flow(tmp_path):

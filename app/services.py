@@ -1,0 +1,308 @@
+"""What the web UI does, as plain functions over the store (the UI only wires them to widgets).
+
+Judging, the counter, browsing and deleting, stats, dataset import/export,
+the base-vs-tuned comparison with its blind mode and win rate, and adapter
+export. Generation itself is ``app.generation``; training runs ``app.runs``.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from storage import Generation, Store
+from storage.store import COMPARE_CONTEXT
+
+ANNOTATOR = "you"
+CHOICES = ("a", "b", "tie", "both-bad")
+
+
+# ---------------------------------------------------------------------------
+# judging
+# ---------------------------------------------------------------------------
+
+
+def pick_best(store: Store, candidate_ids: Sequence[int], best: int) -> int:
+    """Best of N: a partial ranking, the pick first and the others unranked."""
+    if best not in candidate_ids:
+        raise ValueError(f"candidate {best} is not one of the candidates shown")
+    others = [g for g in candidate_ids if g != best]
+    if not others:
+        raise ValueError("best of N needs at least two candidates")
+    return store.rank([best], unranked=others, annotator=ANNOTATOR)
+
+
+def vote(store: Store, a: int, b: int, choice: str) -> int:
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(CHOICES)}")
+    return store.vote(a, b, choice, annotator=ANNOTATOR)
+
+
+def rank(store: Store, order: Sequence[int], shown: Sequence[int]) -> int:
+    """A full (or partial) ranking, best first; candidates shown but not clicked are unranked."""
+    if len(order) < 1:
+        raise ValueError("click the candidates best first before saving the ranking")
+    unranked = [g for g in shown if g not in order]
+    return store.rank(list(order), unranked=unranked, annotator=ANNOTATOR)
+
+
+def undo(store: Store, judgment_id: int | None = None) -> int:
+    """Delete ``judgment_id`` (default: your most recent judgment). Returns the id deleted."""
+    jid = judgment_id if judgment_id is not None else store.last_judgment_id(annotator=ANNOTATOR)
+    if jid is None:
+        raise ValueError("there is no judgment to undo")
+    store.delete_judgment(jid)
+    return jid
+
+
+def judgment_count(store: Store, modality: str, model: str) -> int:
+    """Judgments (votes and rankings, any annotator, not blind comparisons) on ``model``'s candidates."""
+    rows = store.query(
+        "SELECT COUNT(DISTINCT j.id) AS n FROM judgments j JOIN judgment_items i ON i.judgment_id = j.id"
+        " JOIN generations g ON g.id = i.generation_id WHERE g.modality = ? AND g.model = ? AND j.context != ?",
+        (modality, model, COMPARE_CONTEXT),
+    )
+    return int(rows[0]["n"])
+
+
+def pair_schedule(n: int) -> list[tuple[int, int]]:
+    """Pairwise A/B order over n candidates: every pair once, spread so no candidate waits long."""
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    # round-robin: interleave so consecutive pairs share as few candidates as possible
+    out: list[tuple[int, int]] = []
+    while pairs:
+        used: set[int] = set()
+        for p in list(pairs):
+            if not used & set(p):
+                out.append(p)
+                used |= set(p)
+                pairs.remove(p)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+
+
+def browse(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
+           limit: int = 200) -> list[dict[str, Any]]:
+    """Stored candidates, newest first, with how many judgments involve each."""
+    where, params = ["1=1"], []
+    if modality:
+        where.append("g.modality = ?")
+        params.append(modality)
+    if model:
+        where.append("g.model = ?")
+        params.append(model)
+    if text.strip():
+        where.append("p.text LIKE ?")
+        params.append(f"%{text.strip()}%")
+    return store.query(
+        "SELECT g.id, g.modality, g.model, g.seed, p.text AS prompt, g.created_at,"
+        " (SELECT COUNT(DISTINCT judgment_id) FROM judgment_items i WHERE i.generation_id = g.id) AS judgments"
+        " FROM generations g JOIN prompts p ON p.id = g.prompt_id WHERE " + " AND ".join(where)
+        + " ORDER BY g.id DESC LIMIT ?", (*params, int(limit)))
+
+
+def judgments(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
+              limit: int = 200) -> list[dict[str, Any]]:
+    """Stored judgments, newest first: kind, candidates (best first for rankings), choice, context."""
+    where, params = ["1=1"], []
+    if modality:
+        where.append("g.modality = ?")
+        params.append(modality)
+    if model:
+        where.append("g.model = ?")
+        params.append(model)
+    if text.strip():
+        where.append("p.text LIKE ?")
+        params.append(f"%{text.strip()}%")
+    rows = store.query(
+        "SELECT j.id, j.kind, j.choice, j.context, a.name AS annotator, p.text AS prompt, j.created_at,"
+        " group_concat(i.generation_id || ':' || COALESCE(i.rank, '-'), ' ') AS items"
+        " FROM judgments j JOIN annotators a ON a.id = j.annotator_id JOIN prompts p ON p.id = j.prompt_id"
+        " JOIN judgment_items i ON i.judgment_id = j.id JOIN generations g ON g.id = i.generation_id"
+        " WHERE " + " AND ".join(where) + " GROUP BY j.id ORDER BY j.id DESC LIMIT ?", (*params, int(limit)))
+    for r in rows:
+        items = [t.split(":") for t in (r.pop("items") or "").split()]
+        if r["kind"] == "pairwise":
+            r["candidates"] = f"A={items[0][0]} B={items[1][0]}" if len(items) == 2 else ""
+        else:
+            ranked = sorted((int(rk), g) for g, rk in items if rk != "-")
+            rest = [g for g, rk in items if rk == "-"]
+            r["candidates"] = " > ".join(g for _, g in ranked) + (f" (unranked {' '.join(rest)})" if rest else "")
+    return rows
+
+
+def models_seen(store: Store, modality: str | None = None) -> list[str]:
+    sql = "SELECT DISTINCT model FROM generations" + (" WHERE modality = ?" if modality else "") + " ORDER BY model"
+    return [r["model"] for r in store.query(sql, (modality,) if modality else ())]
+
+
+# ---------------------------------------------------------------------------
+# compare: base vs adapters on the same prompts and seeds; blind mode
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    """One blind comparison: the same prompt and seed through base and tuned, sides shuffled."""
+
+    prompt: str
+    seed: int
+    left: int  # generation ids
+    right: int
+    tuned_side: str  # "left" or "right"
+    adapter_id: int
+
+
+def compare_generate(store: Store, *, modality: str, model: str, adapter_ids: Sequence[int], prompts: Sequence[str],
+                     seeds: Sequence[int], params: dict[str, Any] | None = None,
+                     device: str | None = None) -> list[dict[str, Any]]:
+    """For each prompt: the base model's and each adapter's candidates on the same seeds.
+
+    Returns rows ``{"prompt", "seed", "base": Generation, "adapters": {adapter_id: Generation}}``.
+    """
+    from app.generation import generate_candidates
+
+    if not prompts:
+        raise ValueError("give at least one prompt to compare on")
+    if not 1 <= len(adapter_ids) <= 2:
+        raise ValueError("compare the base model with one or two adapters")
+    adapters = [store.get_adapter(a) for a in adapter_ids]
+    for a in adapters:
+        if a.modality != modality:
+            raise ValueError(f"adapter {a.id} ({a.name}) is for {a.modality}, not {modality}")
+    rows = []
+    for prompt in prompts:
+        base = generate_candidates(store, modality=modality, model=model, prompt=prompt, n=len(seeds), seeds=seeds,
+                                   params=params, device=device)
+        tuned = {a.id: generate_candidates(store, modality=modality, model=model, prompt=prompt, n=len(seeds),
+                                           seeds=seeds, params=params, device=device, lora=a.path, adapter_id=a.id)
+                 for a in adapters}
+        for i, seed in enumerate(seeds):
+            rows.append({"prompt": prompt, "seed": seed, "base": base[i],
+                         "adapters": {aid: gens[i] for aid, gens in tuned.items()}})
+    return rows
+
+
+def blind_trials(rows: Sequence[dict[str, Any]], adapter_id: int, *, seed: int | None = None) -> list[Trial]:
+    rng = random.Random(seed if seed is not None else time.time_ns())
+    trials = []
+    for r in rows:
+        base, tuned = r["base"].id, r["adapters"][adapter_id].id
+        if rng.random() < 0.5:
+            trials.append(Trial(r["prompt"], r["seed"], tuned, base, "left", adapter_id))
+        else:
+            trials.append(Trial(r["prompt"], r["seed"], base, tuned, "right", adapter_id))
+    rng.shuffle(trials)
+    return trials
+
+
+def blind_vote(store: Store, trial: Trial, choice: str) -> int:
+    """Record a blind choice (left, right, tie) as a judgment of its own kind (context ``compare``)."""
+    mapping = {"left": "a", "right": "b", "tie": "tie"}
+    if choice not in mapping:
+        raise ValueError("a blind choice is left, right or tie")
+    return store.vote(trial.left, trial.right, mapping[choice], annotator=ANNOTATOR, context=COMPARE_CONTEXT)
+
+
+def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion (ties count half a win)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate(store: Store, adapter_id: int) -> dict[str, Any]:
+    """The tuned model's win rate over the base in blind comparisons: wins + half the ties, over all
+    blind choices between a candidate of this adapter and one without an adapter."""
+    rows = store.query(
+        "SELECT v.choice, ga.adapter_id AS a_adapter, gb.adapter_id AS b_adapter FROM pairwise_votes v"
+        " JOIN generations ga ON ga.id = v.generation_a JOIN generations gb ON gb.id = v.generation_b"
+        " WHERE v.context = ? AND ((ga.adapter_id = ? AND gb.adapter_id IS NULL)"
+        " OR (gb.adapter_id = ? AND ga.adapter_id IS NULL))",
+        (COMPARE_CONTEXT, int(adapter_id), int(adapter_id)))
+    wins = ties = losses = 0
+    for r in rows:
+        tuned = "a" if r["a_adapter"] == adapter_id else "b"
+        if r["choice"] == "tie":
+            ties += 1
+        elif r["choice"] == tuned:
+            wins += 1
+        else:
+            losses += 1
+    n = wins + ties + losses
+    lo, hi = wilson(wins + 0.5 * ties, n)
+    return {"adapter_id": adapter_id, "wins": wins, "ties": ties, "losses": losses, "n": n,
+            "win_rate": (wins + 0.5 * ties) / n if n else None, "ci95": (lo, hi)}
+
+
+# ---------------------------------------------------------------------------
+# adapters
+# ---------------------------------------------------------------------------
+
+
+def export_formats(modality: str, base_model: str | None = None) -> list[str]:
+    """Formats an adapter of this modality exports to."""
+    if modality == "text":
+        return ["peft"]
+    return ["diffusers", "peft", "kohya"]
+
+
+def export_adapter(store: Store, adapter_id: int, fmt: str) -> tuple[Path, float | None]:
+    """Export into ``<data dir>/exports/`` and load it back. Returns (path, max difference)."""
+    adapter = store.get_adapter(adapter_id)
+    if fmt not in export_formats(adapter.modality):
+        raise ValueError(f"{adapter.modality} adapters export as {', '.join(export_formats(adapter.modality))}, "
+                         f"not {fmt}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = store.data_dir / "exports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if adapter.modality == "text":
+        return export_text_adapter(adapter.path, out_dir / f"{adapter.name}-peft-{stamp}"), None
+    from alignment.export import export_adapter as export, verify_export
+
+    run = store.get_run(adapter.run_id) if adapter.run_id is not None else None
+    metadata = {
+        "base_model": adapter.base_model, "base_revision": adapter.base_revision or "", "method": adapter.method or "",
+        "run_id": adapter.run_id, "data_hash": adapter.metadata.get("data_hash") or (run.data_hash if run else ""),
+        "hyperparameters": adapter.metadata.get("config", {}),
+    }
+    out = out_dir / (f"{adapter.name}-kohya-{stamp}.safetensors" if fmt == "kohya" else f"{adapter.name}-{fmt}-{stamp}")
+    path = export(adapter.path, out, fmt, metadata=metadata)
+    return path, verify_export(adapter.base_model, adapter.path, path, fmt)
+
+
+def export_text_adapter(adapter_dir: str | Path, out: Path) -> Path:
+    """A language-model adapter is already a PEFT folder: copy it, checking it is one."""
+    import shutil
+
+    src = Path(adapter_dir)
+    if not (src / "adapter_config.json").is_file() or not (src / "adapter_model.safetensors").is_file():
+        raise ValueError(f"{src} is not a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    shutil.copytree(src, out)
+    return out
+
+
+def zip_folder(path: Path) -> Path:
+    """A folder as a .zip next to it (for a download button); a file is returned as is."""
+    import shutil
+
+    if path.is_file():
+        return path
+    return Path(shutil.make_archive(str(path), "zip", root_dir=path))
+
+
+def validation_samples(store: Store, run_id: int) -> list[tuple[Generation, str]]:
+    """A run's validation candidates (start and end), with their stage."""
+    rows = store.query("SELECT id FROM generations WHERE run_id = ? ORDER BY id", (int(run_id),))
+    gens = store.get_generations([r["id"] for r in rows]) if rows else []
+    return [(g, str(g.params.get("validation", ""))) for g in gens]

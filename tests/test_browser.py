@@ -1,0 +1,489 @@
+"""The app in a real browser: Debian's chromium driven by playwright, as a user would.
+
+One app process on a temporary data directory for the whole module; the tests run in
+order (generate and judge, train, compare, export -- images, then text) and check the
+store after each step. Screenshots of every tab go to ``test-artifacts/``.
+
+Needs /usr/bin/chromium (`apt-get install chromium`; scripts/test.sh installs it when it
+can). Without it these tests fail with that message; PALATE_SKIP_BROWSER=1 skips them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from storage import Store
+from tests.conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+IMAGE_PROMPT = "two small red circles on a blue background"
+TEXT_PROMPT = "What is 12 + 4 * 7 - 15?"
+
+pytestmark = pytest.mark.slow
+
+if os.environ.get("PALATE_SKIP_BROWSER") == "1":
+    pytest.skip("PALATE_SKIP_BROWSER=1", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
+                    "or set PALATE_SKIP_BROWSER=1 to skip the browser tests")
+    data_dir = tmp_path_factory.mktemp("browser") / "data"
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("PALATE_DATA_DIR", None)
+    log = open(data_dir.parent / "app.log", "w")
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--data-dir", str(data_dir), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() - t0 > 120:
+                    raise RuntimeError(f"the app did not start: {(data_dir.parent / 'app.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield {"url": url, "data_dir": data_dir, "t0": t0, "proc": proc, "log": data_dir.parent / "app.log"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        for run_dir in (data_dir / "runs").glob("run-*"):  # no trainer outlives the test
+            subprocess.run(["pkill", "-f", str(run_dir)], check=False)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(app["url"])
+    pg.wait_for_selector("#generate-btn")
+    app["startup_s"] = time.time() - app["t0"]
+    pg.errors = errors
+    yield pg
+    pg.close()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def store_of(app) -> Store:
+    return Store.open(app["data_dir"])
+
+
+# An element's text without Gradio's progress overlay ("0.3s", "processing | 1.2s")
+TEXT_JS = """(id) => { const e = document.getElementById(id); if (!e) return null;
+  const c = e.cloneNode(true); c.querySelectorAll('[data-testid=status-tracker]').forEach(n => n.remove());
+  document.body.appendChild(c); const t = c.innerText; c.remove(); return t.trim(); }"""
+
+
+def text(page, elem_id: str) -> str:
+    return page.evaluate(TEXT_JS, elem_id)
+
+
+def value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def fill(page, elem_id: str, v: str) -> None:
+    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(v)
+
+
+def wait_text(page, elem_id: str, needle: str, timeout: float = 120) -> str:
+    page.wait_for_function(f"([id, needle]) => {{ const t = ({TEXT_JS})(id); return t && t.includes(needle); }}",
+                           arg=[elem_id, needle], timeout=timeout * 1000)
+    return text(page, elem_id)
+
+
+def wait_change(page, elem_id: str, before: str, timeout: float = 30) -> str:
+    page.wait_for_function(f"([id, before]) => {{ const t = ({TEXT_JS})(id); return t !== null && t !== before; }}",
+                           arg=[elem_id, before], timeout=timeout * 1000)
+    return text(page, elem_id)
+
+
+def act(page, elem_id: str, do) -> str:
+    """Do something that updates the status line, and wait for the update."""
+    before = text(page, elem_id)
+    do()
+    return wait_change(page, elem_id, before)
+
+
+def choose(page, elem_id: str, option: str | None = None) -> None:
+    """Pick an option of a Gradio dropdown (the first one when ``option`` is None)."""
+    page.click(f"#{elem_id} input")
+    opt = page.get_by_role("option").first if option is None else page.get_by_role("option", name=option, exact=True)
+    opt.click()
+    page.keyboard.press("Escape")
+    time.sleep(0.4)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    time.sleep(0.5)
+
+
+def radio(page, elem_id: str, label: str) -> None:
+    page.click(f"#{elem_id} label:has-text('{label}')")
+    time.sleep(0.4)
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def judgments(app, context: str = "collect") -> list[dict]:
+    with store_of(app) as s:
+        return s.query("SELECT j.id, j.kind, j.choice FROM judgments j WHERE j.context = ? ORDER BY j.id", (context,))
+
+
+def generate(page, *, n: int, seed: int | None, prompt: str, timeout: float = 180) -> str:
+    fill(page, "prompt", prompt)
+    fill(page, "n", str(n))
+    fill(page, "seed", "" if seed is None else str(seed))
+    before = text(page, "gen-status")  # (the tests never expect the same message twice in a row)
+    page.click("#generate-btn")
+    page.wait_for_function(f"(before) => {{ const t = ({TEXT_JS})('gen-status'); return t !== before && "
+                           "/Done|Error/.test(t); }", arg=before, timeout=timeout * 1000)
+    return text(page, "gen-status")
+
+
+def train_and_wait(page, app, *, steps: int, queue_second: bool = False, timeout: float = 400) -> list[int]:
+    """Start a run (and optionally a second one while it runs); wait for all to finish."""
+    fill(page, "train-steps", str(steps))
+    msg = act(page, "train-msg", lambda: page.click("#train-start"))
+    assert re.search(r"Run \d+ \(", msg), msg
+    ids = [int(re.search(r"Run (\d+)", msg).group(1))]
+    if queue_second:
+        msg2 = act(page, "train-msg", lambda: page.click("#train-start"))
+        assert f"queued behind run {ids[0]}" in msg2, msg2  # not lost: waits its turn
+        ids.append(int(re.search(r"Run (\d+)", msg2).group(1)))
+        with store_of(app) as s:
+            assert s.get_run(ids[1]).status == "queued"
+    seen_steps: set[int] = set()
+    deadline = time.time() + timeout
+    while True:
+        with store_of(app) as s:
+            runs = [s.get_run(i) for i in ids]
+        prog = text(page, "run-progress-box")
+        m = re.search(r"step (\d+) of", prog)
+        if m:
+            seen_steps.add(int(m.group(1)))
+        if all(r.status in ("completed", "failed", "cancelled") for r in runs):
+            break
+        assert time.time() < deadline, f"runs {ids} did not finish: {[r.status for r in runs]}"
+        time.sleep(0.5)
+    assert [r.status for r in runs] == ["completed"] * len(ids), [(r.status, r.error) for r in runs]
+    wait_text(page, "run-progress-box", "completed", 30)
+    return ids
+
+
+def plot_points(page, elem_id: str) -> int:
+    """Points on a Vega line plot (the line's path commands)."""
+    d = page.locator(f"#{elem_id} .mark-line path").first.get_attribute("d") or ""
+    return len(re.findall(r"[ML]", d))
+
+
+# -- the tests, in the order a user goes ------------------------------------------------------
+
+
+def test_page_is_usable_at_once_and_serves_only_the_data_dir(app, page):
+    assert page.title() == "Palate"
+    assert str(app["data_dir"]) in text(page, "top-status")
+    assert value(page, "model") == "shapes-diffusion"
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "startup.json").write_text(json.dumps({"seconds_to_usable_page": round(app["startup_s"], 2)}))
+    # Gradio's file route serves the data directory, nothing else
+    for path in ("/etc/passwd", str(ROOT / "README.md")):
+        try:
+            code = urllib.request.urlopen(app["url"] + f"gradio_api/file={path}", timeout=5).status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        assert code in (403, 404), (path, code)
+    shot(page, "0-start")
+
+
+def test_image_generate_pick_best_ab_rank_undo(app, page):
+    # bad input first: nothing generated, a readable message, the page keeps working
+    assert "write a prompt first" in generate(page, n=4, seed=1, prompt="")
+    assert "N must be between 2 and 8" in generate(page, n=9, seed=1, prompt=IMAGE_PROMPT)
+    assert "N must be between 2 and 8" in generate(page, n=1, seed=1, prompt=IMAGE_PROMPT)
+    with store_of(app) as s:
+        assert s.list_generations() == []
+
+    status = generate(page, n=5, seed=100, prompt=IMAGE_PROMPT)
+    assert "Done 5 of 5" in status, status
+    with store_of(app) as s:
+        gens = s.list_generations()
+        assert sorted(g.seed for g in gens) == [100, 101, 102, 103, 104]
+        assert all(g.model == "shapes-diffusion" and g.mime == "image/png" for g in gens)
+    assert page.locator("#cand-img-5 img").count() == 1 and page.locator("#cand-img-6").is_hidden()
+    shot(page, "1-generate-image")
+
+    # best of N: a click, then the keyboard
+    msg = act(page, "gen-status", lambda: page.click("#choose-2"))
+    assert "#2 is the best of 5" in msg
+    msg = act(page, "gen-status", lambda: page.keyboard.press("4"))
+    assert "#4 is the best of 5" in msg
+    rows = judgments(app)
+    assert [r["kind"] for r in rows] == ["ranking", "ranking"]
+    assert "2 judgments collected for" in text(page, "counter")
+
+    # A/B: 10 pairs over 5 candidates; clicks and shortcuts
+    radio(page, "judge-mode", "A/B")
+    assert "Pair 1 of 10" in text(page, "ab-label")
+    for elem in ("ab-a", "ab-b", "ab-tie", "ab-bad"):
+        act(page, "gen-status", lambda e=elem: page.click(f"#{e}"))
+    for key in ("a", "b", "a", "b"):
+        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
+    assert "Pair 9 of 10" in text(page, "ab-label")
+    pairwise = [r for r in judgments(app) if r["kind"] == "pairwise"]
+    assert [r["choice"] for r in pairwise] == ["a", "b", "tie", "both_bad", "a", "b", "a", "b"]
+    # skip stores nothing; undo (u) takes back the skip, then the last vote
+    act(page, "gen-status", lambda: page.keyboard.press("s"))
+    assert len(judgments(app)) == 10 and "Pair 10 of 10" in text(page, "ab-label")
+    act(page, "gen-status", lambda: page.keyboard.press("u"))
+    assert "Pair 9 of 10" in text(page, "ab-label")
+    msg = act(page, "gen-status", lambda: page.keyboard.press("u"))
+    assert "deleted" in msg and len(judgments(app)) == 9 and "Pair 8 of 10" in text(page, "ab-label")
+    for key in ("b", "a", "a"):  # pairs 8, 9, 10
+        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
+    assert "All 10 pairs judged" in text(page, "ab-label")
+    pairwise = [r for r in judgments(app) if r["kind"] == "pairwise"]
+    assert len(pairwise) == 10
+    assert "12 judgments collected for" in text(page, "counter")
+    shot(page, "2-judge-ab")
+
+    # full ranking by clicking in order (clicks and digits), Enter saves a partial one
+    radio(page, "judge-mode", "Rank")
+    page.click("#choose-3")
+    wait_text(page, "rank-order", "#3")
+    page.keyboard.press("1")
+    wait_text(page, "rank-order", "#3 > #1")
+    msg = act(page, "gen-status", lambda: page.keyboard.press("Enter"))
+    assert "2 ranked, 3 unranked" in msg
+    with store_of(app) as s:
+        j = s.get_judgment(s.last_judgment_id())
+        assert j.kind == "ranking" and sorted(r for r in j.ranks if r is not None) == [1, 2]
+        ids = [g.id for g in sorted(s.list_generations(), key=lambda g: g.seed)]
+        assert j.generation_ids[:2] == (ids[2], ids[0])
+        assert s.stats()[0]["training_pairs"] >= 8
+    radio(page, "judge-mode", "Best of N")
+
+
+def test_image_train_queue_and_live_plot(app, page):
+    tab(page, "Train")
+    assert value(page, "train-method") == "diffusion-dpo"
+    ids = train_and_wait(page, app, steps=6, queue_second=True)
+    assert plot_points(page, "loss-plot") == 6  # one point per step of the run shown (the latest)
+    assert plot_points(page, "acc-plot") == 6
+    assert "done: 6 steps" in value(page, "run-log")
+    with store_of(app) as s:
+        adapters = s.list_adapters()
+        assert [a.run_id for a in adapters] == ids
+        assert all(s.get_run(i).step == 6 for i in ids)
+    shot(page, "3-train")
+
+
+def test_image_blind_compare_win_rate(app, page):
+    with store_of(app) as s:
+        pairs_before = s.stats(modality="image")[0]["training_pairs"]
+        adapter = s.list_adapters()[-1]
+    tab(page, "Compare")
+    fill(page, "compare-prompts", IMAGE_PROMPT + "\none large green square on a white background")
+    fill(page, "compare-seeds", "2")
+    msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
+    assert "4 blind comparisons" in msg, msg
+    assert "Comparison 1 of 4" in text(page, "blind-label")
+    shot(page, "4-compare-blind")
+    act(page, "blind-label", lambda: page.click("#blind-left"))
+    for key in ("ArrowRight", "ArrowDown", "ArrowLeft"):
+        act(page, "blind-label", lambda k=key: page.keyboard.press(k))
+    result = text(page, "blind-label")
+    assert "win rate" in result and "over 4 blind choices" in result and "95% CI" in result
+    blind = judgments(app, "compare")
+    assert len(blind) == 4
+    with store_of(app) as s:
+        # base and tuned on the same seeds; the tuned ones carry the adapter
+        gens = s.list_generations()
+        tuned = [g for g in gens if g.adapter_id == adapter.id]
+        assert sorted(g.seed for g in tuned) == [0, 0, 1, 1]
+        # blind choices are evaluations, never training data
+        assert s.stats(modality="image")[0]["training_pairs"] == pairs_before
+    # side by side: base and one adapter
+    choose(page, "compare-adapters")
+    msg = act(page, "compare-msg", lambda: page.click("#compare-btn"))
+    assert "Same prompts and seeds" in msg, msg
+    page.wait_for_selector("#compare-gallery img")
+    assert page.locator("#compare-gallery img").count() >= 8  # 2 prompts x 2 seeds x (base + adapter)
+    shot(page, "5-compare-side-by-side")
+
+
+def test_adapters_export_and_delete(app, page):
+    tab(page, "Adapters")
+    wait_text(page, "adapters-table", "run1-diffusion-dpo", 30)
+    choose(page, "adapter-select", "1")
+    wait_text(page, "adapter-info", "Adapter 1")
+    for fmt in ("diffusers", "kohya"):
+        choose(page, "adapter-format", fmt)
+        msg = act(page, "adapter-msg", lambda: page.click("#adapter-export"))
+        assert "Exported to" in msg and "max difference" in msg, msg
+    exports = sorted((app["data_dir"] / "exports").iterdir())
+    assert any(p.suffix == ".safetensors" and "kohya" in p.name for p in exports)
+    assert any(p.is_dir() and "diffusers" in p.name for p in exports)
+    shot(page, "6-adapters")
+    choose(page, "adapter-select", "2")
+    wait_text(page, "adapter-info", "Adapter 2")
+    msg = act(page, "adapter-msg", lambda: page.click("#adapter-delete"))
+    assert "removed" in msg
+    wait_text(page, "adapter-info", "", 10)
+    page.wait_for_function("() => document.querySelector('#adapter-select input').value === ''", timeout=10_000)
+    with store_of(app) as s:
+        assert [a.id for a in s.list_adapters()] == [1]
+
+
+def test_data_tab_stats_delete_export_import(app, page, tmp_path):
+    tab(page, "Data")
+    wait_text(page, "stats-table", "shapes-diffusion", 30)
+    before = len(judgments(app))
+    last = judgments(app)[-1]["id"]
+    fill(page, "delete-id", str(last))
+    msg = act(page, "delete-msg", lambda: page.click("#delete-btn"))
+    assert f"Deleted judgment {last}" in msg
+    assert len(judgments(app)) == before - 1
+    msg = act(page, "export-data-msg", lambda: page.click("#export-data-btn"))
+    m = re.search(r"Wrote (\d+) rows to (/\S+\.parquet)", msg)
+    assert m and int(m.group(1)) > 0 and Path(m.group(2)).is_file(), msg
+    # import it into the same store: every vote is already there, so nothing new
+    page.set_input_files("#import-file input[type=file]", m.group(2))
+    time.sleep(1)
+    msg = act(page, "import-msg", lambda: page.click("#import-btn"))
+    assert "Imported" in msg or "already" in msg, msg
+    shot(page, "7-data")
+
+
+def test_text_generate_judge_train_compare_export(app, page):
+    tab(page, "Generate & rank")
+    radio(page, "modality", "text")
+    assert value(page, "model") == "arith-reasoner"
+    status = generate(page, n=4, seed=0, prompt=TEXT_PROMPT)
+    assert "Done 4 of 4" in status, status
+    answer = value(page, "cand-text-1")
+    assert "Answer:" in answer
+    with store_of(app) as s:
+        texts = s.list_generations(modality="text")
+        assert len(texts) == 4 and all(g.mime.startswith("text/") for g in texts)
+        assert s.media_bytes(texts[0]).decode() in (answer, answer.strip())
+    radio(page, "judge-mode", "A/B")
+    page.click("#ab-a")
+    wait_text(page, "gen-status", "Stored")
+    for key in ("b", "a", "b", "a", "b"):
+        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
+    assert "All 6 pairs judged" in text(page, "ab-label")
+    assert "6 judgments collected for" in text(page, "counter")
+    shot(page, "8-generate-text")
+    radio(page, "judge-mode", "Best of N")
+
+    tab(page, "Train")
+    radio(page, "train-modality", "text")
+    assert value(page, "train-method") == "simpo"
+    ids = train_and_wait(page, app, steps=8)
+    assert plot_points(page, "loss-plot") == 8
+    with store_of(app) as s:
+        text_adapter = [a for a in s.list_adapters() if a.run_id == ids[0]][0]
+        assert text_adapter.modality == "text"
+    shot(page, "9-train-text")
+
+    tab(page, "Compare")
+    radio(page, "compare-modality", "text")
+    fill(page, "compare-prompts", TEXT_PROMPT)
+    fill(page, "compare-seeds", "2")
+    msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
+    assert "2 blind comparisons" in msg, msg
+    assert "Answer:" in value(page, "blind-text-left")
+    act(page, "blind-label", lambda: page.keyboard.press("ArrowLeft"))
+    act(page, "blind-label", lambda: page.click("#blind-right"))
+    assert "over 2 blind choices" in text(page, "blind-label")
+    shot(page, "10-compare-text")
+
+    tab(page, "Adapters")
+    choose(page, "adapter-select", str(text_adapter.id))
+    wait_text(page, "adapter-info", f"Adapter {text_adapter.id}")
+    page.wait_for_function("() => document.querySelector('#adapter-format input').value === 'peft'", timeout=10_000)
+    msg = act(page, "adapter-msg", lambda: page.click("#adapter-export"))
+    assert "Exported to" in msg, msg
+    out = Path(re.search(r"Exported to (/[^\s;]+?)\.?(?:;|$)", msg).group(1))
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_bad_model_and_closing_the_browser_mid_generation(app, page, browser):
+    tab(page, "Generate & rank")
+    radio(page, "modality", "image")
+    fill(page, "model", "nobody/does-not-exist")
+    status = generate(page, n=2, seed=0, prompt=IMAGE_PROMPT)
+    assert "Error" in status and "nobody/does-not-exist" in status, status
+    fill(page, "model", "shapes-diffusion")
+
+    # a second tab starts 8 long text answers and is closed after the first arrives
+    other = browser.new_page()
+    other.goto(app["url"])
+    other.wait_for_selector("#generate-btn")
+    other.click("#modality label:has-text('text')")
+    time.sleep(0.4)
+    other.locator("#prompt textarea").fill("What is 30 - 4 * 5 + 17?")
+    other.locator("#n input").fill("8")
+    other.click("#generate-btn")
+    other.wait_for_function(f"() => /Generating… [1-7] of 8/.test(({TEXT_JS})('gen-status'))", timeout=120_000)
+    other.close()
+    time.sleep(3)
+    # the app keeps serving, and what was generated is stored whole
+    page.reload()
+    page.wait_for_selector("#generate-btn")
+    with store_of(app) as s:
+        gens = [g for g in s.list_generations(modality="text") if g.prompt == "What is 30 - 4 * 5 + 17?"]
+        assert 1 <= len(gens) <= 8
+        for g in gens:
+            assert "Answer" in s.media_bytes(g).decode() or g.params.get("finish_reason") == "length"
+    status = generate(page, n=2, seed=5, prompt=IMAGE_PROMPT)
+    assert "Done 2 of 2" in status
+    assert not page.errors, page.errors
