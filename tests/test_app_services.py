@@ -216,3 +216,24 @@ def test_progress_and_metrics(tmp_path, store):
     p = runs.progress(store.get_run(run.id))
     assert p["step"] == 4 and p["total"] == 10 and p["fraction"] == 0.4
     assert p["eta"] == pytest.approx((8.5 - 2.0) / 3 * 6)
+
+
+def test_a_run_still_training_after_an_app_restart_is_adopted(store, data_dir):
+    import subprocess
+
+    run, _ = _queued_run(store)
+    # a trainer left running by an earlier app process (here: a stand-in that lives 1.5 s)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)", "alignment.train"])
+    try:
+        store.update_run(run.id, status="running", pid=proc.pid)
+        q = runs.RunQueue(data_dir, poll=0.05)
+        assert q.reconcile() == [f"run {run.id} is still training (pid {proc.pid}); watching it"]
+        assert q.running_run() == run.id and store.get_run(run.id).status == "running"
+        q._thread = None
+        proc.wait()
+        q.wake()  # the process ended without recording an end: the queue records it
+        r = store.get_run(run.id)
+        assert r.status == "failed" and "the trainer process ended without reporting" in r.error
+        assert q.running_run() is None
+    finally:
+        proc.kill()

@@ -248,6 +248,10 @@ def test_image_generate_pick_best_ab_rank_undo(app, page):
     assert "write a prompt first" in generate(page, n=4, seed=1, prompt="")
     assert "N must be between 2 and 8" in generate(page, n=9, seed=1, prompt=IMAGE_PROMPT)
     assert "N must be between 2 and 8" in generate(page, n=1, seed=1, prompt=IMAGE_PROMPT)
+    fill(page, "seed", "abc")
+    before = text(page, "gen-status")
+    page.click("#generate-btn")
+    assert "seed must be a whole number" in wait_change(page, "gen-status", before)
     with store_of(app) as s:
         assert s.list_generations() == []
 
