@@ -20,7 +20,7 @@ from storage.derive import DERIVATIONS
 
 UI_NOTE = (
     "`python -m app` with no command (or `python -m app ui`) starts the web app on http://127.0.0.1:7860;\n"
-    "--host, --port, --auth USER:PASSWORD and --share set where it serves (see `python -m app ui --help`)."
+    "--host, --port, --auth USER:PASSWORD / --token TOKEN and --share set where it serves (`python -m app ui --help`)."
 )
 
 
@@ -80,8 +80,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app.ui import launch
 
-    launch(data_dir=str(data_dir), host=args.host, port=args.port, auth=args.auth, share=args.share,
-           preload=not args.no_preload)
+    opts = {k: getattr(args, k, v) for k, v in UI_DEFAULTS.items()}
+    launch(data_dir=str(data_dir), host=opts["host"], port=opts["port"], auth=opts["auth"], token=opts["token"],
+           share=opts["share"], preload=not opts["no_preload"])
     return 0
 
 
@@ -398,13 +399,21 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+UI_DEFAULTS = {"host": "127.0.0.1", "port": 7860, "auth": None, "token": None, "share": False, "no_preload": False}
+
+
 def _ui_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only; "
-                   "anything else needs --auth)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (or set PALATE_AUTH)")
-    p.add_argument("--share", action="store_true", help="a public Gradio share link (needs --auth and internet)")
-    p.add_argument("--no-preload", action="store_true", help="load models on first use, not at start")
+    # SUPPRESS: `python -m app --port 8000 ui` and `python -m app ui --port 8000` both count; cmd_ui fills defaults
+    S = argparse.SUPPRESS
+    p.add_argument("--host", default=S, help="address to serve on (default 127.0.0.1, this machine only; "
+                   "anything else needs --auth or --token)")
+    p.add_argument("--port", type=int, default=S, help="port (default 7860)")
+    p.add_argument("--auth", metavar="USER:PASSWORD", default=S, help="require this login (or set PALATE_AUTH)")
+    p.add_argument("--token", metavar="TOKEN", default=S, help="require this token as the password, any user name "
+                   "(or set PALATE_TOKEN; 12 characters at least)")
+    p.add_argument("--share", action="store_true", default=S, help="a public Gradio share link (needs --auth or "
+                   "--token, and internet)")
+    p.add_argument("--no-preload", action="store_true", default=S, help="load models on first use, not at start")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,9 @@ GPU policy: a training run is a separate process with its own copy of the
 model. Before the app's run queue starts a run on a CUDA device it unloads the
 models this process holds there (waiting for a generation in progress), and
 while that run trains, generation on the same CUDA device is refused with a
-message saying so -- two models never share one GPU. On the CPU both go on.
+message saying so. The app itself keeps one model per GPU (loading another
+forgets the one there; on the CPU the two most recent stay), so two models
+never share one GPU. On the CPU training and generation both go on.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ MAX_LOADED = 2
 _adapters: "OrderedDict[tuple[str, str, str | None, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
 _lock = threading.Lock()
 _device_locks: dict[str, threading.Lock] = {}
+_loading: dict[tuple, threading.Lock] = {}
 _training_on: dict[str, int] = {}  # CUDA device -> the run training there
 
 
@@ -88,16 +91,29 @@ def get_adapter(store: Store, modality: str, model: str, *, device: str | None =
         raise RuntimeError(f"training run {busy} is using the GPU; generation on it waits until the run ends "
                            "(or cancel the run, or generate on the CPU)")
     with _lock:
-        if key not in _adapters:
-            cls = registry.get(modality)
-            kwargs: dict[str, Any] = {"device": device}
-            if modality == "image":
-                kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
-            _adapters[key] = (cls.load(ModelRef(model, adapter=lora), **kwargs), threading.Lock())
+        if key in _adapters:
+            _adapters.move_to_end(key)
+            return _adapters[key]
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:  # one load per model; the global lock is not held while loading
+        with _lock:
+            if key in _adapters:
+                _adapters.move_to_end(key)
+                return _adapters[key]
+            if device_key(device) == "cuda":  # one model per GPU: forget the others there first
+                for k in [k for k in _adapters if device_key(k[2]) == "cuda"]:
+                    del _adapters[k]
+        cls = registry.get(modality)
+        kwargs: dict[str, Any] = {"device": device}
+        if modality == "image":
+            kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
+        entry = (cls.load(ModelRef(model, adapter=lora), **kwargs), threading.Lock())
+        with _lock:
+            _adapters[key] = entry
             while len(_adapters) > MAX_LOADED:
                 _adapters.popitem(last=False)  # forget the least recently used model
-        _adapters.move_to_end(key)
-        return _adapters[key]
+            _loading.pop(key, None)
+        return entry
 
 
 def generate_candidates(

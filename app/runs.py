@@ -176,13 +176,21 @@ class RunQueue:
             self._thread.join(timeout=5)
 
     def reconcile(self) -> list[str]:
-        """Match the runs recorded as running against live processes. Returns what changed, readably."""
+        """Match the runs recorded as running (or started but not yet running) against live
+        processes. Returns what changed, readably."""
         notes = []
         with Store.open(self.data_dir) as store:
-            for run in store.list_runs(status="running"):
-                if pid_alive(run.pid):
+            started = [r for r in store.list_runs(status="queued") if r.pid is not None]
+            for run in store.list_runs(status="running") + started:
+                if pid_alive(run.pid) and self._adopted is None:
                     self._adopted = run.id
+                    self._device = run.config.get("device")
+                    from app import generation
+
+                    generation.reserve_for_training(self._device, run.id)
                     notes.append(f"run {run.id} is still training (pid {run.pid}); watching it")
+                elif pid_alive(run.pid):  # cannot happen through the app (one at a time); say so
+                    notes.append(f"run {run.id} is also training (pid {run.pid}); it is not watched")
                 else:
                     store.update_run(run.id, status="failed", pid=None, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                      error="the training process ended while Palate was not watching (app or "
@@ -202,6 +210,8 @@ class RunQueue:
         with self._lock, Store.open(self.data_dir) as store:
             run = store.get_run(run_id)
             pid = self._proc.pid if (self._proc is not None and self._proc_run == run_id) else run.pid
+            if run.status in ("queued", "running") and run_id in self._cancelled:
+                return f"run {run_id} is already stopping"  # a second SIGTERM would skip the trainer's checkpoint
             if run.status in ("queued", "running") and pid_alive(pid):
                 self._cancelled.add(run_id)
                 os.kill(int(pid), signal.SIGTERM)  # the trainer checkpoints, then marks the run cancelled
@@ -220,6 +230,8 @@ class RunQueue:
             run = store.get_run(run_id)
             if run.status not in ("cancelled", "failed"):
                 raise ValueError(f"run {run_id} is {run.status}; only a cancelled or failed run can be resumed")
+            if self.running_run() == run_id or pid_alive(run.pid):
+                raise ValueError(f"run {run_id} is still stopping; resume it in a moment")
             if not run.run_dir or not (Path(run.run_dir) / "config.json").exists():
                 raise ValueError(f"run {run_id} has no run directory to resume from")
             (Path(run.run_dir) / QUEUE_MARKER).write_text("")
@@ -234,8 +246,9 @@ class RunQueue:
             self._tick()
 
     def running_run(self) -> int | None:
-        with self._lock:
-            return self._proc_run if self._proc is not None else self._adopted
+        """The run being trained now (no lock: the status line must never wait on the watcher)."""
+        proc, run = self._proc, self._proc_run
+        return run if proc is not None else self._adopted
 
     # -- the watcher ---------------------------------------------------------
     def _loop(self) -> None:
@@ -270,7 +283,6 @@ class RunQueue:
                 if not run.run_dir or not (Path(run.run_dir) / QUEUE_MARKER).exists():
                     continue  # the CLI's own run, or one created but not queued here
                 run_dir = Path(run.run_dir)
-                (run_dir / QUEUE_MARKER).unlink()
                 log = open(run_dir / LOG_FILE, "ab")
                 log.write(f"\n$ {' '.join(train_command(run_dir))}\n".encode())
                 log.flush()
@@ -283,10 +295,13 @@ class RunQueue:
                     self._proc = subprocess.Popen(train_command(run_dir), stdout=log, stderr=subprocess.STDOUT,
                                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
                 except OSError as e:
+                    generation.release_from_training(self._device)
+                    (run_dir / QUEUE_MARKER).unlink(missing_ok=True)
                     store.update_run(run.id, status="failed", error=f"could not start the trainer: {e}")
                     log.close()
                     continue
                 log.close()
+                (run_dir / QUEUE_MARKER).unlink(missing_ok=True)  # started: no longer waiting
                 self._proc_run = run.id
                 self._cancelled.discard(run.id)
                 store.update_run(run.id, pid=self._proc.pid)
@@ -302,6 +317,8 @@ class RunQueue:
         generation.release_from_training(self._device)
         with Store.open(self.data_dir) as store:
             run = store.get_run(run_id)
+            if run.run_dir and (Path(run.run_dir) / QUEUE_MARKER).exists():
+                return  # queued again (resumed) since: not this process's business any more
             if run.status in ("running", "queued") and run_id in self._cancelled:
                 store.update_run(run_id, status="cancelled", pid=None, exit_code=code,
                                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -32,7 +32,23 @@ METHOD_DEFAULTS = {
     "simpo": (1e-4, 2.0), "dpo": (3e-4, 0.5), "ipo": (1e-4, 0.1), "hinge": (1e-4, 0.1),
     "conservative-dpo": (3e-4, 0.5), "irepo": (3e-4, 0.5),
 }
-PRESETS = {"Quick: 20 steps": 20, "Standard: 100 steps": 100, "Long: 300 steps": 300}
+# Presets: method, steps, learning rate, beta, LoRA rank (the README's measured starting points)
+PRESETS = {
+    "image": {
+        "Diffusion-DPO · 100 steps": ("diffusion-dpo", 100, 5e-4, 2000.0, 8),
+        "Diffusion-DPO · quick, 20 steps": ("diffusion-dpo", 20, 5e-4, 2000.0, 8),
+        "RankDPO · 100 steps": ("rankdpo", 100, 5e-4, 2000.0, 8),
+        "MaPO · 100 steps": ("mapo", 100, 2.5e-4, 0.1, 8),
+        "Diffusion-DPO · long, 300 steps, rank 16": ("diffusion-dpo", 300, 2.5e-4, 2000.0, 16),
+    },
+    "text": {
+        "SimPO · 100 steps": ("simpo", 100, 1e-4, 2.0, 8),
+        "SimPO · quick, 20 steps": ("simpo", 20, 1e-4, 2.0, 8),
+        "DPO · 100 steps": ("dpo", 100, 3e-4, 0.5, 8),
+        "IPO · 100 steps": ("ipo", 100, 1e-4, 0.1, 8),
+        "iREPO · 100 steps (needs repeated votes)": ("irepo", 100, 3e-4, 0.5, 8),
+    },
+}
 
 SHORTCUTS = """
 **Keyboard** (outside text fields): **1-8** pick that candidate (Best of N) or add it to the ranking (Rank) ·
@@ -151,19 +167,19 @@ class PalateUI:
         return " · ".join(parts)
 
     # -- rendering -------------------------------------------------------------------
-    def render(self, gen: Generation | None) -> list[Any]:
+    def render(self, gen: Generation | None, label: str | None = None) -> list[Any]:
         """Updates for one candidate slot (image, text, audio, video): the modality picks the player."""
         hide = gr.update(visible=False, value=None)
         if gen is None:
             return [hide, hide, hide, hide]
         path = str(self.store.media_file(gen))
-        label = f"#{gen.id} · seed {gen.seed}"
+        label = label or f"#{gen.id} · seed {gen.seed}"
         if gen.mime.startswith("image/"):
             return [gr.update(visible=True, value=path, label=label), hide, hide, hide]
         if gen.mime.startswith("text/"):
             text = self.store.media_bytes(gen).decode("utf-8", errors="replace")
             tokens = gen.params.get("response_tokens")
-            label += f" · {tokens} tokens" if tokens is not None else ""
+            label += f" · {tokens} tokens" if tokens is not None and not label.startswith(("Left", "Right")) else ""
             return [hide, gr.update(visible=True, value=text, label=label), hide, hide]
         if gen.mime.startswith("audio/"):
             return [hide, hide, gr.update(visible=True, value=path, label=label), hide]
@@ -337,6 +353,7 @@ class PalateUI:
             history = list(sess.get("history", []))
             if history:
                 last = history.pop()
+                sess["history"] = history  # popped first: an entry that fails (deleted meanwhile) is not retried
                 if last.get("jid") is not None:
                     services.undo(self.store, last["jid"])
                 if "pair_idx" in last:
@@ -352,6 +369,12 @@ class PalateUI:
 
     # -- data -----------------------------------------------------------------------
     def data_tables(self, modality, model, text):
+        try:
+            return self._data_tables(modality, model, text)
+        except Exception as e:
+            return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), _err(e)
+
+    def _data_tables(self, modality, model, text):
         modality = modality if modality in ("image", "text", "audio", "video") else None
         stats = self.store.stats(modality=modality, model=model or None)
         srows = [{"modality": s["modality"], "model": s["model"], "prompts": s["prompts"],
@@ -442,11 +465,18 @@ class PalateUI:
         return pd.DataFrame(rows, columns=["id", "status", "method", "model", "step", "created", "error"])
 
     def run_view(self, run_id):
+        try:
+            return self._run_view(run_id)
+        except Exception as e:
+            return (gr.update(), f"<div id='run-progress'>{_err(e)}</div>", gr.update(), gr.update(), gr.update(),
+                    gr.update(), gr.update())
+
+    def _run_view(self, run_id):
         empty = pd.DataFrame({"step": pd.Series(dtype="int64"), "value": pd.Series(dtype="float64")})
         runs = self.store.list_runs()
         ids = [r.id for r in runs]
         choices = gr.update(choices=[str(i) for i in reversed(ids)])
-        rid = _opt_int(run_id) if run_id not in (None, "") else (ids[-1] if ids else None)
+        rid = _opt_int(run_id, "run") if run_id not in (None, "") else (ids[-1] if ids else None)
         if rid is None or rid not in ids:
             return choices, "No run yet.", empty, empty, empty, "", self.runs_table()
         run = self.store.get_run(rid)
@@ -464,15 +494,25 @@ class PalateUI:
             plots.append(df if len(df) else empty)
         return (choices, html, *plots, log_tail(run.run_dir, 15), self.runs_table())
 
+    def _shown_run(self, run_id) -> int:
+        """The run the page shows: the one chosen, else the latest."""
+        rid = _opt_int(run_id, "run")
+        if rid is None:
+            runs = self.store.list_runs()
+            if not runs:
+                raise ValueError("there is no run yet")
+            rid = runs[-1].id
+        return rid
+
     def cancel_run(self, run_id):
         try:
-            return self.queue.cancel(int(run_id))
+            return self.queue.cancel(self._shown_run(run_id))
         except Exception as e:
             return _err(e)
 
     def resume_run(self, run_id):
         try:
-            return self.queue.resume(int(run_id))
+            return self.queue.resume(self._shown_run(run_id))
         except Exception as e:
             return _err(e)
 
@@ -483,6 +523,19 @@ class PalateUI:
             out.append((f"{a.id}: {a.name} ({a.method}, {a.metadata.get('examples', '?')} examples)", str(a.id)))
         return out
 
+    def _compare_model(self, modality: str, model: str, adapter_ids: list[int]) -> str:
+        """The base model to compare on: the one typed, else the adapters' own base."""
+        bases = {self.store.get_adapter(a).base_model for a in adapter_ids}
+        model = (model or "").strip()
+        if not model:
+            if len(bases) > 1:
+                raise ValueError(f"the adapters were trained on different base models ({', '.join(sorted(bases))})")
+            model = bases.pop() if bases else default_model(modality)
+        elif bases and bases != {model}:
+            raise ValueError(f"adapter base model {', '.join(sorted(bases))} is not {model!r}: compare an adapter on "
+                             "the model it was trained on")
+        return model
+
     def compare(self, modality, model, adapter_ids, prompts, n_seeds):
         try:
             ids = [int(a) for a in (adapter_ids or [])]
@@ -490,7 +543,7 @@ class PalateUI:
             n = int(n_seeds or 0)
             if not 1 <= n <= 8:
                 raise ValueError("seeds per prompt must be between 1 and 8")
-            model = (model or "").strip() or default_model(modality)
+            model = self._compare_model(modality, model, ids)
             rows = services.compare_generate(self.store, modality=modality, model=model, adapter_ids=ids,
                                              prompts=plist, seeds=list(range(n)))
         except Exception as e:
@@ -522,8 +575,8 @@ class PalateUI:
             n = int(n_seeds or 0)
             if not 1 <= n <= 8:
                 raise ValueError("seeds per prompt must be between 1 and 8")
-            model = (model or "").strip() or default_model(modality)
             aid = int(adapter_id)
+            model = self._compare_model(modality, model, [aid])
             rows = services.compare_generate(self.store, modality=modality, model=model, adapter_ids=[aid],
                                              prompts=plist, seeds=list(range(n)))
             trials = services.blind_trials(rows, aid)
@@ -540,7 +593,8 @@ class PalateUI:
         t = trials[k]
         left, right = self.store.get_generations([t["left"], t["right"]])
         label = f"Comparison {k + 1} of {len(trials)} — prompt: *{t['prompt']}*"
-        return [gr.update(value=label)] + self.render(left) + self.render(right)
+        # no ids on the blind sides: the base candidates are generated first and would give it away
+        return [gr.update(value=label)] + self.render(left, "Left") + self.render(right, "Right")
 
     def win_rate_text(self, adapter_id) -> str:
         w = services.win_rate(self.store, int(adapter_id))
@@ -566,6 +620,13 @@ class PalateUI:
 
     # -- adapters -------------------------------------------------------------------
     def adapters_table(self):
+        try:
+            return self._adapters_table()
+        except Exception as e:
+            gr.Warning(str(e))
+            return pd.DataFrame(), gr.update()
+
+    def _adapters_table(self):
         rows = []
         for a in self.store.list_adapters():
             rows.append({"id": a.id, "name": a.name, "modality": a.modality, "base model": a.base_model,
@@ -770,7 +831,8 @@ class PalateUI:
         with gr.Row():
             t_mod = gr.Radio(["image", "text"], value="image", label="Modality", elem_id="train-modality")
             t_method = gr.Dropdown(IMAGE_METHODS, value="diffusion-dpo", label="Method", elem_id="train-method")
-            t_preset = gr.Dropdown(list(PRESETS), value="Standard: 100 steps", label="Preset", elem_id="train-preset")
+            t_preset = gr.Dropdown(list(PRESETS["image"]), value=None, label="Preset (sets the five fields)",
+                                   elem_id="train-preset")
         with gr.Row():
             t_steps = gr.Number(value=100, precision=0, label="Steps", elem_id="train-steps")
             t_lr = gr.Number(value=5e-4, label="Learning rate", elem_id="train-lr")
@@ -812,8 +874,15 @@ class PalateUI:
             return lr, beta
 
         t_mod.change(on_mod, t_mod, [t_method, t_lr, t_beta])
+        t_mod.change(lambda m: gr.update(choices=list(PRESETS[m]), value=None), t_mod, t_preset)
+
+        def on_preset(m, p):
+            if not p:
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            method, steps, lr, beta, rank = PRESETS[m][p]
+            return method, steps, lr, beta, rank
         t_method.input(on_method, t_method, [t_lr, t_beta])
-        t_preset.change(lambda p: PRESETS[p], t_preset, t_steps)
+        t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit_run, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
                                       t_deriv, t_model, t_init, t_val], [t_msg, run_sel])
         view_out = [run_sel, prog, loss_plot, acc_plot, margin_plot, log, runs]
@@ -897,8 +966,18 @@ class PalateUI:
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def parse_auth(auth: str | None) -> tuple[str, str] | None:
+def parse_auth(auth: str | None, token: str | None = None):
+    """Gradio's ``auth``: (user, password), or a check that accepts any user name with the token."""
+    token = token or os.environ.get("PALATE_TOKEN")
     auth = auth or os.environ.get("PALATE_AUTH")
+    if token and auth:
+        raise ValueError("give --auth or --token, not both")
+    if token:
+        if len(token) < 12:
+            raise ValueError("--token must be at least 12 characters")
+        import hmac
+
+        return lambda _user, password: hmac.compare_digest(str(password), token)
     if not auth:
         return None
     if ":" not in auth:
@@ -910,12 +989,12 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
 
 
 def launch(*, data_dir: str | None, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
-           share: bool = False, preload: bool = True) -> None:
-    credentials = parse_auth(auth)
+           token: str | None = None, share: bool = False, preload: bool = True) -> None:
+    credentials = parse_auth(auth, token)
     if (host not in LOOPBACK or share) and credentials is None:
         raise ValueError(f"serving beyond this machine ({'--share' if share else f'--host {host}'}) needs "
-                         "--auth USER:PASSWORD (or PALATE_AUTH): anyone who reaches the port could read and delete "
-                         "your data")
+                         "--auth USER:PASSWORD or --token TOKEN (or PALATE_AUTH / PALATE_TOKEN): anyone who reaches "
+                         "the port could read and delete your data")
     t0 = time.time()
     ui = PalateUI(data_dir, preload=preload)
     # uploads and Gradio's copies live under the data directory: nothing outside it is served
@@ -927,7 +1006,11 @@ def launch(*, data_dir: str | None, host: str = "127.0.0.1", port: int = 7860, a
         print(f"[palate] {note}", flush=True)
     demo.queue(default_concurrency_limit=1)
     print(f"[palate] data directory: {ui.data_dir}", flush=True)
-    demo.launch(server_name=host, server_port=port, auth=credentials, share=share, allowed_paths=[str(ui.data_dir)],
+    # the file route serves candidates and exports; never the database or the run folders
+    allowed = [str(ui.data_dir / "media"), str(ui.data_dir / "exports")]
+    blocked = [str(ui.data_dir / n) for n in ("palate.db", "palate.db-wal", "palate.db-shm", "runs")]
+    demo.launch(server_name=host, server_port=port, auth=credentials, share=share, allowed_paths=allowed,
+                blocked_paths=blocked,
                 prevent_thread_lock=True, quiet=True, head=KEYS_JS, css=CSS, show_error=True)
     print(f"[palate] serving on http://{host}:{port} (ready {time.time() - t0:.1f} s after start; Ctrl-C stops)",
           flush=True)

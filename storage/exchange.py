@@ -38,7 +38,7 @@ from . import derive
 from .errors import AlreadyImportedError, ImportFormatError
 from .media import sha256_file, sniff_mime
 from .schema import MODALITIES
-from .store import Store, now_iso
+from .store import COMPARE_CONTEXT, Store, now_iso
 
 ExportFormat = Literal["pickapic", "trl-jsonl", "trl-parquet"]
 EXPORT_FORMATS: tuple[str, ...] = ("pickapic", "trl-jsonl", "trl-parquet")
@@ -141,7 +141,7 @@ def _export_votes(store: Store, modality: str, model: str | None) -> Iterator[_E
     gen_ok = store._eligible_generations(modality, model)
     for r in store.query(
         "SELECT judgment_id, generation_a, generation_b, choice, strength, annotator, annotator_kind, created_at"
-        " FROM pairwise_votes ORDER BY judgment_id"
+        " FROM pairwise_votes WHERE context != ? ORDER BY judgment_id", (COMPARE_CONTEXT,)  # blind compare: not data
     ):
         if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
             yield _ExportVote(

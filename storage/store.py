@@ -382,6 +382,9 @@ class Store:
             stored = self.media.put_file(path, mime)
         created_at = created_at or now_iso()
         with self.write() as db:
+            if not (self.data_dir / stored.relpath).exists():  # removed meanwhile with a deleted candidate
+                stored = (self.media.put_bytes(bytes(media), mime) if isinstance(media, (bytes, bytearray, memoryview))
+                          else self.media.put_file(Path(media), mime))
             prompt_id = self.add_prompt(prompt)
             if adapter_id is not None:
                 self._require("adapters", adapter_id, "adapter")
@@ -625,13 +628,11 @@ class Store:
             sha = db.execute("SELECT media_sha256 FROM generations WHERE id = ?", (gid,)).fetchone()[0]
             db.execute("DELETE FROM generations WHERE id = ?", (gid,))
             orphan = not db.execute("SELECT 1 FROM generations WHERE media_sha256 = ?", (sha,)).fetchone()
-            path = None
-            if orphan:
+            if orphan:  # inside the transaction: a concurrent add of the same bytes rewrites the file (above)
                 row = db.execute("SELECT path FROM media WHERE sha256 = ?", (sha,)).fetchone()
                 db.execute("DELETE FROM media WHERE sha256 = ?", (sha,))
-                path = row[0] if row else None
-        if path:
-            (self.data_dir / path).unlink(missing_ok=True)
+                if row:
+                    (self.data_dir / row[0]).unlink(missing_ok=True)
         return len(jids)
 
     def last_judgment_id(self, *, annotator: str | None = None) -> int | None:
@@ -944,7 +945,8 @@ class Store:
         for grp in groups:
             gen_ok = self._eligible_generations(grp["modality"], grp["model"])
             choices = {c: 0 for c in CHOICES}
-            for r in self.query("SELECT generation_a, generation_b, choice FROM pairwise_votes"):
+            for r in self.query("SELECT generation_a, generation_b, choice FROM pairwise_votes WHERE context != ?",
+                                (COMPARE_CONTEXT,)):
                 if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
                     choices[r["choice"]] += 1
             rankings = sum(

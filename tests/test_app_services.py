@@ -167,8 +167,9 @@ def test_queue_runs_one_at_a_time_and_records_a_silent_crash(store, data_dir, mo
     try:
         a = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
         b = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
+        _wait(lambda: q.running_run() == a.id)
+        assert store.get_run(b.id).status == "queued" and store.get_run(b.id).pid is None  # b waits for a
         _wait(lambda: store.get_run(a.id).status == "failed")
-        assert store.get_run(b.id).status in ("queued", "failed")  # it waited for a
         _wait(lambda: store.get_run(b.id).status == "failed")
         for rid in (a.id, b.id):
             r = store.get_run(rid)
@@ -179,8 +180,10 @@ def test_queue_runs_one_at_a_time_and_records_a_silent_crash(store, data_dir, mo
 
 
 def test_cancel_a_queued_run_and_a_started_one(store, data_dir, monkeypatch):
-    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", "import time; time.sleep(60)",
-                                                                "alignment.train"])
+    # a stand-in trainer that takes a second to "checkpoint" on SIGTERM, then exits without recording anything
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(130)))\ntime.sleep(60)")
+    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", code, "alignment.train"])
     q = runs.RunQueue(data_dir, poll=0.05).start()
     try:
         a = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
@@ -189,12 +192,25 @@ def test_cancel_a_queued_run_and_a_started_one(store, data_dir, monkeypatch):
         assert q.cancel(b.id) == f"run {b.id} removed from the queue"
         assert store.get_run(b.id).status == "cancelled"
         assert "stopping" in q.cancel(a.id)
+        assert q.cancel(a.id) == f"run {a.id} is already stopping"  # a second SIGTERM would skip the checkpoint
         _wait(lambda: store.get_run(a.id).status == "cancelled")
         assert "before the trainer could checkpoint" in store.get_run(a.id).error
         with pytest.raises(ValueError, match="nothing to cancel"):
             q.cancel(a.id)
+        # a trainer marks its run cancelled a moment before its process exits: resume waits for the exit
+        c = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
+        _wait(lambda: q.running_run() == c.id and runs.pid_alive(store.get_run(c.id).pid))
+        q.cancel(c.id)
+        store.update_run(c.id, status="cancelled", error="stopped at step 0; resume with --resume")
+        with pytest.raises(ValueError, match="still stopping"):
+            q.resume(c.id)
+        _wait(lambda: q.running_run() is None)
+        assert "queued again" in q.resume(c.id)
     finally:
         q.stop()
+        for r in store.list_runs():  # leave no stand-in behind
+            if runs.pid_alive(r.pid):
+                os.kill(r.pid, 9)
 
 
 def test_a_cli_run_is_never_started_by_the_app(store, data_dir):
@@ -237,3 +253,15 @@ def test_a_run_still_training_after_an_app_restart_is_adopted(store, data_dir):
         assert q.running_run() is None
     finally:
         proc.kill()
+
+
+def test_blind_choices_stay_out_of_exports_and_vote_counts(store, tmp_path):
+    from storage.exchange import export_dataset
+
+    a, b = add_images(store, "p", 2, model="m")
+    store.vote(a.id, b.id, "a", context=COMPARE_CONTEXT)
+    assert store.stats()[0]["pairwise_votes"] == 0 and store.stats()[0]["training_pairs"] == 0
+    assert export_dataset(store, tmp_path / "x.parquet", fmt="pickapic", modality="image").rows == 0
+    store.vote(a.id, b.id, "b")
+    assert store.stats()[0]["pairwise_votes"] == 1
+    assert export_dataset(store, tmp_path / "y.parquet", fmt="pickapic", modality="image").rows == 1

@@ -104,6 +104,13 @@ def page(app, browser):
 # -- helpers ------------------------------------------------------------------------------
 
 
+def file_status(app, path: str) -> int:
+    try:
+        return urllib.request.urlopen(app["url"] + f"gradio_api/file={path}", timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def store_of(app) -> Store:
     return Store.open(app["data_dir"])
 
@@ -233,13 +240,10 @@ def test_page_is_usable_at_once_and_serves_only_the_data_dir(app, page):
     assert value(page, "model") == "shapes-diffusion"
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "startup.json").write_text(json.dumps({"seconds_to_usable_page": round(app["startup_s"], 2)}))
-    # Gradio's file route serves the data directory, nothing else
-    for path in ("/etc/passwd", str(ROOT / "README.md")):
-        try:
-            code = urllib.request.urlopen(app["url"] + f"gradio_api/file={path}", timeout=5).status
-        except urllib.error.HTTPError as e:
-            code = e.code
-        assert code in (403, 404), (path, code)
+    # Gradio's file route serves nothing outside the data directory, nor its database and run folders
+    for path in ("/etc/passwd", str(ROOT / "README.md"), str(app["data_dir"] / "palate.db"),
+                 str(app["data_dir"] / "runs")):
+        assert file_status(app, path) in (403, 404), path
     shot(page, "0-start")
 
 
@@ -248,6 +252,7 @@ def test_image_generate_pick_best_ab_rank_undo(app, page):
     assert "write a prompt first" in generate(page, n=4, seed=1, prompt="")
     assert "N must be between 2 and 8" in generate(page, n=9, seed=1, prompt=IMAGE_PROMPT)
     assert "N must be between 2 and 8" in generate(page, n=1, seed=1, prompt=IMAGE_PROMPT)
+    fill(page, "n", "4")
     fill(page, "seed", "abc")
     before = text(page, "gen-status")
     page.click("#generate-btn")
@@ -261,6 +266,7 @@ def test_image_generate_pick_best_ab_rank_undo(app, page):
         gens = s.list_generations()
         assert sorted(g.seed for g in gens) == [100, 101, 102, 103, 104]
         assert all(g.model == "shapes-diffusion" and g.mime == "image/png" for g in gens)
+        assert file_status(app, str(s.media_file(gens[0]))) == 200  # candidates are served
     assert page.locator("#cand-img-5 img").count() == 1 and page.locator("#cand-img-6").is_hidden()
     shot(page, "1-generate-image")
 
@@ -318,6 +324,11 @@ def test_image_generate_pick_best_ab_rank_undo(app, page):
 def test_image_train_queue_and_live_plot(app, page):
     tab(page, "Train")
     assert value(page, "train-method") == "diffusion-dpo"
+    choose(page, "train-preset", "MaPO · 100 steps")  # a preset sets method, steps, lr, beta, rank
+    assert [value(page, f"train-{k}") for k in ("method", "steps", "lr", "beta", "rank")] == \
+        ["mapo", "100", "0.00025", "0.1", "8"]
+    choose(page, "train-preset", "Diffusion-DPO · 100 steps")
+    assert value(page, "train-method") == "diffusion-dpo" and value(page, "train-beta") == "2000"
     ids = train_and_wait(page, app, steps=6, queue_second=True)
     assert plot_points(page, "loss-plot") == 6  # one point per step of the run shown (the latest)
     assert plot_points(page, "acc-plot") == 6
@@ -339,6 +350,8 @@ def test_image_blind_compare_win_rate(app, page):
     msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
     assert "4 blind comparisons" in msg, msg
     assert "Comparison 1 of 4" in text(page, "blind-label")
+    # nothing on the page tells base from tuned (no generation ids on the sides)
+    assert [text(page, f"blind-img-{side}").split("\n")[0] for side in ("left", "right")] == ["Left", "Right"]
     shot(page, "4-compare-blind")
     act(page, "blind-label", lambda: page.click("#blind-left"))
     for key in ("ArrowRight", "ArrowDown", "ArrowLeft"):
@@ -402,7 +415,7 @@ def test_data_tab_stats_delete_export_import(app, page, tmp_path):
     page.set_input_files("#import-file input[type=file]", m.group(2))
     time.sleep(1)
     msg = act(page, "import-msg", lambda: page.click("#import-btn"))
-    assert "Imported" in msg or "already" in msg, msg
+    assert "Imported 0 judgment(s)" in msg and "skipped (already in the store)" in msg, msg
     shot(page, "7-data")
 
 

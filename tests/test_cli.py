@@ -134,3 +134,57 @@ def test_db_check_exit_status_and_repair(tmp_path):
     proc = run_cli("db", "check", "--repair", data_dir=d)
     assert proc.returncode == 0 and "[repaired]" in proc.stdout
     assert run_cli("db", "check", data_dir=d).returncode == 0
+
+
+def test_the_app_with_a_token_refuses_requests_without_login(tmp_path):
+    """`python -m app --port P ui --token T`: options before or after `ui` count; no login, no data."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.conftest import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "abcdefghijklmnop"
+    env = {k: v for k, v in os.environ.items() if k not in ("PALATE_DATA_DIR", "PALATE_AUTH", "PALATE_TOKEN")}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "ui", "--token", token, "--no-preload",
+                             "--data-dir", str(tmp_path / "d")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def status(path: str, data: bytes | None = None) -> int:
+        try:
+            return urllib.request.urlopen(url + path, data=data, timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.time() - t0 < 90, "the app did not start"
+                time.sleep(0.2)
+        assert status("/config") == 401 and status("/gradio_api/info") == 401
+        assert status("/login", urllib.parse.urlencode({"username": "me", "password": "wrong"}).encode()) == 400
+        assert status("/login", urllib.parse.urlencode({"username": "me", "password": token}).encode()) == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_a_short_token_is_refused(tmp_path):
+    proc = run_cli("ui", "--token", "short", data_dir=tmp_path / "d")
+    assert proc.returncode == 2 and "at least 12 characters" in proc.stderr
