@@ -95,6 +95,7 @@ KEYS_JS = """
 
 CSS = """
 .cand-col { flex: 0 0 calc(25% - 12px) !important; }
+#compare-gallery img, #validation-gallery img { image-rendering: pixelated; }
 .cand-img img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .cand-text textarea, .ab-text textarea { font-family: ui-monospace, monospace; font-size: 13px; }
 #run-progress .bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; }
@@ -909,7 +910,7 @@ class PalateUI:
                 b_adapter = gr.Dropdown([], label="Adapter", elem_id="blind-adapter")
                 b_btn = gr.Button("Start blind comparison", elem_id="blind-start")
         c_msg = gr.Markdown("", elem_id="compare-msg")
-        c_gallery = gr.Gallery(visible=False, height=420, elem_id="compare-gallery")
+        c_gallery = gr.Gallery(visible=False, height=360, object_fit="contain", elem_id="compare-gallery")
         c_table = gr.Dataframe(visible=False, interactive=False, wrap=True, elem_id="compare-table")
         bs = gr.State({})
         b_label = gr.Markdown("", elem_id="blind-label")
@@ -950,7 +951,8 @@ class PalateUI:
         a_file = gr.File(label="Download", visible=False, interactive=False, elem_id="adapter-file")
         a_table = gr.Dataframe(interactive=False, elem_id="adapters-table")
         a_info = gr.Markdown("", elem_id="adapter-info")
-        a_gallery = gr.Gallery(label="Validation samples (start, end)", visible=False, columns=4, height=320)
+        a_gallery = gr.Gallery(label="Validation samples (start, end)", visible=False, columns=4, height=320,
+                               object_fit="contain", elem_id="validation-gallery")
         a_texts = gr.Dataframe(visible=False, interactive=False, wrap=True)
         a_refresh.click(self.adapters_table, None, [a_table, a_id])
         tab.select(self.adapters_table, None, [a_table, a_id])
