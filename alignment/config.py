@@ -64,6 +64,12 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.optimizer not in ("auto", "adamw", "adamw8bit"):
             raise ValueError(f"optimizer must be auto, adamw or adamw8bit, not {self.optimizer!r}")
+        spec = LOSSES[self.method]
+        allowed = set(spec.defaults) | ({"nll"} if "autoregressive" in spec.score_kinds else set())
+        unknown = set(self.loss_kwargs) - allowed
+        if unknown:
+            raise ValueError(f"loss_kwargs {sorted(unknown)} do not apply to {self.method}; it takes "
+                             f"{', '.join(sorted(allowed)) or 'none'}")
         # numbers from JSON or a CLI may arrive as ints: make beta and lr floats once and for all
         object.__setattr__(self, "lr", float(self.lr))
         if self.beta is not None:

@@ -210,17 +210,37 @@ def rankdpo(policy, reference, *, beta: float, ranks: torch.Tensor | None = None
     return loss, metrics
 
 
+def with_nll(fn: LossFn) -> LossFn:
+    """Add RPO's negative log-likelihood term on the preferred sample (Pang et al. 2024, "Iterative
+    Reasoning Preference Optimization"; TRL's ``rpo_alpha``): ``loss + nll * mean(-policy[:, 0])``.
+    Off unless ``loss_kwargs={"nll": alpha}``. The term keeps the chosen answer's own tokens likely
+    while the preference term separates it from the rejected one (which, for reasoning traces, shares
+    most of its steps). With length-normalised scores (SimPO) it is the per-token NLL; otherwise the
+    whole response's."""
+
+    def wrapped(policy, reference=None, *, nll: float = 0.0, **kw):
+        loss, metrics = fn(policy, reference, **kw)
+        if nll:
+            chosen_nll = -policy[:, 0].mean()
+            loss = loss + float(nll) * chosen_nll
+            metrics = {**metrics, "chosen_nll": chosen_nll.item()}
+        return loss, metrics
+
+    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+    return wrapped
+
+
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in (
-        LossSpec("dpo", dpo, True, "Rafailov et al. 2023", 0.1, score_kinds=("autoregressive",)),
-        LossSpec("ipo", ipo, True, "Azar et al. 2023", 0.1, score_kinds=("autoregressive",)),
-        LossSpec("hinge", hinge, True, "Zhao et al. 2023 (SLiC-HF)", 0.1, score_kinds=("autoregressive",)),
-        LossSpec("conservative-dpo", conservative_dpo, True, "Mitchell 2023", 0.1, score_kinds=("autoregressive",),
+        LossSpec("dpo", with_nll(dpo), True, "Rafailov et al. 2023", 0.1, score_kinds=("autoregressive",)),
+        LossSpec("ipo", with_nll(ipo), True, "Azar et al. 2023", 0.1, score_kinds=("autoregressive",)),
+        LossSpec("hinge", with_nll(hinge), True, "Zhao et al. 2023 (SLiC-HF)", 0.1, score_kinds=("autoregressive",)),
+        LossSpec("conservative-dpo", with_nll(conservative_dpo), True, "Mitchell 2023", 0.1, score_kinds=("autoregressive",),
                  defaults={"label_smoothing": 0.1}),
-        LossSpec("simpo", simpo, False, "Meng et al. 2024", 2.0, length_normalized=True,
+        LossSpec("simpo", with_nll(simpo), False, "Meng et al. 2024", 2.0, length_normalized=True,
                  score_kinds=("autoregressive",), defaults={"gamma": 0.5}),
-        LossSpec("irepo", irepo, True, "Le et al. 2024", 0.1, needs_labels=True, score_kinds=("autoregressive",),
+        LossSpec("irepo", with_nll(irepo), True, "Le et al. 2024", 0.1, needs_labels=True, score_kinds=("autoregressive",),
                  defaults={"clip": 0.01}),
         LossSpec("diffusion-dpo", diffusion_dpo, True, "Wallace et al. 2023", 2000.0, score_kinds=("diffusion",)),
         LossSpec("mapo", mapo, False, "Hong et al. 2024", 0.1, score_kinds=("diffusion", "flow")),

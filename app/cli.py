@@ -241,6 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from app.runs import create_run, train_command
 
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
+    if args.nll is not None:
+        overrides["loss_kwargs"] = {**overrides.get("loss_kwargs", {}), "nll": args.nll}
     for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device",
                 "init_adapter", "mixed_precision", "optimizer", "cache_reference"):
         value = getattr(args, key)
@@ -502,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--lora-rank", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--nll", type=float, metavar="ALPHA", help="language models: add ALPHA x the chosen answer's "
+                   "negative log-likelihood to the loss (RPO; per token with simpo)")
     p.add_argument("--derivation", choices=["all", "best-vs-rest"], help="how rankings become pairs")
     p.add_argument("--device")
     p.add_argument("--init-adapter", metavar="ADAPTER", help="continue from an adapter (its id in the store or a "

@@ -435,13 +435,17 @@ class PalateUI:
             return gr.update(value=None), _err(e)
 
     # -- train ----------------------------------------------------------------------
-    def submit_run(self, modality, method, steps, lr, beta, rank, batch, accum, seed, derivation, model, init, valcount):
+    def submit_run(self, modality, method, steps, lr, beta, rank, batch, accum, seed, derivation, model, init, valcount,
+                   nll=None):
         try:
             settings = {"steps": _opt_int(steps), "lr": _opt_float(lr), "beta": _opt_float(beta),
                         "lora_rank": _opt_int(rank), "batch_size": _opt_int(batch), "grad_accum": _opt_int(accum),
                         "seed": _opt_int(seed), "derivation": derivation or None,
                         "model": (model or "").strip() or None, "init_adapter": (str(init).strip() or None) if init
                         else None, "validation_count": _opt_int(valcount)}
+            nll = _opt_float(nll, "NLL weight")
+            if nll:
+                settings["loss_kwargs"] = {"nll": nll}
             if settings["lora_rank"] is not None:
                 settings["lora_alpha"] = float(settings["lora_rank"])
             model_name = settings["model"] or default_model(modality)
@@ -849,6 +853,7 @@ class PalateUI:
                 t_model = gr.Textbox(label="Base model (empty: the built-in one)")
                 t_init = gr.Textbox(label="Continue from adapter (id or folder)")
                 t_val = _opt("Validation prompts (default 4)")
+                t_nll = _opt("NLL weight on the chosen answer (language models; 0 = off)", elem_id="train-nll")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         t_msg = gr.Markdown("", elem_id="train-msg")
         gr.Markdown("### Runs (one trains at a time; the others wait in the queue)")
@@ -885,7 +890,7 @@ class PalateUI:
         t_method.input(on_method, t_method, [t_lr, t_beta])
         t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit_run, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
-                                      t_deriv, t_model, t_init, t_val], [t_msg, run_sel])
+                                      t_deriv, t_model, t_init, t_val, t_nll], [t_msg, run_sel])
         view_out = [run_sel, prog, loss_plot, acc_plot, margin_plot, log, runs]
         run_sel.change(self.run_view, run_sel, view_out, show_progress="hidden")
         cancel.click(self.cancel_run, run_sel, t_msg)

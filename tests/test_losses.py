@@ -161,3 +161,35 @@ def test_methods_by_score_family():
     assert {"flow-dpo", "flow-rwr", "mapo"} <= set(losses_for("flow"))
     for spec in LOSSES.values():
         assert spec.paper and isinstance(spec.default_beta, float)
+
+
+@pytest.mark.parametrize("name", losses_for("autoregressive"))
+def test_nll_term_adds_alpha_times_the_chosen_nll(name):
+    """RPO's term (loss_kwargs {"nll": alpha}): the loss grows by alpha * mean(-policy[:, 0]), and
+    its gradient raises the chosen sample's score; off by default."""
+    spec = get_loss(name)
+    policy = torch.tensor([[-1.0, -2.0], [-0.5, -0.2]], requires_grad=True)
+    reference = torch.tensor([[-1.2, -1.9], [-0.4, -0.3]])
+    kw = {**spec.defaults, "beta": spec.default_beta}
+    if spec.needs_labels:
+        kw["labels"] = torch.tensor([0.8, 0.7])
+    ref = reference if spec.needs_reference else None
+    base, m0 = spec.fn(policy, ref, **kw)
+    with_term, m1 = spec.fn(policy, ref, nll=0.3, **kw)
+    assert "chosen_nll" not in m0 and m1["chosen_nll"] == pytest.approx(0.75)
+    assert with_term.item() == pytest.approx(base.item() + 0.3 * 0.75)
+    g0 = torch.autograd.grad(base, policy)[0]
+    g1 = torch.autograd.grad(spec.fn(policy, ref, nll=0.3, **kw)[0], policy)[0]
+    assert torch.allclose(g1[:, 0] - g0[:, 0], torch.full((2,), -0.3 / 2))
+    assert torch.allclose(g1[:, 1], g0[:, 1])
+
+
+def test_nll_term_is_only_for_language_models():
+    from alignment.config import TrainConfig
+
+    base = {"modality": "image", "model": "m", "data_dir": "d"}
+    with pytest.raises(ValueError, match=r"loss_kwargs \['nll'\] do not apply to diffusion-dpo"):
+        TrainConfig(method="diffusion-dpo", loss_kwargs={"nll": 0.3}, **base)
+    with pytest.raises(ValueError, match="do not apply to dpo"):
+        TrainConfig(method="dpo", loss_kwargs={"gama": 1.0}, **{**base, "modality": "text"})
+    assert TrainConfig(method="simpo", loss_kwargs={"nll": 1.0, "gamma": 0.3}, **{**base, "modality": "text"})
