@@ -108,6 +108,27 @@ def browse(store: Store, *, modality: str | None = None, model: str | None = Non
         + " ORDER BY g.id DESC LIMIT ?", (*params, int(limit)))
 
 
+def prompts(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
+            limit: int = 200) -> list[dict[str, Any]]:
+    """Stored prompts, newest first, with their candidates and judgments counted."""
+    where, params = ["1=1"], []
+    if modality:
+        where.append("g.modality = ?")
+        params.append(modality)
+    if model:
+        where.append("g.model = ?")
+        params.append(model)
+    if text.strip():
+        where.append("p.text LIKE ?")
+        params.append(f"%{text.strip()}%")
+    return store.query(
+        "SELECT p.id, p.text AS prompt, COUNT(DISTINCT g.id) AS candidates,"
+        " (SELECT COUNT(*) FROM judgments j WHERE j.prompt_id = p.id) AS judgments,"
+        " group_concat(DISTINCT g.model) AS models"
+        " FROM prompts p JOIN generations g ON g.prompt_id = p.id WHERE " + " AND ".join(where)
+        + " GROUP BY p.id ORDER BY p.id DESC LIMIT ?", (*params, int(limit)))
+
+
 def judgments(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
               limit: int = 200) -> list[dict[str, Any]]:
     """Stored judgments, newest first: kind, candidates (best first for rankings), choice, context."""

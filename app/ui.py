@@ -373,7 +373,7 @@ class PalateUI:
         try:
             return self._data_tables(modality, model, text)
         except Exception as e:
-            return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), _err(e)
+            return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), _err(e)
 
     def _data_tables(self, modality, model, text):
         modality = modality if modality in ("image", "text", "audio", "video") else None
@@ -387,8 +387,10 @@ class PalateUI:
                   f"{s['agreement']:.0%} of {s['pairs_judged_twice_or_more']}"} for s in stats]
         gens = services.browse(self.store, modality=modality, model=model or None, text=text or "")
         judg = services.judgments(self.store, modality=modality, model=model or None, text=text or "")
-        return (pd.DataFrame(srows), pd.DataFrame(gens), pd.DataFrame(judg),
-                f"{len(gens)} candidate(s), {len(judg)} judgment(s) shown (newest first, at most 200 each)")
+        prom = services.prompts(self.store, modality=modality, model=model or None, text=text or "")
+        return (pd.DataFrame(srows), pd.DataFrame(gens), pd.DataFrame(judg), pd.DataFrame(prom),
+                f"{len(prom)} prompt(s), {len(gens)} candidate(s), {len(judg)} judgment(s) shown (newest first, at "
+                "most 200 each)")
 
     def delete(self, what, item_id, modality, model, text):
         try:
@@ -402,8 +404,8 @@ class PalateUI:
                 n = self.store.delete_generation(item_id)
                 msg = f"Deleted candidate {item_id} and the {n} judgment(s) that involved it."
         except Exception as e:
-            return (*self.data_tables(modality, model, text)[:3], _err(e))
-        return (*self.data_tables(modality, model, text)[:3], msg)
+            return (*self.data_tables(modality, model, text)[:4], _err(e))
+        return (*self.data_tables(modality, model, text)[:4], msg)
 
     def import_file(self, file, fmt):
         from storage.exchange import import_dataset
@@ -802,6 +804,8 @@ class PalateUI:
         gr.Markdown("### Stats per modality and model")
         stats = gr.Dataframe(interactive=False, elem_id="stats-table")
         with gr.Tabs():
+            with gr.Tab("Prompts"):
+                proms = gr.Dataframe(interactive=False, elem_id="prompts-table")
             with gr.Tab("Candidates"):
                 gens = gr.Dataframe(interactive=False, elem_id="gens-table")
             with gr.Tab("Judgments"):
@@ -826,10 +830,11 @@ class PalateUI:
                 exp_file = gr.File(label="Download", visible=False, interactive=False)
                 exp_msg = gr.Markdown("", elem_id="export-data-msg")
         ins = [f_mod, f_model, f_text]
-        refresh.click(self.data_tables, ins, [stats, gens, judg, info])
-        tab.select(self.data_tables, ins, [stats, gens, judg, info])
-        del_btn.click(self.delete, [what, del_id] + ins, [stats, gens, judg, del_msg])
-        imp_btn.click(self.import_file, [up, imp_fmt], imp_msg).then(self.data_tables, ins, [stats, gens, judg, info])
+        outs = [stats, gens, judg, proms, info]
+        refresh.click(self.data_tables, ins, outs)
+        tab.select(self.data_tables, ins, outs)
+        del_btn.click(self.delete, [what, del_id] + ins, [stats, gens, judg, proms, del_msg])
+        imp_btn.click(self.import_file, [up, imp_fmt], imp_msg).then(self.data_tables, ins, outs)
         exp_btn.click(self.export_file, [exp_fmt, f_mod], [exp_file, exp_msg])
 
     def _train_tab(self) -> None:

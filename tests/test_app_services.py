@@ -265,3 +265,16 @@ def test_blind_choices_stay_out_of_exports_and_vote_counts(store, tmp_path):
     store.vote(a.id, b.id, "b")
     assert store.stats()[0]["pairwise_votes"] == 1
     assert export_dataset(store, tmp_path / "y.parquet", fmt="pickapic", modality="image").rows == 1
+
+
+def test_prompts_listing_counts_candidates_and_judgments(store):
+    a = add_images(store, "red circle", 3, model="m")
+    b = add_images(store, "blue square", 2, model="n", offset=5)
+    store.vote(a[0].id, a[1].id, "a")
+    store.rank([a[2].id, a[1].id])
+    rows = services.prompts(store)
+    assert [(r["prompt"], r["candidates"], r["judgments"]) for r in rows] == [("blue square", 2, 0),
+                                                                             ("red circle", 3, 2)]
+    assert [r["prompt"] for r in services.prompts(store, model="m")] == ["red circle"]
+    assert [r["prompt"] for r in services.prompts(store, text="square")] == ["blue square"]
+    assert b and services.prompts(store, modality="text") == []

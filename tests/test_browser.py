@@ -402,6 +402,7 @@ def test_adapters_export_and_delete(app, page):
 def test_data_tab_stats_delete_export_import(app, page, tmp_path):
     tab(page, "Data")
     wait_text(page, "stats-table", "shapes-diffusion", 30)
+    wait_text(page, "prompts-table", IMAGE_PROMPT, 10)
     before = len(judgments(app))
     last = judgments(app)[-1]["id"]
     fill(page, "delete-id", str(last))
