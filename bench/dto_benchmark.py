@@ -1,7 +1,7 @@
 """Thinking-dynamics optimization on the built-in reasoning model: before and after.
 
     .venv/bin/python bench/dto_benchmark.py [--model arith-reasoner] [--problems 96] [--eval-problems 500]
-        [--losses simpo,dpo,irepo] [--json bench/results/dto_benchmark.json]
+        [--losses simpo,dpo,simpo-nll,irepo] [--json bench/results/dto_benchmark.json]
 
 1. The base model answers ``--eval-problems`` held-out arithmetic-world
    problems at its default sampling settings (one answer each, seed = index):
@@ -38,8 +38,10 @@ from eval_text_default import evaluate_model  # noqa: E402
 
 # Chosen on 100 train-split problems (eval_text_default.py --split train --problem-seed 1), never on the
 # held-out ones; see the README for the sweep. Stronger settings shorten more and lose accuracy.
+# "simpo-nll": SimPO plus RPO's NLL term on the chosen (concise) trace, weight 10 (--nll 10).
 TRAIN_DEFAULTS = {"simpo": {"lr": 1e-4, "beta": 2.0}, "dpo": {"lr": 3e-4, "beta": 0.5},
-                  "irepo": {"lr": 3e-4, "beta": 0.5}}
+                  "irepo": {"lr": 3e-4, "beta": 0.5},
+                  "simpo-nll": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0}}
 
 
 def _train(loss: str, args: argparse.Namespace, data_dir: Path) -> tuple[str, float]:
@@ -47,10 +49,13 @@ def _train(loss: str, args: argparse.Namespace, data_dir: Path) -> tuple[str, fl
     from storage import Store
 
     hp = TRAIN_DEFAULTS[loss]
-    cmd = [sys.executable, "-m", "app", "--data-dir", str(data_dir), "train", "--modality", "text", "--method", loss,
+    method = hp.get("method", loss)
+    cmd = [sys.executable, "-m", "app", "--data-dir", str(data_dir), "train", "--modality", "text", "--method", method,
            "--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--lr", str(args.lr or hp["lr"]), "--beta", str(hp["beta"]), "--lora-rank", str(args.lora_rank),
            "--seed", "0"]
+    if hp.get("nll"):
+        cmd += ["--nll", str(hp["nll"])]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     seconds = time.time() - t0
@@ -70,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4, help="answers per problem")
     ap.add_argument("--mc-samples", type=int, default=4, help="completions per cut point")
     ap.add_argument("--eval-problems", type=int, default=500)
-    ap.add_argument("--losses", default="simpo,dpo,irepo")
+    ap.add_argument("--losses", default="simpo,dpo,simpo-nll,irepo")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, help="learning rate for every loss (default: per loss, TRAIN_DEFAULTS)")
