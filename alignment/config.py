@@ -70,6 +70,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"loss_kwargs {sorted(unknown)} do not apply to {self.method}; it takes "
                              f"{', '.join(sorted(allowed)) or 'none'}")
+        if "nll" in self.loss_kwargs:
+            try:
+                nll = float(self.loss_kwargs["nll"])
+            except (TypeError, ValueError):
+                nll = float("nan")
+            if not (nll >= 0 and nll != float("inf")):
+                raise ValueError(f"loss_kwargs nll must be a finite number >= 0, got {self.loss_kwargs['nll']!r}")
         # numbers from JSON or a CLI may arrive as ints: make beta and lr floats once and for all
         object.__setattr__(self, "lr", float(self.lr))
         if self.beta is not None:

@@ -88,8 +88,8 @@ def get_adapter(store: Store, modality: str, model: str, *, device: str | None =
     key = (modality, model, device, lora)
     busy = _training_on.get(device_key(device))
     if busy is not None:
-        raise RuntimeError(f"training run {busy} is using the GPU; generation on it waits until the run ends "
-                           "(or cancel the run, or generate on the CPU)")
+        raise RuntimeError(f"training run {busy} is using the GPU; generate again when it ends, or cancel it "
+                           "(Train tab)")
     with _lock:
         if key in _adapters:
             _adapters.move_to_end(key)
@@ -109,10 +109,15 @@ def get_adapter(store: Store, modality: str, model: str, *, device: str | None =
             kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
         entry = (cls.load(ModelRef(model, adapter=lora), **kwargs), threading.Lock())
         with _lock:
+            _loading.pop(key, None)
+            busy = _training_on.get(device_key(device))
+            if busy is not None:  # a run started on this GPU while the model loaded: do not keep it there
+                del entry
+                raise RuntimeError(f"training run {busy} started on the GPU while the model loaded; generate again "
+                                   "when it ends")
             _adapters[key] = entry
             while len(_adapters) > MAX_LOADED:
                 _adapters.popitem(last=False)  # forget the least recently used model
-            _loading.pop(key, None)
         return entry
 
 

@@ -33,6 +33,7 @@ from storage import Run, Store
 
 QUEUE_MARKER = "queued-by-app"
 LOG_FILE = "train.log"
+KILL_AFTER_S = 30.0  # a second Cancel this long after the first kills a trainer that did not stop
 CHECKPOINT = "checkpoint.pt"  # alignment.train.CHECKPOINT (not imported: that pulls in torch)
 SETTINGS = ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "seed", "derivation",
             "device", "init_adapter", "mixed_precision", "optimizer", "cache_reference", "model", "warmup",
@@ -156,7 +157,7 @@ class RunQueue:
         self._proc: subprocess.Popen | None = None
         self._proc_run: int | None = None
         self._device: str | None = None
-        self._cancelled: set[int] = set()
+        self._cancelled: dict[int, float] = {}  # run id -> when cancel was asked
         self._adopted: int | None = None  # a run of an earlier app process that is still alive
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -211,9 +212,15 @@ class RunQueue:
             run = store.get_run(run_id)
             pid = self._proc.pid if (self._proc is not None and self._proc_run == run_id) else run.pid
             if run.status in ("queued", "running") and run_id in self._cancelled:
-                return f"run {run_id} is already stopping"  # a second SIGTERM would skip the trainer's checkpoint
+                waited = time.time() - self._cancelled[run_id]
+                if waited < KILL_AFTER_S or not pid_alive(pid):
+                    # a second SIGTERM would make the trainer skip its checkpoint
+                    return f"run {run_id} is already stopping"
+                os.kill(int(pid), signal.SIGKILL)  # it ignored the request for KILL_AFTER_S: stop it now
+                return f"run {run_id} did not stop in {KILL_AFTER_S:.0f} s: killed (resume continues from its last " \
+                       "checkpoint)"
             if run.status in ("queued", "running") and pid_alive(pid):
-                self._cancelled.add(run_id)
+                self._cancelled[run_id] = time.time()
                 os.kill(int(pid), signal.SIGTERM)  # the trainer checkpoints, then marks the run cancelled
                 return f"run {run_id}: stopping after the current step (it saves a checkpoint; resume continues it)"
             if run.status == "queued":
@@ -235,7 +242,7 @@ class RunQueue:
             if not run.run_dir or not (Path(run.run_dir) / "config.json").exists():
                 raise ValueError(f"run {run_id} has no run directory to resume from")
             (Path(run.run_dir) / QUEUE_MARKER).write_text("")
-            store.update_run(run_id, status="queued", error=None, exit_code=None, finished_at=None)
+            store.update_run(run_id, status="queued", error=None, exit_code=None, finished_at=None, pid=None)
         self.wake()
         has_checkpoint = (Path(run.run_dir) / CHECKPOINT).exists()
         return f"run {run_id} queued again" + (" (continues from its checkpoint)" if has_checkpoint else
@@ -261,6 +268,13 @@ class RunQueue:
 
     def _tick(self) -> None:
         changed = False
+        nxt = None
+        if self._proc is None and self._adopted is None:
+            nxt = self._next_queued()
+            if nxt is not None:  # CUDA: free the UI's models first (may wait for a generation): not under the lock
+                from app import generation
+
+                generation.reserve_for_training(nxt.config.get("device"), nxt.id)
         with self._lock:
             if self._proc is not None and self._proc.poll() is not None:
                 self._finish(self._proc_run, self._proc.returncode)
@@ -269,28 +283,39 @@ class RunQueue:
                 with Store.open(self.data_dir) as store:
                     run = store.get_run(self._adopted)
                 if not pid_alive(run.pid):
-                    if run.status == "running":
-                        self._finish(run.id, None)
+                    self._finish(run.id, None)  # records an unreported end; always frees the GPU reservation
                     self._adopted, changed = None, True
-            if self._proc is None and self._adopted is None:
-                changed = self._start_next() or changed
+            if self._proc is None and self._adopted is None and nxt is not None:
+                changed = self._start(nxt) or changed
+            elif nxt is not None:
+                from app import generation
+
+                generation.release_from_training(nxt.config.get("device"))
         if changed and self.on_change is not None:
             self.on_change()
 
-    def _start_next(self) -> bool:
+    def _next_queued(self) -> Run | None:
+        """The oldest run queued here (the CLI's own runs have no marker and are left alone)."""
         with Store.open(self.data_dir) as store:
             for run in store.list_runs(status="queued"):
-                if not run.run_dir or not (Path(run.run_dir) / QUEUE_MARKER).exists():
-                    continue  # the CLI's own run, or one created but not queued here
-                run_dir = Path(run.run_dir)
-                log = open(run_dir / LOG_FILE, "ab")
+                if run.run_dir and (Path(run.run_dir) / QUEUE_MARKER).exists():
+                    return run
+        return None
+
+    def _start(self, run: Run) -> bool:
+        """Start ``run``'s trainer (the GPU is already reserved for it)."""
+        from app import generation
+
+        run_dir = Path(run.run_dir)
+        self._device = run.config.get("device")
+        with Store.open(self.data_dir) as store:
+            if store.get_run(run.id).status != "queued" or not (run_dir / QUEUE_MARKER).exists():
+                generation.release_from_training(self._device)  # cancelled meanwhile
+                return False
+            with open(run_dir / LOG_FILE, "ab") as log:
                 log.write(f"\n$ {' '.join(train_command(run_dir))}\n".encode())
                 log.flush()
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-                from app import generation
-
-                generation.reserve_for_training(run.config.get("device"), run.id)  # CUDA: free the UI's models
-                self._device = run.config.get("device")
                 try:
                     self._proc = subprocess.Popen(train_command(run_dir), stdout=log, stderr=subprocess.STDOUT,
                                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -298,15 +323,12 @@ class RunQueue:
                     generation.release_from_training(self._device)
                     (run_dir / QUEUE_MARKER).unlink(missing_ok=True)
                     store.update_run(run.id, status="failed", error=f"could not start the trainer: {e}")
-                    log.close()
-                    continue
-                log.close()
-                (run_dir / QUEUE_MARKER).unlink(missing_ok=True)  # started: no longer waiting
-                self._proc_run = run.id
-                self._cancelled.discard(run.id)
-                store.update_run(run.id, pid=self._proc.pid)
-                return True
-        return False
+                    return False
+            self._proc_run = run.id
+            self._cancelled.pop(run.id, None)
+            store.update_run(run.id, pid=self._proc.pid)
+            (run_dir / QUEUE_MARKER).unlink(missing_ok=True)  # started: no longer waiting
+        return True
 
     def _finish(self, run_id: int | None, code: int | None) -> None:
         """The process ended: if the trainer could not record why, record it here."""

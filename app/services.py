@@ -123,10 +123,12 @@ def prompts(store: Store, *, modality: str | None = None, model: str | None = No
         params.append(f"%{text.strip()}%")
     return store.query(
         "SELECT p.id, p.text AS prompt, COUNT(DISTINCT g.id) AS candidates,"
-        " (SELECT COUNT(*) FROM judgments j WHERE j.prompt_id = p.id) AS judgments,"
+        " COUNT(DISTINCT CASE WHEN j.context != ? THEN j.id END) AS judgments,"
         " group_concat(DISTINCT g.model) AS models"
-        " FROM prompts p JOIN generations g ON g.prompt_id = p.id WHERE " + " AND ".join(where)
-        + " GROUP BY p.id ORDER BY p.id DESC LIMIT ?", (*params, int(limit)))
+        " FROM prompts p JOIN generations g ON g.prompt_id = p.id"
+        " LEFT JOIN judgment_items i ON i.generation_id = g.id LEFT JOIN judgments j ON j.id = i.judgment_id"
+        " WHERE " + " AND ".join(where) + " GROUP BY p.id ORDER BY p.id DESC LIMIT ?",
+        (COMPARE_CONTEXT, *params, int(limit)))
 
 
 def judgments(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
@@ -198,17 +200,14 @@ def compare_generate(store: Store, *, modality: str, model: str, adapter_ids: Se
     for a in adapters:
         if a.modality != modality:
             raise ValueError(f"adapter {a.id} ({a.name}) is for {a.modality}, not {modality}")
-    rows = []
-    for prompt in prompts:
-        base = generate_candidates(store, modality=modality, model=model, prompt=prompt, n=len(seeds), seeds=seeds,
-                                   params=params, device=device)
-        tuned = {a.id: generate_candidates(store, modality=modality, model=model, prompt=prompt, n=len(seeds),
-                                           seeds=seeds, params=params, device=device, lora=a.path, adapter_id=a.id)
-                 for a in adapters}
-        for i, seed in enumerate(seeds):
-            rows.append({"prompt": prompt, "seed": seed, "base": base[i],
-                         "adapters": {aid: gens[i] for aid, gens in tuned.items()}})
-    return rows
+    # model by model (outer loop), so a GPU that holds one model at a time loads each once
+    base = {p: generate_candidates(store, modality=modality, model=model, prompt=p, n=len(seeds), seeds=seeds,
+                                   params=params, device=device) for p in prompts}
+    tuned = {a.id: {p: generate_candidates(store, modality=modality, model=model, prompt=p, n=len(seeds), seeds=seeds,
+                                           params=params, device=device, lora=a.path, adapter_id=a.id)
+                    for p in prompts} for a in adapters}
+    return [{"prompt": p, "seed": seed, "base": base[p][i], "adapters": {aid: gens[p][i] for aid, gens in tuned.items()}}
+            for p in prompts for i, seed in enumerate(seeds)]
 
 
 def blind_trials(rows: Sequence[dict[str, Any]], adapter_id: int, *, seed: int | None = None) -> list[Trial]:

@@ -149,11 +149,12 @@ class PalateUI:
             threading.Thread(target=self._preload, args=("image", DEFAULT_MODELS["image"]), daemon=True).start()
 
     def _preload(self, modality: str, model: str) -> None:
-        from app.generation import get_adapter
+        from app.generation import device_lock, get_adapter
 
         self.loading[model] = "loading"
         try:
-            get_adapter(self.store, modality, model)
+            with device_lock(None):  # as a generation does: never while a run takes the GPU
+                get_adapter(self.store, modality, model)
             self.loading[model] = "ready"
         except Exception as e:  # shown in the page; generation will say it again
             self.loading[model] = f"failed: {e}"
@@ -905,7 +906,7 @@ class PalateUI:
     def _compare_tab(self, tab) -> None:
         with gr.Row():
             c_mod = gr.Radio(["image", "text"], value="image", label="Modality", elem_id="compare-modality")
-            c_model = gr.Textbox(label="Base model (empty: the built-in one)")
+            c_model = gr.Textbox(label="Base model (empty: the adapter's own)")
             c_refresh = gr.Button("Refresh adapters", size="sm", elem_id="compare-refresh")
         c_prompts = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="compare-prompts")
         c_seeds = gr.Number(value=2, precision=0, label="Seeds per prompt (0, 1, ...)", elem_id="compare-seeds")

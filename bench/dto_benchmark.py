@@ -1,6 +1,6 @@
 """Thinking-dynamics optimization on the built-in reasoning model: before and after.
 
-    .venv/bin/python bench/dto_benchmark.py [--model arith-reasoner] [--problems 96] [--eval-problems 500]
+    .venv/bin/python bench/dto_benchmark.py [--model arith-reasoner] [--problems 64] [--eval-problems 500]
         [--losses simpo,dpo,simpo-nll,irepo] [--json bench/results/dto_benchmark.json]
 
 1. The base model answers ``--eval-problems`` held-out arithmetic-world

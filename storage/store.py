@@ -628,10 +628,12 @@ class Store:
             sha = db.execute("SELECT media_sha256 FROM generations WHERE id = ?", (gid,)).fetchone()[0]
             db.execute("DELETE FROM generations WHERE id = ?", (gid,))
             orphan = not db.execute("SELECT 1 FROM generations WHERE media_sha256 = ?", (sha,)).fetchone()
-            if orphan:  # inside the transaction: a concurrent add of the same bytes rewrites the file (above)
-                row = db.execute("SELECT path FROM media WHERE sha256 = ?", (sha,)).fetchone()
+            row = db.execute("SELECT path FROM media WHERE sha256 = ?", (sha,)).fetchone() if orphan else None
+            if orphan:
                 db.execute("DELETE FROM media WHERE sha256 = ?", (sha,))
-                if row:
+        if row:  # the file goes only once the rows are gone for good, and only if nobody added it again since
+            with self.write() as db:  # (an add of the same bytes meanwhile finds the file missing and rewrites it)
+                if not db.execute("SELECT 1 FROM media WHERE sha256 = ?", (sha,)).fetchone():
                     (self.data_dir / row[0]).unlink(missing_ok=True)
         return len(jids)
 

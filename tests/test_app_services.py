@@ -278,3 +278,45 @@ def test_prompts_listing_counts_candidates_and_judgments(store):
     assert [r["prompt"] for r in services.prompts(store, model="m")] == ["red circle"]
     assert [r["prompt"] for r in services.prompts(store, text="square")] == ["blue square"]
     assert b and services.prompts(store, modality="text") == []
+
+
+def test_an_adopted_run_frees_the_gpu_when_it_completes(store, data_dir):
+    import subprocess
+
+    from app import generation
+
+    run, _ = runs.create_run(store, modality="image", method="diffusion-dpo",
+                             settings={"model": "m", "steps": 2, "device": "cuda"})
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)", "alignment.train"])
+    try:
+        store.update_run(run.id, status="running", pid=proc.pid)
+        q = runs.RunQueue(data_dir)
+        q.reconcile()
+        assert generation._training_on.get("cuda") == run.id  # generation on that GPU is refused meanwhile
+        with pytest.raises(RuntimeError, match=f"training run {run.id} is using the GPU"):
+            generation.get_adapter(store, "image", "m", device="cuda")
+        proc.wait()
+        store.update_run(run.id, status="completed", pid=None)  # what the trainer records at its end
+        q.wake()
+        assert "cuda" not in generation._training_on and store.get_run(run.id).status == "completed"
+    finally:
+        proc.kill()
+        generation.release_from_training("cuda")
+
+
+def test_a_trainer_that_ignores_cancel_is_killed_by_a_second_one_later(store, data_dir, monkeypatch):
+    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
+    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", code, "alignment.train"])
+    monkeypatch.setattr(runs, "KILL_AFTER_S", 0.5)
+    q = runs.RunQueue(data_dir, poll=0.05).start()
+    try:
+        a = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
+        _wait(lambda: q.running_run() == a.id and runs.pid_alive(store.get_run(a.id).pid))
+        time.sleep(0.3)  # let the stand-in install its handler
+        assert "stopping" in q.cancel(a.id)
+        assert q.cancel(a.id) == f"run {a.id} is already stopping"
+        time.sleep(0.6)
+        assert "killed" in q.cancel(a.id)
+        _wait(lambda: store.get_run(a.id).status == "cancelled")
+    finally:
+        q.stop()

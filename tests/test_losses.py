@@ -193,3 +193,11 @@ def test_nll_term_is_only_for_language_models():
     with pytest.raises(ValueError, match="do not apply to dpo"):
         TrainConfig(method="dpo", loss_kwargs={"gama": 1.0}, **{**base, "modality": "text"})
     assert TrainConfig(method="simpo", loss_kwargs={"nll": 1.0, "gamma": 0.3}, **{**base, "modality": "text"})
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "lots"])
+def test_nll_weight_must_be_a_finite_non_negative_number(bad):
+    from alignment.config import TrainConfig
+
+    with pytest.raises(ValueError, match="nll must be a finite number >= 0"):
+        TrainConfig(modality="text", method="simpo", model="m", data_dir="d", loss_kwargs={"nll": bad})
