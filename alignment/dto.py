@@ -6,7 +6,9 @@ is split into thinking patterns (segments); a Monte-Carlo estimate of how often
 the model reaches a correct answer from each prefix finds the earliest point
 where the reasoning is already good enough; the trace is closed there with a
 correct final answer, then detrimental segments are pruned while it stays
-correct. Pairs (concise correct trace, original) and (correct, incorrect) then
+correct. Pairs (concise correct trace, original) and (correct, incorrect) --
+optionally also (correct, incorrect) Monte-Carlo completions of the same
+prefix, which the estimate draws anyway (:func:`rollout_pairs`) -- then
 train the model with a preference loss -- SimPO in the paper, or iREPO on soft
 labels from several noisy annotators -- through Palate's ordinary trainer:
 :func:`store_pairs` writes the texts as ``text`` generations and the
@@ -54,16 +56,18 @@ __all__ = [
     "mc_seeds",
     "noisy_annotator_votes",
     "prefix_correctness",
+    "rollout_pairs",
     "segment_boundaries",
     "store_pairs",
 ]
 
 Completer = Callable[[str, str, int, Sequence[int]], list[str]]
 Judge = Callable[[str], bool]
+Rollouts = dict[str, list[tuple[str, bool, int]]]  # prefix -> [(whole text, judged correct, seed), ...]
 Segmenter = Callable[[str], Sequence[Any]]
 
 MAX_SEED = 2**32 - 1
-PAIR_KINDS = ("concise", "correctness")
+PAIR_KINDS = ("concise", "correctness", "rollout")
 CHECKS = ("direct", "mc")
 _EPS = 1e-9
 
@@ -108,13 +112,17 @@ def mc_seeds(seed: int, samples: int) -> list[int]:
 
 
 def _estimate(complete: Completer, is_correct: Judge, prompt: str, prefix: str, seeds: Sequence[int],
-              cue: str = "") -> tuple[float, list[str]]:
-    """(share of completions of ``prefix + cue`` judged correct, the correct continuations)."""
+              cue: str = "", rollouts: Rollouts | None = None) -> tuple[float, list[str]]:
+    """(share of completions of ``prefix + cue`` judged correct, the correct continuations).
+    With ``rollouts``, every whole text drawn, its verdict and seed are recorded under ``prefix``."""
     start = prefix + cue
     conts = list(complete(prompt, start, len(seeds), list(seeds)))
     if len(conts) != len(seeds):
         raise ValueError(f"the completer returned {len(conts)} continuations for {len(seeds)} seeds")
-    good = [c for c in conts if is_correct(start + c)]
+    verdicts = [bool(is_correct(start + c)) for c in conts]
+    if rollouts is not None:
+        rollouts.setdefault(prefix, []).extend((start + c, v, int(sd)) for c, v, sd in zip(conts, verdicts, seeds))
+    good = [c for c, v in zip(conts, verdicts) if v]
     return len(good) / len(conts), good
 
 
@@ -182,6 +190,7 @@ def find_concise(
     prune_any: bool = False,
     check: str = "direct",
     length: Callable[[str], int] | None = None,
+    rollouts: Rollouts | None = None,
 ) -> Concise | None:
     """A concise version of ``trace`` that is still correct, or None.
 
@@ -210,7 +219,9 @@ def find_concise(
        ``prune_any`` needs ``check="mc"`` (judged directly, every line but the
        answer could go).
 
-    The shortest pruned candidate is returned (ties: the cut one).
+    The shortest pruned candidate is returned (ties: the cut one). With
+    ``rollouts`` (a dict), every Monte-Carlo completion drawn is recorded there
+    with its verdict, by prefix (for :func:`rollout_pairs`).
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
@@ -227,7 +238,7 @@ def find_concise(
 
     def est(prefix: str) -> tuple[float, list[str]]:
         if prefix not in cache:
-            cache[prefix] = _estimate(complete, is_correct, prompt, prefix, seeds, cue)
+            cache[prefix] = _estimate(complete, is_correct, prompt, prefix, seeds, cue, rollouts)
         return cache[prefix]
 
     def close(prefix: str, good: Sequence[str]) -> str:
@@ -453,6 +464,43 @@ def build_pairs(problem_prompt: str, traces: Sequence[str], verdicts: Sequence[A
     return out
 
 
+def rollout_pairs(problem_prompt: str, rollouts: Mapping[str, Sequence[tuple[str, bool, int]]], *,
+                  length: Callable[[str], int] | None = None) -> list[DTOPair]:
+    """Correct-over-incorrect pairs from the Monte-Carlo completions the estimate
+    drew anyway (``rollouts`` as :func:`find_concise` records them): for each
+    prefix whose completions were judged both ways, its shortest correct text
+    over its most frequent incorrect one (ties: the first drawn). The two share
+    the prefix, so the pair points at where the reasoning went wrong -- on the
+    model's own errors, at the sampling settings of the estimate.
+
+    A text judged both ways anywhere in ``rollouts`` is never used; repeats
+    are skipped; never prefers an incorrect text.
+    """
+    L = length or _words
+    verdict: dict[str, bool] = {}
+    for draws in rollouts.values():
+        for text, ok, _ in draws:
+            verdict[text] = verdict.get(text, True) and bool(ok)
+    mixed = {t for draws in rollouts.values() for t, ok, _ in draws if bool(ok) != verdict[t]}
+    out: list[DTOPair] = []
+    seen: set[tuple[str, str]] = set()
+    for draws in rollouts.values():
+        good = [t for t, ok, _ in draws if ok and t not in mixed]
+        bad = [t for t, ok, _ in draws if not ok and t not in mixed]
+        if not good or not bad:
+            continue
+        chosen = min(good, key=lambda t: (L(t), len(t), t))
+        counts = Counter(bad)
+        rejected = max(dict.fromkeys(bad), key=lambda t: counts[t])  # the most frequent; ties: first drawn
+        key = (chosen, rejected)
+        if chosen == rejected or key in seen or key[::-1] in seen:
+            continue
+        assert verdict[chosen], "DTO never prefers a trace that is not judged correct"
+        seen.add(key)
+        out.append(DTOPair(problem_prompt, chosen, rejected, "rollout"))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------
@@ -583,7 +631,7 @@ def noisy_annotator_votes(store: Any, pairs: Sequence[StoredPair], annotators: i
 class DTORound:
     pairs: list[DTOPair]
     stats: dict[str, Any]
-    records: list[dict[str, Any]]  # per problem: prompt, traces, verdicts, concise
+    records: list[dict[str, Any]]  # per problem: prompt, traces, verdicts, concise, pairs, rollouts
     stored: list[StoredPair] = field(default_factory=list)
 
 
@@ -610,6 +658,7 @@ def dto_round(
     segmenter: Segmenter | None = None,
     annotator: str = "dto",
     context: str = "dto",
+    with_rollouts: bool = False,
 ) -> DTORound:
     """One DTO round on freshly self-generated answers.
 
@@ -620,7 +669,9 @@ def dto_round(
     default the arithmetic world's ``judge`` in the model's tokens), build a
     concise version of each (:func:`find_concise` with :func:`adapter_completer`,
     ``mc_samples`` completions per cut point, ``mc_params`` default ``params``)
-    and the pairs (:func:`build_pairs`, lengths in model tokens). With a
+    and the pairs (:func:`build_pairs`, lengths in model tokens; with
+    ``with_rollouts`` also :func:`rollout_pairs` from the Monte-Carlo
+    completions of each problem's traces). With a
     ``store``, the pairs are stored (:func:`store_pairs`; the samples keep
     their real seed and settings). Returns the pairs and statistics.
     """
@@ -659,10 +710,11 @@ def dto_round(
 
         concise: list[Concise | None] = []
         sources: dict[str, dict[str, Any]] = {}
+        rollouts: Rollouts | None = {} if with_rollouts else None
         for s, t in zip(samples, traces):
             c = find_concise(complete, is_correct, prompt, t, samples=mc_samples, seed=rng.randint(0, MAX_SEED),
                              threshold=threshold, cue=cue, check=check, prune_any=prune_any,
-                             segmenter=segmenter, length=length)
+                             segmenter=segmenter, length=length, rollouts=rollouts)
             concise.append(c)
             kw = s.provenance.storage_kwargs()
             sources.setdefault(t, {"seed": kw["seed"], "model_revision": kw["model_revision"],
@@ -671,6 +723,17 @@ def dto_round(
                 sources.setdefault(c.text, {"params": {"dto": "concise", "source_seed": s.provenance.seed,
                                                        "cut": c.cut, "removed": list(c.removed)}})
         problem_pairs = build_pairs(prompt, traces, verdicts, concise, length=length)
+        if rollouts:
+            have = {(q.chosen, q.rejected) for q in problem_pairs}
+            judged_wrong = {t for t, v in zip(traces, verdicts) if not v.correct}
+            for q in rollout_pairs(prompt, rollouts, length=length):
+                if (q.chosen, q.rejected) in have or (q.rejected, q.chosen) in have or q.chosen in judged_wrong:
+                    continue
+                problem_pairs.append(q)
+            for prefix, draws in rollouts.items():
+                for text, _, mc_seed in draws:
+                    sources.setdefault(text, {"params": {"dto": "rollout", "mc_seed": mc_seed,
+                                                         "prefix_chars": len(prefix)}})
         pairs.extend(problem_pairs)
         if store is not None and problem_pairs:
             stored.extend(store_pairs(store, adapter, problem_pairs, annotator, sources=sources, context=context))
@@ -679,7 +742,7 @@ def dto_round(
         tokens.extend(length(t) for t in traces)
         concise_tokens.extend(c.tokens for c in concise if c is not None)
         records.append({"prompt": prompt, "traces": traces, "verdicts": verdicts, "concise": concise,
-                        "pairs": problem_pairs})
+                        "pairs": problem_pairs, "rollouts": rollouts})
     by_kind = Counter(p.kind for p in pairs)
     stats = {
         "problems": len(problems),

@@ -197,12 +197,14 @@ def _dto_pairs(args: argparse.Namespace, model: str, init_adapter: str | None, r
     from modalities.text.adapter import TextAdapter
 
     lm = TextAdapter.load(ModelRef(model, adapter=init_adapter), device=args.device)
-    problems = arithmetic.problems(args.problems, "train", seed=args.seed_problems + round_no)
+    # round k answers problems k*n .. (k+1)*n-1 of one seeded stream: fresh ones every round
+    problems = arithmetic.problems(args.problems * (round_no + 1), "train", seed=args.seed_problems)[-args.problems:]
     prompt_fn = (lambda p: p.prompt) if lm.has_chat_template else arithmetic.format_prompt
     with _open(args) as store:
         params = {"max_tokens": args.max_tokens} if args.max_tokens else None
         result = dto_round(lm, problems, n_samples=args.samples, mc_samples=args.mc_samples, store=store, params=params,
-                           seed=round_no, prompt_fn=prompt_fn, context=f"dto-round-{round_no}")
+                           seed=round_no, prompt_fn=prompt_fn, context=f"dto-round-{round_no}",
+                           with_rollouts=args.rollout_pairs)
         if args.dto_loss == "irepo" and result.stored:
             noisy_annotator_votes(store, result.stored, annotators=5, seed=round_no, context=f"dto-round-{round_no}")
     st = result.stats
@@ -218,6 +220,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.method == "dto":
         if args.modality != "text":
             raise ValueError("--method dto is for reasoning models: use --modality text")
+        for name in ("rounds", "problems", "samples", "mc_samples"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
         model = args.model
         if not model:
             from app.generation import default_model
@@ -523,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     dto.add_argument("--samples", type=int, default=4, help="answers sampled per problem")
     dto.add_argument("--mc-samples", type=int, default=4, help="completions per cut point (Monte-Carlo)")
     dto.add_argument("--max-tokens", type=int, help="longest sampled trace (default: the model's own default)")
-    dto.add_argument("--rounds", type=int, default=1, help="rounds, each on fresh answers of the last adapter")
+    dto.add_argument("--rounds", type=int, default=1, help="rounds, each on fresh problems answered by the last "
+                     "adapter, continuing from it")
+    dto.add_argument("--rollout-pairs", action="store_true",
+                     help="also pair the Monte-Carlo completions of the same prefix: correct over incorrect")
     dto.add_argument("--seed-problems", type=int, default=0, help=argparse.SUPPRESS)
 
     # list

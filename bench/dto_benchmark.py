@@ -1,7 +1,7 @@
 """Thinking-dynamics optimization on the built-in reasoning model: before and after.
 
     .venv/bin/python bench/dto_benchmark.py [--model arith-reasoner] [--problems 64] [--eval-problems 500]
-        [--losses simpo,dpo,simpo-nll,irepo] [--json bench/results/dto_benchmark.json]
+        [--losses simpo,dpo,simpo-nll,irepo,dto-rounds] [--rounds 4] [--json bench/results/dto_benchmark.json]
 
 1. The base model answers ``--eval-problems`` held-out arithmetic-world
    problems at its default sampling settings (one answer each, seed = index):
@@ -15,6 +15,10 @@
    runs); iREPO additionally gets five noisy simulated annotators' votes on
    every pair (its soft labels), cast after the other losses have trained.
 4. Each adapter answers the same held-out problems with the same seeds.
+5. "dto-rounds": ``python -m app train --modality text --method dto --rounds R`` (SimPO + NLL), one
+   command in a folder of its own: round 0 builds the same pairs as step 2, each later round builds
+   pairs from fresh problems answered by the last round's adapter and continues training it (the
+   trainer sees every round's votes); every round's adapter answers the held-out problems.
 
 Reports accuracy, mean tokens, their change against the base model, and the
 wall time of every phase. Figures, not assertions: the README quotes them.
@@ -39,9 +43,13 @@ from eval_text_default import evaluate_model  # noqa: E402
 # Chosen on 100 train-split problems (eval_text_default.py --split train --problem-seed 1), never on the
 # held-out ones; see the README for the sweep. Stronger settings shorten more and lose accuracy.
 # "simpo-nll": SimPO plus RPO's NLL term on the chosen (concise) trace, weight 10 (--nll 10).
+# "dto-rounds": the same SimPO + NLL settings in DTO_ROUNDS rounds, each on fresh answers of the last
+# adapter, run as one command from scratch (`python -m app train --method dto --rounds ...`).
 TRAIN_DEFAULTS = {"simpo": {"lr": 1e-4, "beta": 2.0}, "dpo": {"lr": 3e-4, "beta": 0.5},
                   "irepo": {"lr": 3e-4, "beta": 0.5},
-                  "simpo-nll": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0}}
+                  "simpo-nll": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0},
+                  "dto-rounds": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0}}
+DTO_ROUNDS = 4
 
 
 def _train(loss: str, args: argparse.Namespace, data_dir: Path) -> tuple[str, float]:
@@ -68,6 +76,40 @@ def _train(loss: str, args: argparse.Namespace, data_dir: Path) -> tuple[str, fl
     return str(Path(run.run_dir) / "adapter"), seconds
 
 
+def _dto_rounds(args: argparse.Namespace, data_dir: Path, base: dict) -> dict:
+    """`python -m app train --modality text --method dto --rounds R` in a data folder of its own (it draws
+    its own round-0 pairs, the same as the shared ones: same problems and seeds); every round's adapter
+    answers the held-out problems."""
+    from storage import Store
+
+    hp = TRAIN_DEFAULTS["dto-rounds"]
+    cmd = [sys.executable, "-m", "app", "--data-dir", str(data_dir), "train", "--modality", "text", "--method", "dto",
+           "--dto-loss", hp["method"], "--rounds", str(args.rounds), "--problems", str(args.problems),
+           "--samples", str(args.samples), "--mc-samples", str(args.mc_samples), "--model", args.model,
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr or hp["lr"]),
+           "--beta", str(hp["beta"]), "--nll", str(hp["nll"]), "--lora-rank", str(args.lora_rank), "--seed", "0"]
+    print("  " + " ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"dto-rounds failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    rounds_log = [line for line in proc.stdout.splitlines() if line.startswith("DTO round")]
+    with Store.open(data_dir) as store:
+        runs = store.list_runs()
+    out: dict = {"command_seconds": round(seconds, 1), "rounds_log": rounds_log, "by_round": []}
+    for k, run in enumerate(runs):
+        ev = evaluate_model(args.model, args.eval_problems, adapter=str(Path(run.run_dir) / "adapter"))
+        ev["accuracy_change_points"] = round(100 * (ev["accuracy"] - base["accuracy"]), 1)
+        ev["tokens_change_percent"] = round(100 * (ev["mean_response_tokens"] / base["mean_response_tokens"] - 1), 1)
+        out["by_round"].append(ev)
+        print(f"  dto-rounds, after round {k}: accuracy {ev['accuracy']}, tokens {ev['mean_response_tokens']}",
+              flush=True)
+    out.update({k: v for k, v in out["by_round"][-1].items()})
+    out["train_seconds"] = out["command_seconds"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="arith-reasoner")
@@ -75,11 +117,12 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4, help="answers per problem")
     ap.add_argument("--mc-samples", type=int, default=4, help="completions per cut point")
     ap.add_argument("--eval-problems", type=int, default=500)
-    ap.add_argument("--losses", default="simpo,dpo,simpo-nll,irepo")
+    ap.add_argument("--losses", default="simpo,dpo,simpo-nll,irepo,dto-rounds")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, help="learning rate for every loss (default: per loss, TRAIN_DEFAULTS)")
     ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=DTO_ROUNDS, help="rounds of the dto-rounds row")
     ap.add_argument("--data-dir", help="keep the pairs and runs here (default: a temporary folder)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -106,6 +149,14 @@ def main(argv=None) -> int:
     result["base"] = base
     print(f"  base: {json.dumps(base)}", flush=True)
 
+    result["tuned"] = {}
+    if "dto-rounds" in losses:  # from scratch in its own folder: first, while the shared folder is empty
+        print(f"DTO in {args.rounds} rounds (one command) ...", flush=True)
+        result["tuned"]["dto-rounds"] = _dto_rounds(args, data_dir / "rounds", base)
+        losses = [x for x in losses if x != "dto-rounds"]
+        if not losses:
+            return _finish(result, args, data_dir, t_all)
+
     print(f"DTO round on {args.problems} train problems x {args.samples} samples ...", flush=True)
     t0 = time.time()
     lm = TextAdapter.load(ModelRef(args.model))
@@ -122,7 +173,6 @@ def main(argv=None) -> int:
     if not rnd.pairs:
         raise SystemExit("no pairs: the model solved none of the problems")
 
-    result["tuned"] = {}
     for loss in losses:
         if loss == "irepo":
             with Store.open(data_dir) as store:
@@ -135,6 +185,10 @@ def main(argv=None) -> int:
         ev["tokens_change_percent"] = round(100 * (ev["mean_response_tokens"] / base["mean_response_tokens"] - 1), 1)
         result["tuned"][loss] = ev
         print(f"  {loss}: {json.dumps(ev)}", flush=True)
+    return _finish(result, args, data_dir, t_all)
+
+
+def _finish(result: dict, args: argparse.Namespace, data_dir: Path, t_all: float) -> int:
     result["total_minutes"] = round((time.time() - t_all) / 60, 1)
     result["data_dir"] = str(data_dir) if args.data_dir else None
     text = json.dumps(result, indent=2, default=str)

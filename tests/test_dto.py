@@ -25,6 +25,7 @@ from alignment.dto import (
     find_concise,
     noisy_annotator_votes,
     prefix_correctness,
+    rollout_pairs,
     segment_boundaries,
     store_pairs,
 )
@@ -210,6 +211,28 @@ def test_build_pairs_never_prefers_an_incorrect_trace(rows):
         (g, b) for g in ok_texts for b in set(traces) & wrong}
 
 
+def test_rollout_pairs_from_the_estimates_completions():
+    rollouts = {}
+    c = find_concise(oracle(slip_every=4), is_correct, PROMPT, TRACE, samples=8, seed=0, rollouts=rollouts)
+    _check_concise(c)
+    # every estimate the search made is recorded: 8 draws (text, verdict, seed) per prefix, the seeds 0..7
+    assert rollouts and all(len(d) == 8 and [sd for _, _, sd in d] == list(range(8)) for d in rollouts.values())
+    for prefix, draws in rollouts.items():
+        assert all(t.startswith(prefix) and ok == is_correct(t) for t, ok, _ in draws)
+    pairs = rollout_pairs(PROMPT, rollouts)
+    mixed = [pre for pre, d in rollouts.items() if len({ok for _, ok, _ in d}) == 2]
+    assert mixed and len(pairs) == len({(q.chosen, q.rejected) for q in pairs}) <= len(mixed)
+    for q in pairs:
+        assert q.kind == "rollout" and is_correct(q.chosen) and not is_correct(q.rejected)
+        assert any(q.chosen.startswith(pre) and q.rejected.startswith(pre) for pre in mixed)  # a shared prefix
+    # by hand: the shortest correct text over the most frequent incorrect one; a text judged both ways is unused
+    hand = {"P": [("P a", True, 0), ("P b b", True, 1), ("P x", False, 2), ("P y", False, 3), ("P y", False, 4)],
+            "Q": [("Q a", True, 0), ("Q z", False, 1)], "R": [("Q a", False, 0), ("R ok", True, 1)],
+            "S": [("S ok", True, 0), ("S ok 2", True, 1)]}
+    got = rollout_pairs("p", hand)
+    assert got == [DTOPair("p", "P a", "P y", "rollout")]  # Q's and R's use "Q a", judged both ways; S has no error
+
+
 # -- the store, the trainer's view, TRL, soft labels ----------------------------------
 
 
@@ -311,6 +334,18 @@ def test_dto_round_on_a_tiny_model(tiny, store):
     assert len(got) == len(r.pairs)
     samples = [g for g in store.list_generations(modality="text") if g.params["dto"] == "sample"]
     assert samples and all(g.seed is not None and g.params["max_tokens"] == 8 for g in samples)
+    # with the Monte-Carlo completions' pairs: correct over incorrect, stored with their seeds
+    r2 = dto_round(tiny, probs, n_samples=3, mc_samples=2, params=params, seed=0, judge_fn=_fake_judge, store=store,
+                   with_rollouts=True, context="with-rollouts")
+    kinds = r2.stats["pairs_by_kind"]
+    assert kinds["rollout"] > 0 and r2.stats["pairs"] == len(r2.pairs) == len(r2.stored)
+    assert {k: v for k, v in kinds.items() if k != "rollout"} == {k: v for k, v in r.stats["pairs_by_kind"].items()
+                                                                 if k != "rollout"}  # the same samples otherwise
+    for sp in r2.stored:
+        if sp.pair.kind == "rollout":
+            assert _fake_judge(None, sp.pair.chosen).correct and not _fake_judge(None, sp.pair.rejected).correct
+            g = store.get_generation(sp.chosen_id)
+            assert g.params["dto"] in ("rollout", "sample") and (g.params["dto"] == "sample" or "mc_seed" in g.params)
 
 
 @pytest.mark.parametrize("method", ["simpo", "irepo"])

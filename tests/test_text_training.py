@@ -162,3 +162,35 @@ def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
     assert "found no pair to learn from" in proc.stderr
     image = run_cli("train", "--method", "dto", data_dir=d)
     assert image.returncode == 2 and "use --modality text" in image.stderr
+    zero = run_cli("train", "--modality", "text", "--method", "dto", "--rounds", "0", data_dir=d)
+    assert zero.returncode == 2 and "--rounds must be at least 1, got 0" in zero.stderr
+
+
+def test_dto_rounds_from_the_cli(tmp_path):
+    """Two rounds on the shipped model: round 1 answers fresh problems with round 0's adapter and continues
+    from it; --rollout-pairs adds correct-over-incorrect Monte-Carlo completions."""
+    from modalities.text import arithmetic as world
+    from storage import Store
+    from tests.conftest import run_cli
+
+    d = tmp_path / "data"
+    proc = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "2", "--samples", "2",
+                   "--mc-samples", "2", "--steps", "1", "--batch-size", "2", "--rounds", "2", "--rollout-pairs",
+                   "--nll", "1", data_dir=d)
+    assert proc.returncode == 0, proc.stderr
+    assert "DTO round 0:" in proc.stdout and "DTO round 1:" in proc.stdout
+    stream = world.problems(4, "train", seed=0)
+    with Store.open(d) as store:
+        runs = store.list_runs()
+        assert [r.status for r in runs] == ["completed", "completed"]
+        assert runs[0].config.get("init_adapter") is None
+        assert runs[1].config["init_adapter"] == runs[0].run_dir + "/adapter"
+        assert runs[1].config["loss_kwargs"] == {"nll": 1.0}
+        gens = store.list_generations(modality="text")
+        by_round = {}
+        for g in gens:
+            if g.params.get("dto") == "sample":
+                by_round.setdefault(g.params.get("adapter") is not None, set()).add(g.prompt)
+    # round 0: the first two problems of the stream, by the base model; round 1: the next two, by the adapter
+    assert by_round[False] == {p.prompt for p in stream[:2]}
+    assert by_round[True] == {p.prompt for p in stream[2:]}
