@@ -401,7 +401,8 @@ class DTOPair(NamedTuple):
     prompt: str
     chosen: str
     rejected: str
-    kind: str  # "concise" (a concise correct trace over its longer original) or "correctness"
+    kind: str  # "concise" (a concise correct trace over its longer original), "correctness", or "rollout"
+    # (two Monte-Carlo completions of the same prefix, correct over incorrect: rollout_pairs)
 
 
 def _tokens_of(obj: Any, text: str, length: Callable[[str], int] | None) -> int:
@@ -531,7 +532,8 @@ def store_pairs(store: Any, model: Any, pairs: Sequence[DTOPair], annotator: str
     winner first, and the trainer and the TRL export see them.
 
     A text gets one generation per prompt (within this call), with params
-    ``{"dto": "concise" | "sample", **params, **sources[text]["params"]}``
+    ``{"dto": "concise" | "sample", **params, **sources[text]["params"]}`` (``dto_round``'s sources
+    set "rollout" for a Monte-Carlo completion, with its seed and sampling settings)
     ("concise": chosen in a concise pair) and seed ``sources[text]["seed"]``
     (e.g. a sample's ``Provenance.storage_kwargs()``). ``context`` tags the
     votes (the trainer reads every context). ``vote=False``: generations only
@@ -689,7 +691,8 @@ def dto_round(
     def length(text: str) -> int:
         return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    complete = adapter_completer(adapter, mc_params if mc_params is not None else params)
+    mc_settings = dict(mc_params if mc_params is not None else (params or {}))
+    complete = adapter_completer(adapter, mc_settings)
     rng = random.Random(f"dto-round/{seed}")
     pairs: list[DTOPair] = []
     records: list[dict[str, Any]] = []
@@ -732,7 +735,7 @@ def dto_round(
                 problem_pairs.append(q)
             for prefix, draws in rollouts.items():
                 for text, _, mc_seed in draws:
-                    sources.setdefault(text, {"params": {"dto": "rollout", "mc_seed": mc_seed,
+                    sources.setdefault(text, {"params": {**mc_settings, "dto": "rollout", "mc_seed": mc_seed,
                                                          "prefix_chars": len(prefix)}})
         pairs.extend(problem_pairs)
         if store is not None and problem_pairs:

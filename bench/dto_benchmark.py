@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     print(f"  base: {json.dumps(base)}", flush=True)
 
     result["tuned"] = {}
-    if "dto-rounds" in losses:  # from scratch in its own folder: first, while the shared folder is empty
+    if "dto-rounds" in losses:  # from scratch, in a store of its own (data_dir/rounds)
         print(f"DTO in {args.rounds} rounds (one command) ...", flush=True)
         result["tuned"]["dto-rounds"] = _dto_rounds(args, data_dir / "rounds", base)
         losses = [x for x in losses if x != "dto-rounds"]
