@@ -34,6 +34,7 @@ class TrainConfig:
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
     derivation: str = "all"  # rankings -> pairs: all or best-vs-rest
+    contexts: list[str] | None = None  # train only on judgments made in these contexts (None: all)
     seed: int = 0
     checkpoint_every: int = 50
     max_grad_norm: float = 1.0
@@ -60,6 +61,10 @@ class TrainConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.derivation not in ("all", "best-vs-rest"):
             raise ValueError(f"derivation must be all or best-vs-rest, not {self.derivation!r}")
+        if self.contexts is not None and (isinstance(self.contexts, str) or not self.contexts):
+            raise ValueError(f"contexts must be a non-empty list of context names, got {self.contexts!r}")
+        if self.contexts is not None and "compare" in self.contexts:  # storage.store.COMPARE_CONTEXT
+            raise ValueError("the blind base-vs-tuned comparisons (context 'compare') are evaluations, not training data")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.optimizer not in ("auto", "adamw", "adamw8bit"):

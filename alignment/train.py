@@ -87,7 +87,7 @@ def build_examples(store, cfg: TrainConfig, data_model: str) -> list[dict[str, A
     """Training examples from the store: {prompt, generation_ids (winner/best first), label, ranks}."""
     spec = get_loss(cfg.method)
     if spec.listwise:
-        groups = store.ranked_groups(modality=cfg.modality, model=data_model, min_size=2)
+        groups = store.ranked_groups(modality=cfg.modality, model=data_model, min_size=2, contexts=cfg.contexts)
         if not groups:
             return []
         k = Counter(len(g.generation_ids) for g in groups).most_common(1)[0][0]
@@ -99,7 +99,8 @@ def build_examples(store, cfg: TrainConfig, data_model: str) -> list[dict[str, A
             out.append({"prompt": g.prompt, "generation_ids": list(g.generation_ids), "label": 1.0,
                         "ranks": [r if r is not None else worst for r in g.ranks]})
         return out
-    pairs = store.preference_pairs(modality=cfg.modality, model=data_model, derivation=cfg.derivation)
+    pairs = store.preference_pairs(modality=cfg.modality, model=data_model, derivation=cfg.derivation,
+                                   contexts=cfg.contexts)
     return [{"prompt": p.prompt, "generation_ids": [p.winner_id, p.loser_id], "label": p.label, "ranks": None}
             for p in pairs]
 
@@ -380,7 +381,9 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         if len(examples) < cfg.batch_size:
             raise TrainingError(
                 f"too few {'rankings' if spec.listwise else 'preference pairs'} for this run: "
-                f"{len(examples)} for a batch size of {cfg.batch_size}; judge more candidates or lower batch_size"
+                f"{len(examples)} for a batch size of {cfg.batch_size}"
+                + (f" in the contexts {', '.join(cfg.contexts)}" if cfg.contexts else "")
+                + "; judge more candidates or lower batch_size"
             )
         if procs.main:
             print(f"training {cfg.method} on {len(examples)} {'rankings' if spec.listwise else 'pairs'}: "

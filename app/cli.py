@@ -188,7 +188,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dto_pairs(args: argparse.Namespace, model: str, init_adapter: str | None, round_no: int) -> int:
+def _problem_counts(value: str) -> list[int]:
+    """`--problems 64` (every round) or `--problems 64,64,256` (one count per round)."""
+    try:
+        counts = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {value!r}") from None
+    return counts
+
+
+def _dto_schedule(args: argparse.Namespace) -> list[int]:
+    """Problems per round from --problems and --rounds (a list of counts sets the rounds itself)."""
+    counts = args.problems
+    if len(counts) > 1:
+        if args.rounds is not None and args.rounds != len(counts):
+            raise ValueError(f"--problems gives {len(counts)} per-round counts but --rounds is {args.rounds}")
+        return counts
+    return counts * (1 if args.rounds is None else args.rounds)
+
+
+def _dto_pairs(args: argparse.Namespace, model: str, init_adapter: str | None, round_no: int,
+               schedule: list[int]) -> int:
     """One round of thinking-dynamics optimization: the model answers arithmetic-world problems,
     concise-but-correct versions of its traces are built, and the pairs are stored as votes."""
     from alignment.dto import dto_round, noisy_annotator_votes
@@ -197,8 +217,9 @@ def _dto_pairs(args: argparse.Namespace, model: str, init_adapter: str | None, r
     from modalities.text.adapter import TextAdapter
 
     lm = TextAdapter.load(ModelRef(model, adapter=init_adapter), device=args.device)
-    # round k answers problems k*n .. (k+1)*n-1 of one seeded stream: fresh ones every round
-    problems = arithmetic.problems(args.problems * (round_no + 1), "train", seed=args.seed_problems)[-args.problems:]
+    # round k answers the next schedule[k] problems of one seeded stream: fresh ones every round
+    start, end = sum(schedule[:round_no]), sum(schedule[:round_no + 1])
+    problems = arithmetic.problems(end, "train", seed=args.seed_problems)[start:]
     prompt_fn = (lambda p: p.prompt) if lm.has_chat_template else arithmetic.format_prompt
     with _open(args) as store:
         params = {"max_tokens": args.max_tokens} if args.max_tokens else None
@@ -220,9 +241,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.method == "dto":
         if args.modality != "text":
             raise ValueError("--method dto is for reasoning models: use --modality text")
-        for name in ("rounds", "problems", "samples", "mc_samples"):
-            if getattr(args, name) < 1:
+        for name in ("rounds", "samples", "mc_samples"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        if min(args.problems) < 1:
+            raise ValueError(f"--problems must be at least 1 per round, got {','.join(map(str, args.problems))}")
+        schedule = _dto_schedule(args)
         model = args.model
         if not model:
             from app.generation import default_model
@@ -230,8 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             model = default_model("text")
         init = args.init_adapter
         code = 0
-        for round_no in range(args.rounds):
-            if _dto_pairs(args, model, init, round_no) == 0:
+        for round_no in range(len(schedule)):
+            if _dto_pairs(args, model, init, round_no, schedule) == 0:
                 raise ValueError("thinking-dynamics optimization found no pair to learn from (no correct trace "
                                  "among the samples); use a model that solves some of the problems, or more --samples")
             sub = argparse.Namespace(**{**vars(args), "method": args.dto_loss, "model": model, "init_adapter": init,
@@ -524,12 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     dto = p.add_argument_group("thinking-dynamics optimization (--modality text --method dto)")
     dto.add_argument("--dto-loss", default="simpo", choices=["simpo", "dpo", "irepo"],
                      help="the preference loss trained on DTO's pairs (irepo: soft labels from 5 noisy AI annotators)")
-    dto.add_argument("--problems", type=int, default=64, help="arithmetic-world problems per round")
+    dto.add_argument("--problems", type=_problem_counts, default=[64], metavar="N[,N...]",
+                     help="arithmetic-world problems per round, or one count per round (64,64,256: three rounds)")
     dto.add_argument("--samples", type=int, default=4, help="answers sampled per problem")
     dto.add_argument("--mc-samples", type=int, default=4, help="completions per cut point (Monte-Carlo)")
     dto.add_argument("--max-tokens", type=int, help="longest sampled trace (default: the model's own default)")
-    dto.add_argument("--rounds", type=int, default=1, help="rounds, each on fresh problems answered by the last "
-                     "adapter, continuing from it")
+    dto.add_argument("--rounds", type=int, help="rounds, each on fresh problems answered by the last "
+                     "adapter, continuing from it (default 1, or the number of --problems counts)")
     dto.add_argument("--rollout-pairs", action="store_true",
                      help="also pair the Monte-Carlo completions of the same prefix: correct over incorrect")
     dto.add_argument("--seed-problems", type=int, default=0, help=argparse.SUPPRESS)

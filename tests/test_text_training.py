@@ -164,22 +164,29 @@ def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
     assert image.returncode == 2 and "use --modality text" in image.stderr
     zero = run_cli("train", "--modality", "text", "--method", "dto", "--rounds", "0", data_dir=d)
     assert zero.returncode == 2 and "--rounds must be at least 1, got 0" in zero.stderr
+    none = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "4,0", data_dir=d)
+    assert none.returncode == 2 and "--problems must be at least 1 per round, got 4,0" in none.stderr
+    clash = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "4,8", "--rounds", "3", data_dir=d)
+    assert clash.returncode == 2 and "gives 2 per-round counts but --rounds is 3" in clash.stderr
+    word = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "many", data_dir=d)
+    assert word.returncode == 2 and "expected a number or comma-separated numbers" in word.stderr
 
 
 def test_dto_rounds_from_the_cli(tmp_path):
-    """Two rounds on the shipped model: round 1 answers fresh problems with round 0's adapter and continues
-    from it; --rollout-pairs adds correct-over-incorrect Monte-Carlo completions."""
+    """Two rounds on the shipped model (`--problems 2,3`: one count per round): round 1 answers the stream's
+    next 3 problems with round 0's adapter and continues from it; --rollout-pairs adds correct-over-incorrect
+    Monte-Carlo completions."""
     from modalities.text import arithmetic as world
     from storage import Store
     from tests.conftest import run_cli
 
     d = tmp_path / "data"
-    proc = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "2", "--samples", "2",
-                   "--mc-samples", "2", "--steps", "1", "--batch-size", "2", "--rounds", "2", "--rollout-pairs",
+    proc = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "2,3", "--samples", "2",
+                   "--mc-samples", "2", "--steps", "1", "--batch-size", "2", "--rollout-pairs",
                    "--nll", "1", data_dir=d)
     assert proc.returncode == 0, proc.stderr
     assert "DTO round 0:" in proc.stdout and "DTO round 1:" in proc.stdout
-    stream = world.problems(4, "train", seed=0)
+    stream = world.problems(5, "train", seed=0)
     with Store.open(d) as store:
         runs = store.list_runs()
         assert [r.status for r in runs] == ["completed", "completed"]
@@ -191,6 +198,6 @@ def test_dto_rounds_from_the_cli(tmp_path):
         for g in gens:
             if g.params.get("dto") == "sample":
                 by_round.setdefault(g.params.get("adapter") is not None, set()).add(g.prompt)
-    # round 0: the first two problems of the stream, by the base model; round 1: the next two, by the adapter
+    # round 0: the first two problems of the stream, by the base model; round 1: the next three, by the adapter
     assert by_round[False] == {p.prompt for p in stream[:2]}
     assert by_round[True] == {p.prompt for p in stream[2:]}

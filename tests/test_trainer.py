@@ -322,3 +322,24 @@ def test_resume_refuses_what_would_not_be_exact_and_drops_redone_metrics(tmp_pat
     assert train(run_dir, resume=True) == 0
     assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3, 4]
     assert _metrics(run_dir)[2]["loss"] != 9.9
+
+
+def test_contexts_restrict_the_training_pairs(tmp_path, world, capsys):
+    """`contexts` trains on the judgments of those contexts only (pairwise and listwise), never on 'compare'."""
+    from alignment import train as train_mod
+
+    with Store.open(world[1]) as store:
+        for method in ("diffusion-dpo", "rankdpo"):
+            every = train_mod.build_examples(store, TrainConfig.load(_run(tmp_path, world, method, method=method)), None)
+            same = train_mod.build_examples(
+                store, TrainConfig.load(_run(tmp_path, world, method + "-c", method=method, contexts=["collect"])), None)
+            none = train_mod.build_examples(
+                store, TrainConfig.load(_run(tmp_path, world, method + "-e", method=method, contexts=["elsewhere"])),
+                None)
+            assert every and same == every and none == []
+    assert train(_run(tmp_path, world, "nowhere", contexts=["elsewhere"])) == 1
+    assert "too few preference pairs for this run: 0 for a batch size of 2 in the contexts elsewhere" in \
+        capsys.readouterr().err
+    for bad in (["compare"], [], "collect"):
+        with pytest.raises(ValueError, match="compare|contexts must be"):
+            _run(tmp_path, world, "bad", contexts=bad)
