@@ -33,6 +33,7 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None  # module names LoRA wraps (None: the adapter's per-architecture default)
     derivation: str = "all"  # rankings -> pairs: all or best-vs-rest
     contexts: list[str] | None = None  # train only on judgments made in these contexts (None: all)
     seed: int = 0
@@ -61,10 +62,13 @@ class TrainConfig:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.derivation not in ("all", "best-vs-rest"):
             raise ValueError(f"derivation must be all or best-vs-rest, not {self.derivation!r}")
+        if self.lora_targets is not None and (isinstance(self.lora_targets, str) or not self.lora_targets):
+            raise ValueError(f"lora_targets must be a non-empty list of module names, got {self.lora_targets!r}")
         if self.contexts is not None and (isinstance(self.contexts, str) or not self.contexts):
             raise ValueError(f"contexts must be a non-empty list of context names, got {self.contexts!r}")
         if self.contexts is not None and "compare" in self.contexts:  # storage.store.COMPARE_CONTEXT
-            raise ValueError("the blind base-vs-tuned comparisons (context 'compare') are evaluations, not training data")
+            raise ValueError("the blind base-vs-tuned comparisons (context 'compare') are evaluations, "
+                             "not training data")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.optimizer not in ("auto", "adamw", "adamw8bit"):

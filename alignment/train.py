@@ -151,8 +151,16 @@ def add_lora(module: torch.nn.Module, cfg: TrainConfig, targets: list[str], *,
     from peft import LoraConfig
 
     module.requires_grad_(False)
-    module.add_adapter(config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=targets, init_lora_weights=True), adapter_name="default")
+    try:
+        module.add_adapter(config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                init_lora_weights=True), adapter_name="default")
+    except ValueError as e:  # peft: target modules not found (its NoMatchingPeftModuleError is a ValueError)
+        if "not found in the base model" not in str(e):
+            raise
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise TrainingError(f"LoRA targets {', '.join(targets)}: {str(e).split('.')[0]}; this model's linear "
+                            f"layers are named {', '.join(leaves)}") from None
     if hasattr(module, "set_adapter"):
         module.set_adapter("default")
     params = [p for n, p in module.named_parameters() if "lora_" in n and ".default." in n + "."]
@@ -185,6 +193,9 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
     ref_config = module.peft_config["reference"]
     if (cfg.lora_rank, cfg.lora_alpha) != (ref_config.r, ref_config.lora_alpha):
         print(f"continuing from {path}: using its LoRA rank {ref_config.r} and alpha {ref_config.lora_alpha}",
+              file=sys.stderr)
+    if cfg.lora_targets and set(cfg.lora_targets) != set(ref_config.target_modules or ()):
+        print(f"continuing from {path}: using its LoRA targets {', '.join(sorted(ref_config.target_modules))}",
               file=sys.stderr)
     import copy
 
@@ -360,7 +371,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             params = continue_from(adapter, module, cfg)
             reference_model = reference_active
         else:
-            params = add_lora(module, cfg, adapter.lora_target_modules())
+            params = add_lora(module, cfg, cfg.lora_targets or adapter.lora_target_modules())
             reference_model = adapter_disabled
         dev = torch.device(adapter.device)
         precision = resolve_precision(cfg.mixed_precision, dev)

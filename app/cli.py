@@ -272,6 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
     if args.nll is not None:
         overrides["loss_kwargs"] = {**overrides.get("loss_kwargs", {}), "nll": args.nll}
+    if args.lora_targets:
+        overrides["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
     for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device",
                 "init_adapter", "mixed_precision", "optimizer", "cache_reference"):
         value = getattr(args, key)
@@ -532,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--lora-rank", type=int)
+    p.add_argument("--lora-targets", metavar="NAMES", help="comma-separated module names LoRA wraps (default: "
+                   "the architecture's attention projections, e.g. q_proj,k_proj,v_proj,o_proj; add "
+                   "gate_proj,up_proj,down_proj for the MLP)")
     p.add_argument("--seed", type=int)
     p.add_argument("--nll", type=float, metavar="ALPHA", help="language models: add ALPHA x the chosen answer's "
                    "negative log-likelihood to the loss (RPO; per token with simpo)")

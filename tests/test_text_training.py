@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,25 @@ def test_text_continues_from_an_adapter(tmp_path, world):
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_lora_targets_choose_the_wrapped_modules(tmp_path, world, capsys):
+    """lora_targets: the MLP as well as attention; a continued run keeps its reference's targets; a name the
+    model lacks is a clear error."""
+    run_dir = _run(tmp_path, world, "mlp", lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"])
+    assert train(run_dir) == 0
+    keys = load_file(run_dir / "adapter" / "adapter_model.safetensors").keys()
+    assert any(".mlp.gate_proj.lora_A" in k for k in keys) and any(".self_attn.q_proj.lora_B" in k for k in keys)
+    more = _run(tmp_path, world, "more", init_adapter=str(run_dir / "adapter"), lora_targets=["q_proj"])
+    assert train(more) == 0
+    assert "using its LoRA targets down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in \
+        capsys.readouterr().err
+    assert load_file(more / "adapter" / "adapter_model.safetensors").keys() == keys
+    assert train(_run(tmp_path, world, "typo", lora_targets=["q_prj"])) == 1
+    assert "LoRA targets q_prj: Target modules {'q_prj'} not found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="lora_targets must be a non-empty list"):
+        _run(tmp_path, world, "str", lora_targets="q_proj")
+
+
 def test_text_from_the_cli(tmp_path):
     from tests.conftest import run_cli
 
@@ -98,8 +118,12 @@ def test_text_from_the_cli(tmp_path):
     assert (d / rows[0]["path"].split(str(d) + "/")[-1]).read_bytes()  # the answer text is stored
     run_cli("vote", "--ranking", str(rows[0]["id"]), str(rows[1]["id"]), str(rows[2]["id"]), data_dir=d, check=True)
     proc = run_cli("train", "--modality", "text", "--model", str(model), "--method", "simpo", "--steps", "2",
-                   "--batch-size", "2", data_dir=d)
+                   "--batch-size", "2", "--lora-targets", "q_proj,v_proj,down_proj", data_dir=d)
     assert proc.returncode == 0, proc.stderr
+    with Store.open(d) as store:
+        adapter_dir = Path(store.list_runs()[-1].run_dir) / "adapter"
+    assert sorted(json.loads((adapter_dir / "adapter_config.json").read_text())["target_modules"]) == \
+        ["down_proj", "q_proj", "v_proj"]
     # the judged answers export as TRL preference rows (prompt, chosen, rejected)
     out = tmp_path / "pairs.jsonl"
     run_cli("export", "dataset", str(out), "--format", "trl-jsonl", data_dir=d, check=True)
