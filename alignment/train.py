@@ -146,21 +146,31 @@ def reference_active(module: torch.nn.Module):
         module.set_adapter("default")
 
 
+def _linear_leaves(module: torch.nn.Module) -> list[str]:
+    """The last name part of every linear layer (nn.Linear, transformers' Conv1D)."""
+    types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        types += (Conv1D,)
+    except ImportError:  # pragma: no cover
+        pass
+    return sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if n and isinstance(m, types)})
+
+
 def add_lora(module: torch.nn.Module, cfg: TrainConfig, targets: list[str], *,
              config: Any = None) -> list[torch.nn.Parameter]:
     from peft import LoraConfig
 
     module.requires_grad_(False)
-    try:
-        module.add_adapter(config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                                                lora_dropout=cfg.lora_dropout, target_modules=targets,
-                                                init_lora_weights=True), adapter_name="default")
-    except ValueError as e:  # peft: target modules not found (its NoMatchingPeftModuleError is a ValueError)
-        if "not found in the base model" not in str(e):
-            raise
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise TrainingError(f"LoRA targets {', '.join(targets)}: {str(e).split('.')[0]}; this model's linear "
-                            f"layers are named {', '.join(leaves)}") from None
+    if config is None:  # every named target must exist (peft only refuses a list of which none matches)
+        names = [n for n, _ in module.named_modules() if n]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise TrainingError(f"LoRA targets {', '.join(missing)} not found in the model; its linear layers are "
+                                f"named {', '.join(_linear_leaves(module))}")
+    module.add_adapter(config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=targets, init_lora_weights=True), adapter_name="default")
     if hasattr(module, "set_adapter"):
         module.set_adapter("default")
     params = [p for n, p in module.named_parameters() if "lora_" in n and ".default." in n + "."]
@@ -194,9 +204,11 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
     if (cfg.lora_rank, cfg.lora_alpha) != (ref_config.r, ref_config.lora_alpha):
         print(f"continuing from {path}: using its LoRA rank {ref_config.r} and alpha {ref_config.lora_alpha}",
               file=sys.stderr)
-    if cfg.lora_targets and set(cfg.lora_targets) != set(ref_config.target_modules or ()):
-        print(f"continuing from {path}: using its LoRA targets {', '.join(sorted(ref_config.target_modules))}",
-              file=sys.stderr)
+    ref_targets = ref_config.target_modules
+    ref_targets = sorted(ref_targets) if isinstance(ref_targets, (list, set, tuple)) else ref_targets
+    if cfg.lora_targets and sorted(cfg.lora_targets) != ref_targets:
+        shown = ", ".join(ref_targets) if isinstance(ref_targets, list) else repr(ref_targets)
+        print(f"continuing from {path}: using its LoRA targets {shown}", file=sys.stderr)
     import copy
 
     # the same LoraConfig (rank and alpha patterns, rslora, DoRA, ...), trainable, with this run's dropout

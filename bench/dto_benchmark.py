@@ -1,7 +1,8 @@
 """Thinking-dynamics optimization on the built-in reasoning model: before and after.
 
     .venv/bin/python bench/dto_benchmark.py [--model arith-reasoner] [--problems 64] [--eval-problems 500]
-        [--losses simpo,dpo,simpo-nll,irepo,dto-rounds] [--round-problems 64,64] [--json bench/results/dto_benchmark.json]
+        [--losses simpo,dpo,simpo-nll,irepo,dto-rounds] [--round-problems 64,64]
+        [--round-lora-targets q_proj,...,down_proj] [--json bench/results/dto_benchmark.json]
 
 1. The base model answers ``--eval-problems`` held-out arithmetic-world
    problems at its default sampling settings (one answer each, seed = index):
@@ -17,7 +18,7 @@
 4. Each adapter answers the same held-out problems with the same seeds.
 5. "dto-rounds": ``python -m app train --modality text --method dto --problems N0,N1,...`` (SimPO +
    NLL; one round per count), one command in a folder of its own: round 0 builds the same pairs as
-   step 2 (with N0 = --problems), each later round builds pairs from the next Nk problems of the same
+   step 2 when N0 equals --problems, each later round builds pairs from the next Nk problems of the same
    stream answered by the last round's adapter and continues training it (the trainer sees every
    round's votes); every round's adapter answers the held-out problems.
 
@@ -53,8 +54,8 @@ from eval_text_default import evaluate_model  # noqa: E402
 TRAIN_DEFAULTS = {"simpo": {"lr": 1e-4, "beta": 2.0}, "dpo": {"lr": 3e-4, "beta": 0.5},
                   "irepo": {"lr": 3e-4, "beta": 0.5},
                   "simpo-nll": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0},
-                  "dto-rounds": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0,
-                                 "lora_targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"}}
+                  "dto-rounds": {"method": "simpo", "lr": 3e-4, "beta": 2.0, "nll": 10.0}}
+ROUND_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 ROUND_PROBLEMS = "64,64"
 
 
@@ -94,7 +95,7 @@ def _dto_rounds(args: argparse.Namespace, data_dir: Path, base: dict) -> dict:
            "--samples", str(args.samples), "--mc-samples", str(args.mc_samples), "--model", args.model,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr or hp["lr"]),
            "--beta", str(hp["beta"]), "--nll", str(hp["nll"]), "--lora-rank", str(args.lora_rank), "--seed", "0",
-           "--lora-targets", hp["lora_targets"]]
+           "--lora-targets", args.round_lora_targets]
     print("  " + " ".join(cmd[1:]), flush=True)
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -131,6 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--round-problems", default=ROUND_PROBLEMS,
                     help="train problems per round of the dto-rounds row, comma-separated (one round each)")
+    ap.add_argument("--round-lora-targets", default=ROUND_LORA_TARGETS,
+                    help="modules LoRA wraps in the dto-rounds row (the one-round rows use the model's default: "
+                    "attention); q_proj,k_proj,v_proj,o_proj gives the earlier attention-only recipe")
     ap.add_argument("--data-dir", help="keep the pairs and runs here (default: a temporary folder)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)

@@ -100,8 +100,9 @@ def test_lora_targets_choose_the_wrapped_modules(tmp_path, world, capsys):
     assert "using its LoRA targets down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in \
         capsys.readouterr().err
     assert load_file(more / "adapter" / "adapter_model.safetensors").keys() == keys
-    assert train(_run(tmp_path, world, "typo", lora_targets=["q_prj"])) == 1
-    assert "LoRA targets q_prj: Target modules {'q_prj'} not found" in capsys.readouterr().err
+    assert train(_run(tmp_path, world, "typo", lora_targets=["q_proj", "up_prj"])) == 1  # one typo among good names
+    assert "LoRA targets up_prj not found in the model; its linear layers are named down_proj, gate_proj" in \
+        capsys.readouterr().err
     with pytest.raises(ValueError, match="lora_targets must be a non-empty list"):
         _run(tmp_path, world, "str", lora_targets="q_proj")
 
@@ -194,6 +195,21 @@ def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
     assert clash.returncode == 2 and "gives 2 per-round counts but --rounds is 3" in clash.stderr
     word = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "many", data_dir=d)
     assert word.returncode == 2 and "expected a number or comma-separated numbers" in word.stderr
+
+
+def test_dto_round_schedule():
+    """--problems N repeats N for --rounds rounds (default 1); a list gives one count per round."""
+    import argparse
+
+    from app.cli import _dto_schedule, _problem_counts
+
+    def schedule(problems, rounds=None):
+        return _dto_schedule(argparse.Namespace(problems=_problem_counts(problems), rounds=rounds))
+
+    assert schedule("64") == [64] and schedule("64", 3) == [64, 64, 64]
+    assert schedule("64,64,256") == [64, 64, 256] and schedule("8,4", 2) == [8, 4]
+    with pytest.raises(ValueError, match="gives 2 per-round counts but --rounds is 3"):
+        schedule("8,4", 3)
 
 
 def test_dto_rounds_from_the_cli(tmp_path):

@@ -326,19 +326,33 @@ def test_resume_refuses_what_would_not_be_exact_and_drops_redone_metrics(tmp_pat
 
 def test_contexts_restrict_the_training_pairs(tmp_path, world, capsys):
     """`contexts` trains on the judgments of those contexts only (pairwise and listwise), never on 'compare'."""
+    import shutil
+
     from alignment import train as train_mod
 
-    with Store.open(world[1]) as store:
-        for method in ("diffusion-dpo", "rankdpo"):
-            every = train_mod.build_examples(store, TrainConfig.load(_run(tmp_path, world, method, method=method)), None)
-            same = train_mod.build_examples(
-                store, TrainConfig.load(_run(tmp_path, world, method + "-c", method=method, contexts=["collect"])), None)
-            none = train_mod.build_examples(
-                store, TrainConfig.load(_run(tmp_path, world, method + "-e", method=method, contexts=["elsewhere"])),
-                None)
-            assert every and same == every and none == []
-    assert train(_run(tmp_path, world, "nowhere", contexts=["elsewhere"])) == 1
-    assert "too few preference pairs for this run: 0 for a batch size of 2 in the contexts elsewhere" in \
+    def examples(w, name, **kw):
+        with Store.open(w[1]) as store:
+            return train_mod.build_examples(store, TrainConfig.load(_run(tmp_path, w, name, **kw)), None)
+
+    data = tmp_path / "data"
+    shutil.copytree(world[1], data)
+    with Store.open(data) as store:  # the copy gets one more pairwise vote, made in another context
+        gens = store.list_generations(modality="image")
+        a, b = gens[0].id, gens[1].id
+        store.vote(a, b, "a", context="elsewhere")
+    copy = (world[0], data)
+    for method in ("diffusion-dpo", "rankdpo"):
+        before = examples(world, method, method=method)
+        every = examples(copy, method + "-all", method=method)
+        same = examples(copy, method + "-c", method=method, contexts=["collect"])
+        none = examples(copy, method + "-e", method=method, contexts=["elsewhere"])
+        assert before and same == before  # the other context's vote is left out
+        if method == "rankdpo":  # rankings only: all of them made in "collect"
+            assert every == before and none == []
+        else:
+            assert every != before and [e["generation_ids"] for e in none] == [[a, b]]
+    assert train(_run(tmp_path, world, "nowhere", contexts=["nowhere"])) == 1
+    assert "too few preference pairs for this run: 0 for a batch size of 2 in the contexts nowhere" in \
         capsys.readouterr().err
     for bad in (["compare"], [], "collect"):
         with pytest.raises(ValueError, match="compare|contexts must be"):
