@@ -66,6 +66,8 @@ from typing import Any
 
 import torch
 
+from modalities import lora
+
 from .config import TrainConfig
 from .losses import get_loss
 
@@ -126,24 +128,14 @@ def noise_seed(cfg: TrainConfig, n: int, base: int) -> int:
 # ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def adapter_disabled(module: torch.nn.Module):
     """The reference model: the same module with its LoRA adapter switched off."""
-    module.disable_adapters()
-    try:
-        yield module
-    finally:
-        module.enable_adapters()
+    return lora.disabled(module)
 
 
-@contextlib.contextmanager
 def reference_active(module: torch.nn.Module):
     """The reference of a run continued from an earlier adapter: that adapter, frozen."""
-    module.set_adapter("reference")
-    try:
-        yield module
-    finally:
-        module.set_adapter("default")
+    return lora.active(module, "reference", restore="default")
 
 
 def _linear_leaves(module: torch.nn.Module) -> list[str]:
@@ -169,10 +161,8 @@ def add_lora(module: torch.nn.Module, cfg: TrainConfig, targets: list[str], *,
         if missing:
             raise TrainingError(f"LoRA targets {', '.join(missing)} not found in the model; its linear layers are "
                                 f"named {', '.join(_linear_leaves(module))}")
-    module.add_adapter(config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=targets, init_lora_weights=True), adapter_name="default")
-    if hasattr(module, "set_adapter"):
-        module.set_adapter("default")
+    lora.add(module, config or LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                          target_modules=targets, init_lora_weights=True), "default")
     params = [p for n, p in module.named_parameters() if "lora_" in n and ".default." in n + "."]
     for p in params:
         p.requires_grad_(True)
@@ -185,8 +175,6 @@ def add_lora(module: torch.nn.Module, cfg: TrainConfig, targets: list[str], *,
 def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """Load ``cfg.init_adapter`` as the frozen ``reference`` LoRA and start the trained one
     as an exact copy of it (same rank, alpha and targets)."""
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-
     from modalities.image.adapter import ModelLoadError, check_adapter_base
 
     path = Path(cfg.init_adapter).expanduser()
@@ -197,10 +185,10 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
         raise TrainingError(str(e)) from None
     except Exception as e:
         raise TrainingError(f"cannot continue from adapter {str(path)!r}: {type(e).__name__}: {e}") from None
-    if "reference" not in getattr(module, "peft_config", {}):
+    if not lora.has(module, "reference"):
         raise TrainingError(f"adapter {str(path)!r} holds no LoRA weights for this model's "
                             f"{type(module).__name__}; nothing to continue from")
-    ref_config = module.peft_config["reference"]
+    ref_config = lora.config_of(module, "reference")
     if (cfg.lora_rank, cfg.lora_alpha) != (ref_config.r, ref_config.lora_alpha):
         print(f"continuing from {path}: using its LoRA rank {ref_config.r} and alpha {ref_config.lora_alpha}",
               file=sys.stderr)
@@ -216,22 +204,19 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
     config.inference_mode = False
     config.lora_dropout = cfg.lora_dropout
     params = add_lora(module, cfg, [], config=config)
-    set_peft_model_state_dict(module, get_peft_model_state_dict(module, adapter_name="reference"),
-                              adapter_name="default")
+    lora.load_state_dict(module, lora.state_dict(module, "reference"), "default")
     return params
 
 
 def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module).items()}
+    return lora.state_dict(module, "default")
 
 
 def save_adapter(adapter, module: torch.nn.Module, out: Path, info: dict[str, Any] | None = None) -> Path:
     """The adapter in its modality's format (images: diffusers' LoRA file, which
     ``pipeline.load_lora_weights`` loads; language models: a PEFT folder), with
     ``palate.json`` saying which base model it belongs to (loaders refuse another one)."""
-    config = module.peft_config["default"].to_dict()
+    config = lora.config_of(module, "default").to_dict()
     adapter.save_lora(module, out, lora_state(module), config)
     meta = {"base_model": adapter.model_name, "base_revision": adapter.revision, **(info or {})}
     (out / ADAPTER_INFO).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
@@ -434,9 +419,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                     f"cannot resume exactly: {', '.join(changed)} since the checkpoint (another machine, a "
                     "missing bitsandbytes, or new judgments); start a new run, or set the same optimizer and "
                     "mixed_precision explicitly")
-            from peft.utils import set_peft_model_state_dict
-
-            set_peft_model_state_dict(module, state["lora"], adapter_name="default")
+            lora.load_state_dict(module, state["lora"], "default")
             optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])

@@ -258,18 +258,14 @@ class ModalityAdapter(abc.ABC):
         """Write the trained LoRA (``state``: peft's state dict, ``config``: its LoraConfig
         as a dict) into the folder ``out`` in the format ``ModelRef.adapter`` loads back.
         Default: a PEFT folder (``adapter_model.safetensors`` + ``adapter_config.json``)."""
-        import json
+        from . import lora
 
-        from safetensors.torch import save_file
-
-        out.mkdir(parents=True, exist_ok=True)
-        prefixed = {k if k.startswith("base_model.model.") else f"base_model.model.{k}": v.contiguous()
-                    for k, v in state.items()}
-        save_file(prefixed, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-        clean = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-        (out / "adapter_config.json").write_text(json.dumps(clean, indent=2, sort_keys=True, default=str) + "\n")
+        lora.save_folder(out, state, config)
 
     def load_lora(self, module: "nn.Module", path: "Path", adapter_name: str) -> None:
-        """Load a saved LoRA into ``module`` as the extra adapter ``adapter_name`` (inactive
-        weights; the trainer switches between adapters with ``set_adapter``)."""
-        module.load_adapter(str(path), adapter_name=adapter_name)
+        """Load a saved LoRA into ``module`` as the extra, frozen adapter ``adapter_name``
+        (the active adapter stays active; the trainer switches with ``modalities.lora``).
+        Default: a PEFT folder, through peft's functional API."""
+        from . import lora
+
+        lora.load_folder(module, path, adapter_name)

@@ -317,21 +317,19 @@ def test_score_equals_hand_computed_log_probs(plain):
 def test_contract_and_reference_equals_policy_at_a_fresh_lora(chat_dir):
     from peft import LoraConfig
 
+    from modalities import lora
+
     adapter = TextAdapter.load(ModelRef(str(chat_dir)))  # its own copy: LoRA is added in place
     batch = adapter.encode(_groups())
     module = adapter.trainable_module()
     module.requires_grad_(False)
-    module.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=adapter.lora_target_modules(),
-                                  init_lora_weights=True))
+    lora.add(module, LoraConfig(r=4, lora_alpha=8, target_modules=adapter.lora_target_modules(),
+                                init_lora_weights=True), "default")
     for n, p in module.named_parameters():
         p.requires_grad_("lora_" in n)
     policy = check_adapter(adapter, batch)
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        module.disable_adapters()
-        try:
-            reference = adapter.score(module, batch, gen)
-        finally:
-            module.enable_adapters()
+    with torch.no_grad(), lora.disabled(module):
+        reference = adapter.score(module, batch, gen)
     assert torch.allclose(policy, reference, atol=1e-6)
     assert any("lora_" in n for n, _ in module.named_parameters())
