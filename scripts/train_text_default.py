@@ -83,8 +83,15 @@ def build_model(args: argparse.Namespace, tokenizer):
     return LlamaForCausalLM(cfg)
 
 
-# The model's prompt format, shipped as its chat template: a user types only the question.
-CHAT_TEMPLATE = "{{ bos_token }}Q: {{ messages[-1]['content'] }}\nA:"
+# The model's prompt format, shipped as its chat template: a user types only the question. Roles
+# are honoured (an assistant turn is its text, a system message a line of its own), so tools that
+# render prompt + answer through the template, as TRL does, get "Q: ...\nA:" + the answer.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}Q: {{ m['content'] }}\nA:"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{% if not loop.last %}\n{% endif %}"
+    "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
+)
 
 
 def prompt_text(tokenizer, question: str) -> str:

@@ -1,27 +1,22 @@
 """Export and import of preference data in the schemas people already share.
 
-Media pairs: Pick-a-Pic-v2-style Parquet. One row per vote: ``caption``, the
-two candidates' encoded bytes (``jpg_0``/``jpg_1`` for images, as in
-Pick-a-Pic; ``media_0``/``media_1`` for audio and video), ``label_0``/``label_1``
-(1/0 or 0/1 for a choice, 0.5/0.5 for a tie, 0/0 for "both bad", the soft
-label p/1-p when the vote had a strength), ``best_image_uid``, the models and
-seeds, plus Palate's provenance columns (``params_*``, ``mime_*``,
-``image_*_uid`` = sha256, ``annotator``, ``created_at``, ``choice``). Image
-bytes are the stored files as they are (PNG for Palate's images): PIL opens
-them whatever the column is called.
+Media pairs: Pick-a-Pic v2 Parquet (:mod:`storage.pickapic`): v2's own columns and types, so the
+DiffusionDPO and diffusers loaders read the rows right and ``datasets.concatenate_datasets`` joins
+a file with a real v2 shard, plus Palate's provenance columns. Votes v2 cannot express ("both
+bad", soft labels) are left out and counted in the report.
 
-Text pairs: TRL-style ``prompt``/``chosen``/``rejected`` (JSONL or Parquet),
-plus ``label`` (the chosen side's share), model, seeds and provenance columns.
-Ties and "both bad" have no place in that format and are left out (counted in
-the report).
+Text pairs: TRL preference rows (:mod:`storage.trl`), JSONL or Parquet, in the conversational
+shape (TRL renders the prompt with the model's chat template, as Palate did when the answers were
+sampled) or with the template already applied; plus ``label`` (the chosen side's share), model,
+seeds and provenance columns. Ties and "both bad" have no place in that format and are left out
+(counted in the report). Import reads every shape TRL documents.
 
-Rankings export as the pairwise votes they imply (all pairs; equal ranks as
-ties), so a file holds only pairwise rows and export -> import -> export gives
-identical rows.
+Rankings export as the pairwise votes they imply (all pairs; equal ranks as ties), so a file holds
+only pairwise rows and export -> import -> export gives identical rows.
 
-Import reads data, never code: Parquet through pyarrow, JSONL through json; no
-dataset scripts, no pickles. A file already imported (same sha256) is refused
-unless ``force``; rows identical to stored votes are skipped.
+Import reads data, never code: Parquet through pyarrow, JSONL through json; no dataset scripts, no
+pickles. A file already imported (same sha256) is refused unless ``force``; rows identical to
+stored votes are skipped.
 """
 from __future__ import annotations
 
@@ -34,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
-from . import derive
+from . import derive, pickapic, trl
 from .errors import AlreadyImportedError, ImportFormatError
 from .media import sha256_file, sniff_mime
 from .schema import MODALITIES
@@ -47,6 +42,8 @@ _BATCH_ROWS = 256
 _WRITE_BATCH = 200  # rows per write transaction during import
 
 _CHOICE_LABELS = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5), "both_bad": (0.0, 0.0)}
+PromptRenderer = trl.PromptRenderer
+PROMPT_STYLES = trl.PROMPT_STYLES
 
 
 @dataclass
@@ -59,66 +56,11 @@ class ExchangeReport:
     judgments: int = 0
     generations_created: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    #: how TRL prompts were written ("conversational" or "templated"); None for other formats
+    prompt_style: str | None = None
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
-
-
-# ---------------------------------------------------------------------------
-# schemas
-# ---------------------------------------------------------------------------
-
-
-def _pickapic_schema(media_prefix: str):
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("caption", pa.string()),
-            (f"{media_prefix}_0", pa.binary()),
-            (f"{media_prefix}_1", pa.binary()),
-            ("label_0", pa.float64()),
-            ("label_1", pa.float64()),
-            ("best_image_uid", pa.string()),
-            ("image_0_uid", pa.string()),
-            ("image_1_uid", pa.string()),
-            ("model_0", pa.string()),
-            ("model_1", pa.string()),
-            ("seed_0", pa.int64()),
-            ("seed_1", pa.int64()),
-            ("params_0", pa.string()),
-            ("params_1", pa.string()),
-            ("mime_0", pa.string()),
-            ("mime_1", pa.string()),
-            ("modality", pa.string()),
-            ("choice", pa.string()),
-            ("annotator", pa.string()),
-            ("annotator_kind", pa.string()),
-            ("created_at", pa.string()),
-        ]
-    )
-
-
-def _trl_schema():
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("prompt", pa.string()),
-            ("chosen", pa.string()),
-            ("rejected", pa.string()),
-            ("label", pa.float64()),
-            ("model_chosen", pa.string()),
-            ("model_rejected", pa.string()),
-            ("seed_chosen", pa.int64()),
-            ("seed_rejected", pa.int64()),
-            ("params_chosen", pa.string()),
-            ("params_rejected", pa.string()),
-            ("annotator", pa.string()),
-            ("annotator_kind", pa.string()),
-            ("created_at", pa.string()),
-        ]
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -135,6 +77,7 @@ class _ExportVote:
     annotator: str
     annotator_kind: str
     created_at: str
+    judgment_id: int = 0
 
 
 def _export_votes(store: Store, modality: str, model: str | None) -> Iterator[_ExportVote]:
@@ -146,7 +89,7 @@ def _export_votes(store: Store, modality: str, model: str | None) -> Iterator[_E
         if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
             yield _ExportVote(
                 r["generation_a"], r["generation_b"], r["choice"], r["strength"], r["annotator"],
-                r["annotator_kind"], r["created_at"],
+                r["annotator_kind"], r["created_at"], r["judgment_id"],
             )
     meta = {
         r["id"]: r
@@ -160,13 +103,12 @@ def _export_votes(store: Store, modality: str, model: str | None) -> Iterator[_E
         m = meta[jid]
         for v in derive.ranking_to_votes(ranks, "all", jid):
             choice = "a" if v.p == 1.0 else "tie"
-            yield _ExportVote(v.x, v.y, choice, None, m["name"], m["kind"], m["created_at"])
+            yield _ExportVote(v.x, v.y, choice, None, m["name"], m["kind"], m["created_at"], jid)
 
 
-def _label_pair(choice: str, strength: float | None) -> tuple[float, float]:
-    if strength is not None:
-        return float(strength), 1.0 - float(strength)
-    return _CHOICE_LABELS[choice]
+def default_modality(fmt: str) -> str:
+    """The modality an export of ``fmt`` holds when none is named."""
+    return "text" if fmt.startswith("trl") else "image"
 
 
 def export_dataset(
@@ -176,15 +118,24 @@ def export_dataset(
     fmt: ExportFormat = "pickapic",
     modality: str | None = None,
     model: str | None = None,
+    prompt_style: str = "auto",
+    renderer: PromptRenderer | None = None,
 ) -> ExchangeReport:
-    """Write the votes of ``modality`` (and ``model``) to ``out``."""
+    """Write the votes of ``modality`` (and ``model``) to ``out``.
+
+    TRL formats: ``prompt_style`` ``conversational`` (messages; TRL applies the chat template),
+    ``templated`` (the prompt rendered by ``renderer``, the models' own chat templates) or ``auto``
+    (conversational when every answering model has a chat template, else templated; conversational
+    without a ``renderer`` to ask)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {prompt_style!r}; use one of {', '.join(PROMPT_STYLES)}")
     is_trl = fmt.startswith("trl")
-    modality = modality or ("text" if is_trl else "image")
+    modality = modality or default_modality(fmt)
     if is_trl and modality != "text":
         raise ValueError(f"{fmt} holds text pairs; for {modality} use --format pickapic")
     if not is_trl and modality == "text":
@@ -198,69 +149,10 @@ def export_dataset(
     def media(gid: int) -> bytes:
         return store.media_bytes(gens[gid])
 
-    rows: list[dict[str, Any]] = []
-    if not is_trl:
-        prefix = "jpg" if modality == "image" else "media"
-        for v in votes:
-            ga, gb = gens[v.a], gens[v.b]
-            l0, l1 = _label_pair(v.choice, v.strength)
-            best = ga.media_sha256 if l0 > l1 else gb.media_sha256 if l1 > l0 else ""
-            rows.append(
-                {
-                    "caption": ga.prompt,
-                    f"{prefix}_0": media(v.a),
-                    f"{prefix}_1": media(v.b),
-                    "label_0": l0,
-                    "label_1": l1,
-                    "best_image_uid": best,
-                    "image_0_uid": ga.media_sha256,
-                    "image_1_uid": gb.media_sha256,
-                    "model_0": ga.model,
-                    "model_1": gb.model,
-                    "seed_0": ga.seed,
-                    "seed_1": gb.seed,
-                    "params_0": json.dumps(ga.params, sort_keys=True),
-                    "params_1": json.dumps(gb.params, sort_keys=True),
-                    "mime_0": ga.mime,
-                    "mime_1": gb.mime,
-                    "modality": modality,
-                    "choice": v.choice.replace("_", "-"),
-                    "annotator": v.annotator,
-                    "annotator_kind": v.annotator_kind,
-                    "created_at": v.created_at,
-                }
-            )
-        rows.sort(key=lambda r: (r["created_at"], r["caption"], r["image_0_uid"], r["image_1_uid"], r["label_0"],
-                                 r["annotator"]))
-        schema = _pickapic_schema(prefix)
+    if is_trl:
+        rows, schema = _trl_rows(votes, gens, media, report, prompt_style, renderer)
     else:
-        for v in votes:
-            if v.choice in ("tie", "both_bad"):
-                report.skip("tie" if v.choice == "tie" else "both-bad")
-                continue
-            a_wins = v.choice == "a"
-            w, l = (v.a, v.b) if a_wins else (v.b, v.a)
-            gw, gl = gens[w], gens[l]
-            label = 1.0 if v.strength is None else (v.strength if a_wins else 1.0 - v.strength)
-            rows.append(
-                {
-                    "prompt": gw.prompt,
-                    "chosen": media(w).decode("utf-8"),
-                    "rejected": media(l).decode("utf-8"),
-                    "label": label,
-                    "model_chosen": gw.model,
-                    "model_rejected": gl.model,
-                    "seed_chosen": gw.seed,
-                    "seed_rejected": gl.seed,
-                    "params_chosen": json.dumps(gw.params, sort_keys=True),
-                    "params_rejected": json.dumps(gl.params, sort_keys=True),
-                    "annotator": v.annotator,
-                    "annotator_kind": v.annotator_kind,
-                    "created_at": v.created_at,
-                }
-            )
-        rows.sort(key=lambda r: (r["created_at"], r["prompt"], r["chosen"], r["rejected"], r["annotator"]))
-        schema = _trl_schema()
+        rows, schema = _pickapic_rows(votes, gens, media, report, modality)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
@@ -279,6 +171,70 @@ def export_dataset(
     report.rows = len(rows)
     report.judgments = len(rows)
     return report
+
+
+def _pickapic_rows(votes, gens, media, report: ExchangeReport, modality: str):
+    prefix = "jpg" if modality == "image" else "media"
+    rows: list[dict[str, Any]] = []
+    for v in votes:
+        choice = pickapic.hard_choice(v.choice, v.strength)
+        if choice is None:
+            report.skip(pickapic.left_out_reason(v.choice))
+            continue
+        ga, gb = gens[v.a], gens[v.b]
+        rows.append(pickapic.row(
+            prefix=prefix, caption=ga.prompt, media_0=media(v.a), media_1=media(v.b), gen_0=ga, gen_1=gb,
+            choice=choice, annotator=v.annotator, annotator_kind=v.annotator_kind, created_at=v.created_at,
+            modality=modality,
+        ))
+    rows.sort(key=lambda r: (r["created_at"], r["caption"], r["image_0_uid"], r["image_1_uid"], r["label_0"],
+                             r["annotator"]))
+    return pickapic.finish(rows), pickapic.schema(prefix)
+
+
+def _trl_rows(votes, gens, media, report: ExchangeReport, prompt_style: str, renderer: PromptRenderer | None):
+    kept = []
+    for v in votes:
+        if v.choice in ("tie", "both_bad"):
+            report.skip("tie" if v.choice == "tie" else "both-bad")
+            continue
+        kept.append(v)
+    style = prompt_style
+    if style == "auto":
+        models = {gens[i].model for v in kept for i in (v.a, v.b)}
+        templated = renderer is not None and not all(renderer.has_chat_template(m) for m in models)
+        style = "templated" if templated else "conversational"
+    report.prompt_style = style
+    render = renderer.render if renderer is not None else None
+    rows: list[dict[str, Any]] = []
+    for v in kept:
+        a_wins = v.choice == "a"
+        w, l = (v.a, v.b) if a_wins else (v.b, v.a)
+        gw, gl = gens[w], gens[l]
+        label = 1.0 if v.strength is None else (v.strength if a_wins else 1.0 - v.strength)
+        try:
+            fields = trl.text_fields(style, gw.prompt, media(w).decode("utf-8"), media(l).decode("utf-8"),
+                                     gw.model, render)
+        except ValueError as e:
+            raise ValueError(f"judgment {v.judgment_id} (prompt {gw.prompt[:60]!r}, model {gw.model}): {e}") from None
+        rows.append(
+            {
+                **fields,
+                "label": label,
+                "model_chosen": gw.model,
+                "model_rejected": gl.model,
+                "seed_chosen": gw.seed,
+                "seed_rejected": gl.seed,
+                "params_chosen": json.dumps(gw.params, sort_keys=True),
+                "params_rejected": json.dumps(gl.params, sort_keys=True),
+                "annotator": v.annotator,
+                "annotator_kind": v.annotator_kind,
+                "created_at": v.created_at,
+            }
+        )
+    rows.sort(key=lambda r: (r["created_at"], json.dumps(r["prompt"]), json.dumps(r["chosen"]),
+                             json.dumps(r["rejected"]), r["annotator"]))
+    return rows, trl.schema(style)
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +355,7 @@ def import_dataset(
             rows_factory = lambda: _iter_jsonl_rows(path)  # noqa: E731
         else:
             names = _parquet_file(path).schema_arrow.names
-            _require_columns(path, names, [["prompt"], ["chosen"], ["rejected"]], "TRL")
+            _require_columns(path, names, [["chosen"], ["rejected"]], "TRL")
             rows_factory = lambda: _iter_parquet_rows(path)  # noqa: E731
         convert = _trl_row
 
@@ -545,36 +501,12 @@ def _pickapic_row(row: dict[str, Any], fmt: str) -> _ImportVote:
         strength=strength,
         annotator=annotator,
         annotator_kind=_annotator_kind(row),
-        created_at=_opt_str(row, "created_at"),
+        created_at=pickapic.iso_from_timestamp(row.get("created_at")),
     )
 
 
-def _text_of(value: Any, what: str, role: str) -> str:
-    """A TRL field as plain text: a string, or a single-turn conversation."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        msgs = [m for m in value if m.get("role") == role]
-        others = [m.get("role") for m in value if m.get("role") != role]
-        if len(msgs) != 1 or others:
-            raise ValueError(
-                f"{what}: only single-turn conversations are supported (one {role!r} message); "
-                f"got roles {[m.get('role') for m in value]}"
-            )
-        content = msgs[0].get("content")
-        if not isinstance(content, str):
-            raise ValueError(f"{what}: message content must be text")
-        return content
-    raise ValueError(f"{what} must be a string or a list of chat messages, got {type(value).__name__}")
-
-
 def _trl_row(row: dict[str, Any], fmt: str) -> _ImportVote:
-    for key in ("prompt", "chosen", "rejected"):
-        if key not in row:
-            raise ValueError(f"missing field {key!r} (TRL rows need prompt, chosen, rejected)")
-    prompt = _text_of(row["prompt"], "prompt", "user")
-    chosen = _text_of(row["chosen"], "chosen", "assistant")
-    rejected = _text_of(row["rejected"], "rejected", "assistant")
+    prompt, chosen, rejected = trl.parse(row)
     if not prompt.strip():
         raise ValueError("prompt is empty")
     label = row.get("label")

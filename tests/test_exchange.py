@@ -29,30 +29,97 @@ def _text_gens(store, prompt, answers, model="lm"):
     ]
 
 
-def test_pickapic_export_loads_with_datasets(store, tmp_path):
+def _v2_shard(path: Path) -> None:
+    """A file shaped like a public Pick-a-Pic v2 shard: v2's columns, types and order."""
+    import datetime
+
+    from storage.pickapic import V2_COLUMNS
+
+    v2 = pa.schema([
+        ("are_different", pa.bool_()), ("best_image_uid", pa.string()), ("caption", pa.string()),
+        ("created_at", pa.timestamp("ns")), ("has_label", pa.bool_()), ("image_0_uid", pa.string()),
+        ("image_0_url", pa.string()), ("image_1_uid", pa.string()), ("image_1_url", pa.string()),
+        ("jpg_0", pa.binary()), ("jpg_1", pa.binary()), ("label_0", pa.float64()), ("label_1", pa.float64()),
+        ("model_0", pa.string()), ("model_1", pa.string()), ("ranking_id", pa.int64()), ("user_id", pa.int64()),
+        ("num_example_per_prompt", pa.int64()), ("__index_level_0__", pa.int64()),
+    ])
+    assert tuple(v2.names) == V2_COLUMNS
+    row = {"are_different": True, "best_image_uid": "u1", "caption": "a cat", "has_label": True,
+           "created_at": datetime.datetime(2023, 5, 1, 12), "image_0_uid": "u1", "image_0_url": "https://x/u1.jpg",
+           "image_1_uid": "u2", "image_1_url": "https://x/u2.jpg", "jpg_0": png_bytes((9, 9, 9)),
+           "jpg_1": png_bytes((8, 8, 8)), "label_0": 1.0, "label_1": 0.0, "model_0": "sdxl", "model_1": "sdxl",
+           "ranking_id": 17, "user_id": 42, "num_example_per_prompt": 1, "__index_level_0__": 0}
+    pq.write_table(pa.Table.from_pylist([row, row | {"label_0": 0.5, "label_1": 0.5, "best_image_uid": ""}],
+                                        schema=v2), path)
+    return v2
+
+
+def _diffusion_dpo_loader(rows):
+    """What SalesforceAIResearch/DiffusionDPO's train.py does with Pick-a-Pic rows: keep label_0 in
+    (0, 1), then put the preferred image first (swap when label_0 == 0)."""
+    return [(r["jpg_1"], r["jpg_0"]) if r["label_0"] == 0 else (r["jpg_0"], r["jpg_1"])
+            for r in rows if r["label_0"] in (0, 1)]
+
+
+def _diffusers_loader(rows):
+    """What diffusers' examples/research_projects/diffusion_dpo does: no filter, swap when label_0 == 0."""
+    return [(r["jpg_1"], r["jpg_0"]) if r["label_0"] == 0 else (r["jpg_0"], r["jpg_1"]) for r in rows]
+
+
+def test_pickapic_export_is_v2_shaped_and_read_right_by_v2_loaders(store, tmp_path):
     import datasets
 
     a, b, c = add_images(store, "two small red circles", 3)
     store.vote(a.id, b.id, "a")
+    store.vote(a.id, c.id, "b")
     store.vote(a.id, b.id, "tie")
     store.vote(b.id, c.id, "b", strength=0.25)
     store.vote(a.id, c.id, "both-bad")
     out = tmp_path / "pairs.parquet"
     report = export_dataset(store, out)
-    assert report.rows == 4
-    ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf"))
-    assert ds.num_rows == 4
-    for col in ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "seed_0", "seed_1"):
-        assert col in ds.column_names
-    rows = sorted(ds, key=lambda r: r["created_at"])
-    assert [(r["label_0"], r["label_1"]) for r in rows] == [(1.0, 0.0), (0.5, 0.5), (0.25, 0.75), (0.0, 0.0)]
-    assert rows[0]["jpg_0"] == store.media_bytes(a) and rows[0]["best_image_uid"] == a.media_sha256
-    assert rows[1]["best_image_uid"] == ""
+    assert report.rows == 3
+    assert sorted(report.skipped.values()) == [1, 1]
+    assert any(k.startswith("both-bad") for k in report.skipped) and any(k.startswith("soft") for k in report.skipped)
+
+    v2 = _v2_shard(tmp_path / "v2.parquet")
+    ours = pq.read_schema(out)
+    assert ours.names[: len(v2.names)] == v2.names
+    assert [ours.field(n).type for n in v2.names] == list(v2.types)
+
+    cache = str(tmp_path / "hf")
+    theirs = datasets.load_dataset("parquet", data_files=str(tmp_path / "v2.parquet"), split="train", cache_dir=cache)
+    mine = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=cache)
+    both = datasets.concatenate_datasets([theirs, mine])
+    assert both.num_rows == 5 and both.features["created_at"] == theirs.features["created_at"]
+    rows = list(both)[2:]
+    assert [(r["label_0"], r["label_1"]) for r in rows] == [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)]
+    assert rows[0]["best_image_uid"] == a.media_sha256 and rows[1]["best_image_uid"] == c.media_sha256
+    assert rows[2]["best_image_uid"] == "" and all(r["has_label"] and r["are_different"] for r in rows)
+    assert rows[0]["num_example_per_prompt"] == 3 and [r["__index_level_0__"] for r in rows] == [0, 1, 2]
+    assert rows[0]["seed_0"] == a.seed and list(both)[0]["seed_0"] is None  # Palate's columns: null in v2 rows
+    # the loaders put the image the user preferred first, and nothing else of ours reaches them as a win
+    img = {g.id: store.media_bytes(g) for g in (a, b, c)}
+    preferred = [(img[a.id], img[b.id]), (img[c.id], img[a.id])]
+    assert _diffusion_dpo_loader(rows) == preferred
+    assert _diffusers_loader(rows)[:2] == preferred  # (it reads v2's ties, and ours, as "image 0 wins")
     from PIL import Image
     import io
 
     assert Image.open(io.BytesIO(rows[0]["jpg_1"])).size == (8, 8)
-    assert rows[0]["caption"] == "two small red circles" and rows[0]["seed_0"] == a.seed
+    assert rows[0]["caption"] == "two small red circles"
+
+
+class _Tokenizers:
+    """A stand-in for the text modality's prompt renderer (tokenizers of the answering models)."""
+
+    def __init__(self, templated: set[str]):
+        self.templated = templated
+
+    def has_chat_template(self, model):
+        return model in self.templated
+
+    def render(self, model, prompt):
+        return f"<s>Q: {prompt}\nA:" if model in self.templated else prompt
 
 
 def test_trl_export_formats(store, tmp_path):
@@ -61,14 +128,27 @@ def test_trl_export_formats(store, tmp_path):
     store.vote(g[1].id, g[2].id, "b", strength=0.2)
     store.vote(g[0].id, g[2].id, "tie")
     r = export_dataset(store, tmp_path / "t.jsonl", fmt="trl-jsonl")
-    assert r.rows == 2 and r.skipped == {"tie": 1}
+    assert r.rows == 2 and r.skipped == {"tie": 1} and r.prompt_style == "conversational"
     rows = _read_rows(tmp_path / "t.jsonl")
+    user = [{"role": "user", "content": "What is 2+3?"}]
     assert [(x["prompt"], x["chosen"], x["rejected"], x["label"]) for x in rows] == [
-        ("What is 2+3?", "5", "6", 1.0),
-        ("What is 2+3?", "five", "6", 0.8),
+        (user, [{"role": "assistant", "content": "5"}], [{"role": "assistant", "content": "6"}], 1.0),
+        (user, [{"role": "assistant", "content": "five"}], [{"role": "assistant", "content": "6"}], 0.8),
     ]
     export_dataset(store, tmp_path / "t.parquet", fmt="trl-parquet")
     assert _read_rows(tmp_path / "t.parquet") == rows
+    # templated: the prompt as the model saw it; auto picks it when a model has no chat template
+    r = export_dataset(store, tmp_path / "tt.jsonl", fmt="trl-jsonl", prompt_style="templated",
+                       renderer=_Tokenizers({"lm"}))
+    assert r.prompt_style == "templated"
+    assert [(x["prompt"], x["chosen"]) for x in _read_rows(tmp_path / "tt.jsonl")] == [
+        ("<s>Q: What is 2+3?\nA:", "5"), ("<s>Q: What is 2+3?\nA:", "five")]
+    assert export_dataset(store, tmp_path / "a1.jsonl", fmt="trl-jsonl", renderer=_Tokenizers({"lm"})).prompt_style \
+        == "conversational"
+    r = export_dataset(store, tmp_path / "a2.jsonl", fmt="trl-jsonl", renderer=_Tokenizers(set()))
+    assert r.prompt_style == "templated" and _read_rows(tmp_path / "a2.jsonl")[0]["prompt"] == "What is 2+3?"
+    with pytest.raises(ValueError, match="needs the models' tokenizers"):
+        export_dataset(store, tmp_path / "x.jsonl", fmt="trl-jsonl", prompt_style="templated")
     with pytest.raises(ValueError, match="text pairs"):
         export_dataset(store, tmp_path / "x.jsonl", fmt="trl-jsonl", modality="image")
     with pytest.raises(ValueError, match="media pairs"):
@@ -162,7 +242,7 @@ def test_import_preserves_training_pairs(store, tmp_path):
         ours = sorted((sha(store, p.winner_id), sha(store, p.loser_id)) for p in store.preference_pairs(modality="image"))
         theirs = sorted((sha(other, p.winner_id), sha(other, p.loser_id)) for p in other.preference_pairs(modality="image"))
         assert ours == theirs and len(ours) == 2
-        assert other.stats()[0]["choices"]["both-bad"] == 1
+        assert other.stats()[0]["choices"].get("both-bad", 0) == 0  # v2 has no label for it: left out
 
 
 # -- foreign files and bad input -------------------------------------------
@@ -206,23 +286,81 @@ def test_import_foreign_pickapic_file(store, tmp_path):
     assert store.get_judgment(2).choice == "tie"
 
 
-def test_import_trl_conversational(store, tmp_path):
+def _stored_texts(store, jid):
+    j = store.get_judgment(jid)
+    gens = [store.get_generation(g) for g in j.generation_ids]
+    return gens[0].prompt, *(store.media_bytes(g).decode() for g in gens)
+
+
+def test_import_every_trl_shape(store, tmp_path):
+    from storage import conversation
+
+    sys_msg = {"role": "system", "content": "Be brief."}
     rows = [
+        # standard, explicit prompt
+        {"prompt": "3+3?", "chosen": "6", "rejected": "7"},
+        # standard, implicit prompt (the common prefix, as TRL's extract_prompt)
+        {"chosen": "Q: 1+1?\nA: 2", "rejected": "Q: 1+1?\nA: 3"},
+        # conversational, explicit prompt
         {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
          "rejected": [{"role": "assistant", "content": "5"}]},
-        {"prompt": "3+3?", "chosen": "6", "rejected": "7"},
+        # conversational, implicit prompt
+        {"chosen": [{"role": "user", "content": "4+4?"}, {"role": "assistant", "content": "8"}],
+         "rejected": [{"role": "user", "content": "4+4?"}, {"role": "assistant", "content": "9"}]},
+        # a system message
+        {"prompt": [sys_msg, {"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "Hi."}],
+         "rejected": [{"role": "assistant", "content": "Hello there, how are you doing today?"}]},
+        # multi-turn: the last assistant turn is the answer, the rest the prompt
+        {"chosen": [{"role": "user", "content": "5+5?"}, {"role": "assistant", "content": "10"},
+                    {"role": "user", "content": "and times 2?"}, {"role": "assistant", "content": "20"}],
+         "rejected": [{"role": "user", "content": "5+5?"}, {"role": "assistant", "content": "10"},
+                      {"role": "user", "content": "and times 2?"}, {"role": "assistant", "content": "25"}]},
+        # typed content parts
+        {"prompt": [{"role": "user", "content": [{"type": "text", "text": "6+"}, {"type": "text", "text": "6?"}]}],
+         "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "12"}]}],
+         "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "13"}]}]},
     ]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     r = import_dataset(store, tmp_path / "c.jsonl", annotator="ultrafeedback", annotator_kind="ai")
-    assert r.judgments == 2
-    (p1, p2) = sorted(store.preference_pairs(modality="text"), key=lambda p: p.prompt)
-    assert p1.prompt == "2+2?" and store.media_bytes(store.get_generation(p1.winner_id)) == b"4"
+    assert r.judgments == 7
+    got = [_stored_texts(store, j) for j in range(1, 8)]
+    assert got[:4] == [("3+3?", "6", "7"), ("Q: 1+1?\nA: ", "2", "3"), ("2+2?", "4", "5"), ("4+4?", "8", "9")]
+    assert conversation.decode(got[4][0]) == [sys_msg, {"role": "user", "content": "hi"}]
+    assert got[4][1:] == ("Hi.", "Hello there, how are you doing today?")
+    assert conversation.decode(got[5][0]) == [
+        {"role": "user", "content": "5+5?"}, {"role": "assistant", "content": "10"},
+        {"role": "user", "content": "and times 2?"}]
+    assert got[5][1:] == ("20", "25") and got[6] == ("6+6?", "12", "13")
     assert store.get_judgment(1).annotator_kind == "ai"
-    bad = [{"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-            "chosen": "a", "rejected": "b"}]
-    (tmp_path / "multi.jsonl").write_text(json.dumps(bad[0]) + "\n")
-    with pytest.raises(ImportFormatError, match="row 1: prompt: only single-turn"):
-        import_dataset(store, tmp_path / "multi.jsonl")
+
+    # the conversation prompts go back out as they came in
+    export_dataset(store, tmp_path / "back.jsonl", fmt="trl-jsonl")
+    back = {json.dumps(x["prompt"]): x for x in _read_rows(tmp_path / "back.jsonl")}
+    assert json.dumps([sys_msg, {"role": "user", "content": "hi"}]) in back
+
+    bad = [
+        ({"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "user", "content": "a"}],
+          "rejected": [{"role": "assistant", "content": "b"}]}, "chosen must end with an assistant message"),
+        ({"chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"}],
+          "rejected": [{"role": "user", "content": "y"}, {"role": "assistant", "content": "b"}]},
+         "continue different conversations"),
+        ({"prompt": [{"role": "user", "content": [{"type": "image"}]}], "chosen": "a", "rejected": "b"},
+         "'image' part; Palate's text modality holds text only"),
+        ({"chosen": "abc", "rejected": "xyz"}, "share no leading text"),
+        ({"prompt": "q", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}, "both be text"),
+    ]
+    for i, (row, match) in enumerate(bad):
+        (tmp_path / f"bad{i}.jsonl").write_text(json.dumps(row) + "\n")
+        with pytest.raises(ImportFormatError, match=match):
+            import_dataset(store, tmp_path / f"bad{i}.jsonl")
+
+
+def test_trl_parquet_with_implicit_conversations(store, tmp_path):
+    rows = [{"chosen": [{"role": "user", "content": "4+4?"}, {"role": "assistant", "content": "8"}],
+             "rejected": [{"role": "user", "content": "4+4?"}, {"role": "assistant", "content": "9"}]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "implicit.parquet")
+    assert import_dataset(store, tmp_path / "implicit.parquet").judgments == 1
+    assert _stored_texts(store, 1) == ("4+4?", "8", "9")
 
 
 def test_reimport_of_same_file_is_refused(store, tmp_path):
@@ -269,7 +407,7 @@ def test_wrong_schema(store, tmp_path):
         import_dataset(store, tmp_path / "other.parquet")
     with pytest.raises(ImportFormatError, match="missing column.*caption"):
         import_dataset(store, tmp_path / "other.parquet", fmt="pickapic")
-    with pytest.raises(ImportFormatError, match="missing column.*prompt"):
+    with pytest.raises(ImportFormatError, match="missing column.*chosen"):
         import_dataset(store, tmp_path / "other.parquet", fmt="trl-parquet")
 
 

@@ -1,0 +1,35 @@
+"""The prompt a text model saw, for exports: tokenizers only, loaded once per model."""
+from __future__ import annotations
+
+from typing import Any
+
+from .adapter import ModelLoadError, render_prompt, resolve_model
+
+
+class TokenizerPrompts:
+    """Renders stored prompts with each answering model's own chat template (the
+    :class:`storage.trl.PromptRenderer` a TRL export asks for). Loads tokenizers only."""
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[str, Any] = {}
+
+    def _tokenizer(self, model: str):
+        if model not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            _, folder = resolve_model(model)
+            try:
+                self._tokenizers[model] = AutoTokenizer.from_pretrained(str(folder) if folder else model)
+            except Exception as e:
+                raise ModelLoadError(
+                    f"cannot load the tokenizer of {model!r} to write its prompts as it saw them "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); export with "
+                    "--prompt-style conversational instead (TRL then applies the chat template itself)"
+                ) from None
+        return self._tokenizers[model]
+
+    def has_chat_template(self, model: str) -> bool:
+        return bool(getattr(self._tokenizer(model), "chat_template", None))
+
+    def render(self, model: str, prompt: str) -> str:
+        return render_prompt(self._tokenizer(model), prompt)
