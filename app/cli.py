@@ -347,36 +347,39 @@ def cmd_vote(args: argparse.Namespace) -> int:
 
 
 def cmd_export_dataset(args: argparse.Namespace) -> int:
-    from storage.exchange import export_dataset
+    from app.services import export_dataset
 
     with _open(args) as store:
-        report = export_dataset(store, args.out, fmt=args.format, modality=args.modality, model=args.model)
+        report = export_dataset(store, args.out, fmt=args.format, modality=args.modality, model=args.model,
+                                prompt_style=args.prompt_style)
     if args.json:
         _print_json(asdict(report))
     else:
-        skipped = "".join(f", {n} {why} skipped" for why, n in report.skipped.items())
-        print(f"wrote {report.rows} rows to {report.path} ({report.format}){skipped}")
+        style = f", prompts {report.prompt_style}" if report.prompt_style else ""
+        skipped = "".join(f"; left out {n} {why}" for why, n in report.skipped.items())
+        print(f"wrote {report.rows} rows to {report.path} ({report.format}{style}){skipped}")
     return 0
 
 
 def cmd_export_adapter(args: argparse.Namespace) -> int:
-    from alignment.export import export_adapter, verify_export
+    from app.services import export_adapter
 
     with _open(args) as store:
         adapter = store.get_adapter(args.adapter_id)
-        run = store.get_run(adapter.run_id) if adapter.run_id is not None else None
-    metadata = {
-        "base_model": adapter.base_model, "base_revision": adapter.base_revision or "", "method": adapter.method or "",
-        "run_id": adapter.run_id, "data_hash": adapter.metadata.get("data_hash") or (run.data_hash if run else ""),
-        "hyperparameters": adapter.metadata.get("config", {}),
-    }
-    out = export_adapter(adapter.path, args.out, args.format, metadata=metadata)
-    diff = verify_export(adapter.base_model, adapter.path, out, args.format)
+        fmt = args.format or export_formats_of(adapter.modality)[0]
+        out, diff = export_adapter(store, args.adapter_id, fmt, args.out)
     if args.json:
-        _print_json({"path": str(out), "format": args.format, "max_difference": diff})
+        _print_json({"path": str(out), "format": fmt, "max_difference": diff})
     else:
-        print(f"wrote {out} ({args.format}); loaded back: same image as the trained adapter (max difference {diff:.1e})")
+        print(f"wrote {out} ({fmt}); loaded back as that format's tools load it: same outputs as the trained "
+              f"adapter (max difference {diff:.1e})")
     return 0
+
+
+def export_formats_of(modality: str) -> list[str]:
+    from app.services import export_formats
+
+    return export_formats(modality)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -604,12 +607,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="pickapic", choices=["pickapic", "trl-jsonl", "trl-parquet"])
     p.add_argument("--modality", choices=MODALITIES, help="default: image for pickapic, text for trl-*")
     p.add_argument("--model", help="only candidates of this model")
+    p.add_argument("--prompt-style", default="auto", choices=["auto", "conversational", "templated"],
+                   help="TRL formats: conversational (prompt and answers as chat messages; TRL applies the model's "
+                        "chat template), templated (the prompt as the model saw it, template applied), or auto: "
+                        "conversational when every model has a chat template, else templated")
 
-    p = add("adapter", cmd_export_adapter, "export a trained adapter (diffusers, PEFT or kohya format), checked by "
-            "loading it back", parent=exp_sub)
+    p = add("adapter", cmd_export_adapter, "export a trained adapter for other tools, checked by loading it back "
+            "as they do", parent=exp_sub)
     p.add_argument("adapter_id", type=int, metavar="ADAPTER_ID", help="the adapter's id in the store (db info counts them)")
-    p.add_argument("out", metavar="OUT", help="output folder (diffusers, peft) or .safetensors file (kohya)")
-    p.add_argument("--format", default="diffusers", choices=["diffusers", "peft", "kohya"])
+    p.add_argument("out", metavar="OUT", help="output folder, or .safetensors file for kohya")
+    p.add_argument("--format", help="image adapters: diffusers (default), peft or kohya; text adapters: peft "
+                                    "(default) or merged (the base model with the LoRA merged in)")
 
     # import
     p = add("import", cmd_import, "import a Pick-a-Pic-style Parquet or TRL-style JSONL/Parquet dataset")

@@ -270,46 +270,51 @@ def win_rate(store: Store, adapter_id: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def export_formats(modality: str, base_model: str | None = None) -> list[str]:
-    """Formats an adapter of this modality exports to."""
-    if modality == "text":
-        return ["peft"]
-    return ["diffusers", "peft", "kohya"]
+def export_formats(modality: str) -> list[str]:
+    """Formats an adapter of this modality exports to, the default first."""
+    from alignment.export import formats
+
+    return formats(modality)
 
 
-def export_adapter(store: Store, adapter_id: int, fmt: str) -> tuple[Path, float | None]:
-    """Export into ``<data dir>/exports/`` and load it back. Returns (path, max difference)."""
-    adapter = store.get_adapter(adapter_id)
-    if fmt not in export_formats(adapter.modality):
-        raise ValueError(f"{adapter.modality} adapters export as {', '.join(export_formats(adapter.modality))}, "
-                         f"not {fmt}")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = store.data_dir / "exports"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if adapter.modality == "text":
-        return export_text_adapter(adapter.path, out_dir / f"{adapter.name}-peft-{stamp}"), None
-    from alignment.export import export_adapter as export, verify_export
-
+def _adapter_metadata(store: Store, adapter) -> dict[str, Any]:
     run = store.get_run(adapter.run_id) if adapter.run_id is not None else None
-    metadata = {
+    return {
         "base_model": adapter.base_model, "base_revision": adapter.base_revision or "", "method": adapter.method or "",
         "run_id": adapter.run_id, "data_hash": adapter.metadata.get("data_hash") or (run.data_hash if run else ""),
         "hyperparameters": adapter.metadata.get("config", {}),
     }
-    out = out_dir / (f"{adapter.name}-kohya-{stamp}.safetensors" if fmt == "kohya" else f"{adapter.name}-{fmt}-{stamp}")
-    path = export(adapter.path, out, fmt, metadata=metadata)
-    return path, verify_export(adapter.base_model, adapter.path, path, fmt)
 
 
-def export_text_adapter(adapter_dir: str | Path, out: Path) -> Path:
-    """A language-model adapter is already a PEFT folder: copy it, checking it is one."""
-    import shutil
+def export_adapter(store: Store, adapter_id: int, fmt: str, out: str | Path | None = None) -> tuple[Path, float | None]:
+    """Export an adapter (into ``out``, default ``<data dir>/exports/``) and load it back as the
+    target tool would. Returns (path, largest difference to the trained adapter)."""
+    from alignment.export import export_adapter as export
 
-    src = Path(adapter_dir)
-    if not (src / "adapter_config.json").is_file() or not (src / "adapter_model.safetensors").is_file():
-        raise ValueError(f"{src} is not a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
-    shutil.copytree(src, out)
-    return out
+    adapter = store.get_adapter(adapter_id)
+    if fmt not in export_formats(adapter.modality):
+        raise ValueError(f"{adapter.modality} adapters export as {', '.join(export_formats(adapter.modality))}, "
+                         f"not {fmt}")
+    if out is None:
+        out_dir = store.data_dir / "exports"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = out_dir / (f"{adapter.name}-{fmt}-{stamp}.safetensors" if fmt == "kohya"
+                         else f"{adapter.name}-{fmt}-{stamp}")
+    return export(adapter.modality, adapter.path, out, fmt, base_model=adapter.base_model,
+                  metadata=_adapter_metadata(store, adapter))
+
+
+def export_dataset(store: Store, out: str | Path, *, fmt: str, modality: str | None = None,
+                   model: str | None = None, prompt_style: str = "auto"):
+    """A dataset export (see ``storage.exchange``), with the modality's prompt renderer so text
+    exports can write the prompt each model saw."""
+    from modalities import registry
+    from storage.exchange import default_modality, export_dataset as export
+
+    modality = modality or default_modality(fmt)
+    renderer = registry.get(modality).prompt_renderer() if modality in registry.available() else None
+    return export(store, out, fmt=fmt, modality=modality, model=model, prompt_style=prompt_style, renderer=renderer)
 
 
 def zip_folder(path: Path) -> Path:

@@ -422,18 +422,17 @@ class PalateUI:
         except Exception as e:
             return _err(e)
 
-    def export_file(self, fmt, modality):
-        from storage.exchange import export_dataset
-
+    def export_file(self, fmt, modality, prompt_style="auto"):
         try:
             out_dir = self.data_dir / "exports"
             out_dir.mkdir(parents=True, exist_ok=True)
             ext = "jsonl" if fmt == "trl-jsonl" else "parquet"
             out = out_dir / f"palate-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}.{ext}"
             mod = modality if modality in ("image", "text", "audio", "video") else None
-            r = export_dataset(self.store, out, fmt=fmt, modality=mod)
-            skipped = "".join(f", {n} {why} skipped" for why, n in r.skipped.items())
-            return gr.update(value=str(r.path), visible=True), f"Wrote {r.rows} rows to `{r.path}`{skipped}."
+            r = services.export_dataset(self.store, out, fmt=fmt, modality=mod, prompt_style=prompt_style or "auto")
+            style = f" (prompts {r.prompt_style})" if r.prompt_style else ""
+            skipped = "".join(f"; left out {n} {why}" for why, n in r.skipped.items())
+            return gr.update(value=str(r.path), visible=True), f"Wrote {r.rows} rows to `{r.path}`{style}{skipped}."
         except Exception as e:
             return gr.update(value=None), _err(e)
 
@@ -827,6 +826,10 @@ class PalateUI:
             with gr.Column():
                 gr.Markdown("### Export a dataset")
                 exp_fmt = gr.Dropdown(["pickapic", "trl-jsonl", "trl-parquet"], value="pickapic", label="Format")
+                exp_style = gr.Dropdown(
+                    ["auto", "conversational", "templated"], value="auto", label="TRL prompts",
+                    info="conversational: chat messages, TRL applies the model's template; templated: the prompt "
+                         "as the model saw it; auto: conversational when the models have chat templates")
                 exp_btn = gr.Button("Export", elem_id="export-data-btn")
                 exp_file = gr.File(label="Download", visible=False, interactive=False)
                 exp_msg = gr.Markdown("", elem_id="export-data-msg")
@@ -836,7 +839,7 @@ class PalateUI:
         tab.select(self.data_tables, ins, outs)
         del_btn.click(self.delete, [what, del_id] + ins, [stats, gens, judg, proms, del_msg])
         imp_btn.click(self.import_file, [up, imp_fmt], imp_msg).then(self.data_tables, ins, outs)
-        exp_btn.click(self.export_file, [exp_fmt, f_mod], [exp_file, exp_msg])
+        exp_btn.click(self.export_file, [exp_fmt, f_mod, exp_style], [exp_file, exp_msg])
 
     def _train_tab(self) -> None:
         with gr.Row():

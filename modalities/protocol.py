@@ -252,6 +252,29 @@ class ModalityAdapter(abc.ABC):
         """LoRA targets for the loaded model; defaults to ``default_lora_targets``."""
         return list(self.default_lora_targets)
 
+    # -- exports of a trained adapter ------------------------------------------
+    #: formats a trained adapter exports to, the default first (``export_adapter`` writes them)
+    export_formats: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def export_adapter(cls, adapter_dir: "Path", out: "Path", fmt: str, *, base_model: str,
+                       metadata: dict[str, Any]) -> "Path":
+        """Write the trained adapter in ``adapter_dir`` to ``out`` (a folder or file) as ``fmt``."""
+        raise NotImplementedError(f"{cls.__name__} exports no adapters")
+
+    @classmethod
+    def verify_export(cls, base_model: str, adapter_dir: "Path", exported: "Path", fmt: str) -> float:
+        """Load ``exported`` as its target tool would and compare it with the trained adapter;
+        raise ``ValueError`` when they differ. Returns the largest difference seen."""
+        raise NotImplementedError(f"{cls.__name__} exports no adapters")
+
+    @classmethod
+    def prompt_renderer(cls) -> Any:
+        """For modalities whose models see a rendered prompt (a chat template): an object with
+        ``has_chat_template(model)`` and ``render(model, prompt)`` that dataset exports use to write
+        the prompt each model saw. None (the default): the prompt is what the model saw."""
+        return None
+
     # -- LoRA files (defaults: a PEFT folder, as transformers models use) -------
     def save_lora(self, module: "nn.Module", out: "Path", state: "dict[str, torch.Tensor]",
                   config: dict[str, Any]) -> None:

@@ -119,16 +119,8 @@ def test_delete_generation_takes_its_judgments_and_unshared_media(store):
     assert store.media_file(a[0]).exists()
 
 
-def test_text_adapter_export_copies_a_peft_folder(tmp_path):
-    src = tmp_path / "adapter"
-    src.mkdir()
-    with pytest.raises(ValueError, match="not a PEFT adapter folder"):
-        services.export_text_adapter(src, tmp_path / "out")
-    (src / "adapter_config.json").write_text("{}")
-    (src / "adapter_model.safetensors").write_bytes(b"x")
-    out = services.export_text_adapter(src, tmp_path / "out")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert services.export_formats("text") == ["peft"]
+def test_export_formats_come_from_the_modality():
+    assert services.export_formats("text") == ["peft", "merged"]
     assert services.export_formats("image") == ["diffusers", "peft", "kohya"]
 
 

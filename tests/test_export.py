@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from alignment.config import TrainConfig
-from alignment.export import FORMATS, export_adapter, verify_export
+from modalities.image.export import FORMATS, export_adapter, verify_export
 from alignment.train import add_lora, save_adapter
 from modalities.image.adapter import ImageAdapter
 from modalities.protocol import ModelRef

@@ -133,6 +133,33 @@ def test_text_from_the_cli(tmp_path):
     assert len(rows_out) == 3  # a ranking of 3 is 3 pairs
     best = rows_out[0]
     assert best["prompt"] == PROMPTS[0] and best["chosen"] in answers.values() and best["rejected"] in answers.values()
+    # the adapter exports as a PEFT folder and as merged weights; plain peft / transformers load them
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from modalities.protocol import ModelRef
+    from modalities.text.adapter import TextAdapter
+
+    ours = TextAdapter.load(ModelRef(str(model), adapter=str(adapter_dir)))
+    ids = ours.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    want = ours.model(ids).logits
+    for fmt in ("peft", "merged"):
+        got = json.loads(run_cli("export", "adapter", "1", str(tmp_path / fmt), "--format", fmt, "--json",
+                                 data_dir=d, check=True).stdout)
+        assert got["format"] == fmt and got["max_difference"] <= 1e-4
+        if fmt == "peft":
+            assert json.loads((tmp_path / fmt / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+                str(model)
+            loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), str(tmp_path / fmt))
+        else:
+            assert not (tmp_path / fmt / "adapter_config.json").exists()
+            loaded = AutoModelForCausalLM.from_pretrained(tmp_path / fmt)
+        assert (loaded(ids).logits - want).abs().max() < 1e-4
+    default = json.loads(run_cli("export", "adapter", "1", str(tmp_path / "default"), "--json", data_dir=d,
+                                 check=True).stdout)
+    assert default["format"] == "peft"
+    wrong = run_cli("export", "adapter", "1", str(tmp_path / "k.safetensors"), "--format", "kohya", data_dir=d)
+    assert wrong.returncode == 2 and "text adapters export as peft, merged" in wrong.stderr
     bad = run_cli("generate", "--modality", "text", "--model", str(model), "--prompt", "x", "--steps", "3", data_dir=d)
     assert bad.returncode == 2 and "--steps do not apply to text models" in bad.stderr
     # without --model the built-in reasoning model is trained; this data dir holds no judgment of it

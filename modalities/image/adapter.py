@@ -548,6 +548,22 @@ class ImageAdapter(ModalityAdapter):
     def load_lora(self, module: torch.nn.Module, path: Path, adapter_name: str) -> None:
         self.pipe.load_lora_weights(str(path), adapter_name=adapter_name)
 
+    export_formats = ("diffusers", "peft", "kohya")
+
+    @classmethod
+    def export_adapter(cls, adapter_dir: Path, out: Path, fmt: str, *, base_model: str,
+                       metadata: dict[str, Any]) -> Path:
+        """diffusers, PEFT or kohya files; see :mod:`.export`."""
+        from .export import export_adapter
+
+        return export_adapter(adapter_dir, out, fmt, metadata=metadata)
+
+    @classmethod
+    def verify_export(cls, base_model: str, adapter_dir: Path, exported: Path, fmt: str) -> float:
+        from .export import verify_export
+
+        return verify_export(base_model, adapter_dir, exported, fmt)
+
     def lora_target_modules(self) -> list[str]:
         return list(ATTENTION_TARGETS)
 

@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
+from storage import conversation
+
 from ..image.adapter import ModelLoadError, _check_device, _folder_revision, _looks_like_hub_id, check_adapter_base
 from ..protocol import GenerationRequest, Group, ModalityAdapter, ModelRef, Provenance, Sample, ScoreKind, TrainingBatch
 from ..scoring import token_logprob_score
@@ -228,6 +230,26 @@ def _merge_lora(model, adapter: str, name: str, revision: str | None):
                              f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
 
 
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text a model sees before its answer, the same for generation, scoring and exports.
+
+    With a chat template: the prompt's messages (one user message, or a whole conversation
+    stored by :mod:`storage.conversation`) rendered with ``add_generation_prompt=True``.
+    Without one: a plain prompt as it is (a small model trained on plain "Q: ...\\nA:" text is
+    given exactly what the user typed); a conversation is refused, having no text form."""
+    msgs = conversation.decode(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            return tokenizer.apply_chat_template(msgs or [{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as e:
+            raise ValueError(f"the model's chat template failed on this prompt: {type(e).__name__}: {e}") from None
+    if msgs is not None:
+        raise ValueError("this prompt is a conversation (system message or several turns), and the model has no "
+                         "chat template to render it; use a chat model, or import the data with the prompt as text")
+    return prompt
+
+
 def lora_targets_for(model: torch.nn.Module) -> list[str]:
     """LoRA target module names for ``model``: the attention projections of known
     architectures, else every linear layer's name except the output head."""
@@ -302,6 +324,29 @@ class TextAdapter(ModalityAdapter):
                                                           trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, model_name=name, revision=revision, adapter=ref.adapter)
 
+    export_formats = ("peft", "merged")
+
+    @classmethod
+    def export_adapter(cls, adapter_dir: Path, out: Path, fmt: str, *, base_model: str,
+                       metadata: dict[str, Any]) -> Path:
+        """``peft`` (the PEFT folder) or ``merged`` (a full model folder); see :mod:`.export`."""
+        from .export import export_adapter
+
+        return export_adapter(adapter_dir, out, fmt, base_model=base_model, metadata=metadata)
+
+    @classmethod
+    def verify_export(cls, base_model: str, adapter_dir: Path, exported: Path, fmt: str) -> float:
+        from .export import verify_export
+
+        return verify_export(base_model, adapter_dir, exported, fmt)
+
+    @classmethod
+    def prompt_renderer(cls):
+        """Each answering model's chat template, for TRL exports (tokenizers only)."""
+        from .prompts import TokenizerPrompts
+
+        return TokenizerPrompts()
+
     # -- properties ----------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -372,15 +417,8 @@ class TextAdapter(ModalityAdapter):
 
     # -- prompt format (shared by generate and encode) --------------------------
     def format_prompt(self, prompt: str) -> str:
-        """The text the model sees before its answer."""
-        if self.has_chat_template:
-            try:
-                return self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-                )
-            except Exception as e:
-                raise ValueError(f"the model's chat template failed on this prompt: {type(e).__name__}: {e}") from None
-        return prompt
+        """The text the model sees before its answer (see :func:`render_prompt`)."""
+        return render_prompt(self.tokenizer, prompt)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of the formatted prompt (a chat template writes its own special tokens)."""
