@@ -30,6 +30,12 @@ class TrainConfig:
     warmup: int = 0
     beta: float | None = None  # None: the method's default (see alignment.losses)
     loss_kwargs: dict[str, float] = field(default_factory=dict)
+    # language models: the score of an answer is the sum of its tokens' log-probabilities, or their
+    # mean ("auto": the method's own choice -- mean for SimPO, sum otherwise; "mean" with ipo is TRL's IPO)
+    score_reduction: str = "auto"
+    # the NLL term (loss_kwargs nll): "score" = the chosen answer's score (Palate's default), "token" =
+    # the mean NLL over all chosen tokens of the batch (TRL's rpo_alpha)
+    nll_reduction: str = "score"
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
@@ -74,6 +80,12 @@ class TrainConfig:
         if self.optimizer not in ("auto", "adamw", "adamw8bit"):
             raise ValueError(f"optimizer must be auto, adamw or adamw8bit, not {self.optimizer!r}")
         spec = LOSSES[self.method]
+        if self.score_reduction not in ("auto", "sum", "mean"):
+            raise ValueError(f"score_reduction must be auto, sum or mean, not {self.score_reduction!r}")
+        if self.nll_reduction not in ("score", "token"):
+            raise ValueError(f"nll_reduction must be score or token, not {self.nll_reduction!r}")
+        if "autoregressive" not in spec.score_kinds and (self.score_reduction != "auto" or self.nll_reduction != "score"):
+            raise ValueError(f"score_reduction and nll_reduction are for language-model methods, not {self.method}")
         allowed = set(spec.defaults) | ({"nll"} if "autoregressive" in spec.score_kinds else set())
         unknown = set(self.loss_kwargs) - allowed
         if unknown:
@@ -90,6 +102,13 @@ class TrainConfig:
         object.__setattr__(self, "lr", float(self.lr))
         if self.beta is not None:
             object.__setattr__(self, "beta", float(self.beta))
+
+    @property
+    def per_token_scores(self) -> bool:
+        """Whether autoregressive scores are per-token means for this run."""
+        if self.score_reduction == "auto":
+            return LOSSES[self.method].length_normalized
+        return self.score_reduction == "mean"
 
     @property
     def effective_beta(self) -> float:
@@ -111,6 +130,9 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("run_id", None)
         d.pop("device", None)
+        for key, default in (("score_reduction", "auto"), ("nll_reduction", "score")):  # added later: a default
+            if d.get(key) == default:  # leaves the digest of older runs' checkpoints as it was
+                d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, run_dir: Path) -> Path:

@@ -87,7 +87,9 @@ def dpo(policy, reference, *, beta: float, **_) -> tuple[torch.Tensor, Metrics]:
 
 def ipo(policy, reference, *, beta: float, **_) -> tuple[torch.Tensor, Metrics]:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm...", eq. 17):
-    (h - 1 / (2 beta))^2. Here beta is IPO's tau: smaller beta, larger target margin."""
+    (h - 1 / (2 beta))^2. Here beta is IPO's tau: smaller beta, larger target margin.
+    On summed log-probabilities by default (the paper's sequence likelihoods); TRL's
+    ``loss_type="ipo"`` uses per-token means -- train with ``score_reduction="mean"`` for that."""
     w, l = _pair(policy, _need_reference(reference, "ipo"))
     return ((w - l) - 1.0 / (2.0 * float(beta))).pow(2).mean(), _metrics(w, l)
 
@@ -212,16 +214,29 @@ def rankdpo(policy, reference, *, beta: float, ranks: torch.Tensor | None = None
 
 def with_nll(fn: LossFn) -> LossFn:
     """Add RPO's negative log-likelihood term on the preferred sample (Pang et al. 2024, "Iterative
-    Reasoning Preference Optimization"; TRL's ``rpo_alpha``): ``loss + nll * mean(-policy[:, 0])``.
-    Off unless ``loss_kwargs={"nll": alpha}``. The term keeps the chosen answer's own tokens likely
-    while the preference term separates it from the rejected one (which, for reasoning traces, shares
-    most of its steps). With length-normalised scores (SimPO) it is the per-token NLL; otherwise the
-    whole response's."""
+    Reasoning Preference Optimization"): ``loss + nll * NLL(chosen)``, off unless
+    ``loss_kwargs={"nll": alpha}``. The term keeps the chosen answer's own tokens likely while the
+    preference term separates it from the rejected one (which, for reasoning traces, shares most of
+    its steps). Two reductions of NLL(chosen):
 
-    def wrapped(policy, reference=None, *, nll: float = 0.0, **kw):
+    - ``nll_tokens`` None (Palate's default, "score"): the batch mean of ``-policy[:, 0]``, i.e. the
+      whole answer's NLL for summed scores, the per-token NLL of each answer for length-normalised
+      scores (SimPO);
+    - ``nll_tokens`` given ("token", TRL's ``rpo_alpha``): the cross-entropy over every chosen token
+      of the batch, ``sum(-logp) / sum(tokens)``; ``nll_tokens`` [B] holds each chosen answer's token
+      count and ``scores_per_token`` says whether ``policy`` holds per-token means (then
+      ``mean * count`` is the answer's summed log-probability)."""
+
+    def wrapped(policy, reference=None, *, nll: float = 0.0, nll_tokens: torch.Tensor | None = None,
+                scores_per_token: bool = False, **kw):
         loss, metrics = fn(policy, reference, **kw)
         if nll:
-            chosen_nll = -policy[:, 0].mean()
+            if nll_tokens is None:
+                chosen_nll = -policy[:, 0].mean()
+            else:
+                tokens = nll_tokens.to(policy).reshape(-1)
+                summed = policy[:, 0] * tokens if scores_per_token else policy[:, 0]
+                chosen_nll = -summed.sum() / tokens.sum().clamp_min(1.0)
             loss = loss + float(nll) * chosen_nll
             metrics = {**metrics, "chosen_nll": chosen_nll.item()}
         return loss, metrics

@@ -363,7 +363,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                     getattr(module, name)()
                     break
         if hasattr(adapter, "length_normalized"):  # autoregressive scores: per-token means for SimPO & co.
-            adapter.length_normalized = spec.length_normalized
+            adapter.length_normalized = cfg.per_token_scores
         if cfg.init_adapter:
             params = continue_from(adapter, module, cfg)
             reference_model = reference_active
@@ -503,6 +503,13 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                         extra["labels"] = torch.tensor([e["label"] for e in batch_ex], dtype=torch.float32)
                     if spec.listwise:
                         extra["ranks"] = torch.tensor([e["ranks"] for e in batch_ex])
+                    if cfg.nll_reduction == "token" and loss_kwargs.get("nll"):
+                        counts = adapter.token_counts(batch)
+                        if counts is None:
+                            raise TrainingError(f"nll_reduction 'token' needs token counts, which {cfg.modality} "
+                                                "samples do not have")
+                        extra["nll_tokens"] = counts[:, 0]
+                        extra["scores_per_token"] = cfg.per_token_scores
                     loss, metrics = spec.fn(policy, reference, beta=cfg.effective_beta, **loss_kwargs, **extra)
                     if not torch.isfinite(loss):
                         bad_loss = loss.item()

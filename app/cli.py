@@ -274,8 +274,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["loss_kwargs"] = {**overrides.get("loss_kwargs", {}), "nll": args.nll}
     if args.lora_targets:
         overrides["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    if args.nll_per_token:
+        overrides["nll_reduction"] = "token"
     for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device",
-                "init_adapter", "mixed_precision", "optimizer", "cache_reference"):
+                "init_adapter", "mixed_precision", "optimizer", "cache_reference", "score_reduction"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
@@ -542,7 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "gate_proj,up_proj,down_proj for the MLP)")
     p.add_argument("--seed", type=int)
     p.add_argument("--nll", type=float, metavar="ALPHA", help="language models: add ALPHA x the chosen answer's "
-                   "negative log-likelihood to the loss (RPO; per token with simpo)")
+                   "negative log-likelihood to the loss (RPO): of its score (the whole answer; per token with "
+                   "simpo), or with --nll-per-token the mean over all chosen tokens of the batch (TRL's rpo_alpha)")
+    p.add_argument("--nll-per-token", action="store_true", default=None,
+                   help="the --nll term as TRL's rpo_alpha computes it: cross-entropy per chosen token")
+    p.add_argument("--score-reduction", choices=["auto", "sum", "mean"],
+                   help="language models: an answer's score is the sum of its tokens' log-probabilities or their "
+                        "mean (auto: mean for simpo, sum otherwise; --method ipo --score-reduction mean is TRL's IPO)")
     p.add_argument("--derivation", choices=["all", "best-vs-rest"], help="how rankings become pairs")
     p.add_argument("--device")
     p.add_argument("--init-adapter", metavar="ADAPTER", help="continue from an adapter (its id in the store or a "

@@ -438,7 +438,7 @@ class PalateUI:
 
     # -- train ----------------------------------------------------------------------
     def submit_run(self, modality, method, steps, lr, beta, rank, batch, accum, seed, derivation, model, init, valcount,
-                   nll=None):
+                   nll=None, score_reduction="auto", nll_per_token=False):
         try:
             settings = {"steps": _opt_int(steps), "lr": _opt_float(lr), "beta": _opt_float(beta),
                         "lora_rank": _opt_int(rank), "batch_size": _opt_int(batch), "grad_accum": _opt_int(accum),
@@ -448,6 +448,10 @@ class PalateUI:
             nll = _opt_float(nll, "NLL weight")
             if nll:
                 settings["loss_kwargs"] = {"nll": nll}
+                if nll_per_token:
+                    settings["nll_reduction"] = "token"
+            if score_reduction and score_reduction != "auto":
+                settings["score_reduction"] = score_reduction
             if settings["lora_rank"] is not None:
                 settings["lora_alpha"] = float(settings["lora_rank"])
             model_name = settings["model"] or default_model(modality)
@@ -863,6 +867,12 @@ class PalateUI:
                 t_init = gr.Textbox(label="Continue from adapter (id or folder)")
                 t_val = _opt("Validation prompts (default 4)")
                 t_nll = _opt("NLL weight on the chosen answer (language models; 0 = off)", elem_id="train-nll")
+            with gr.Row():
+                t_reduce = gr.Dropdown(
+                    ["auto", "sum", "mean"], value="auto", label="Language models: answer score",
+                    info="sum or per-token mean of the log-probabilities (auto: mean for SimPO; IPO with mean "
+                         "is TRL's IPO)", elem_id="train-score-reduction")
+                t_nll_tok = gr.Checkbox(False, label="NLL per token (TRL's rpo_alpha)", elem_id="train-nll-per-token")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         t_msg = gr.Markdown("", elem_id="train-msg")
         gr.Markdown("### Runs (one trains at a time; the others wait in the queue)")
@@ -899,7 +909,7 @@ class PalateUI:
         t_method.input(on_method, t_method, [t_lr, t_beta])
         t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit_run, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
-                                      t_deriv, t_model, t_init, t_val, t_nll], [t_msg, run_sel])
+                                      t_deriv, t_model, t_init, t_val, t_nll, t_reduce, t_nll_tok], [t_msg, run_sel])
         view_out = [run_sel, prog, loss_plot, acc_plot, margin_plot, log, runs]
         run_sel.change(self.run_view, run_sel, view_out, show_progress="hidden")
         cancel.click(self.cancel_run, run_sel, t_msg)

@@ -252,6 +252,11 @@ class ModalityAdapter(abc.ABC):
         """LoRA targets for the loaded model; defaults to ``default_lora_targets``."""
         return list(self.default_lora_targets)
 
+    def token_counts(self, batch: TrainingBatch) -> "torch.Tensor | None":
+        """Autoregressive modalities: how many tokens each sample's score covers, [B, K]
+        (for per-token reductions such as TRL's NLL term). None for other score families."""
+        return None
+
     # -- exports of a trained adapter ------------------------------------------
     #: formats a trained adapter exports to, the default first (``export_adapter`` writes them)
     export_formats: ClassVar[tuple[str, ...]] = ()

@@ -201,3 +201,52 @@ def test_nll_weight_must_be_a_finite_non_negative_number(bad):
 
     with pytest.raises(ValueError, match="nll must be a finite number >= 0"):
         TrainConfig(modality="text", method="simpo", model="m", data_dir="d", loss_kwargs={"nll": bad})
+
+
+@pytest.mark.parametrize("per_token_scores", [False, True])
+def test_nll_per_token_is_trls_cross_entropy_over_chosen_tokens(per_token_scores):
+    """nll_reduction "token" (TRL's rpo_alpha): sum of the chosen answers' -log p over the sum of their
+    token counts -- not the mean of per-answer NLLs. Closed form: answers of 5 and 1 tokens with summed
+    log-probs -10 and -2 give 12 / 6 = 2.0 (the score reduction would give 6.0)."""
+    spec = get_loss("dpo")
+    sums = torch.tensor([[-10.0, -11.0], [-2.0, -3.0]])
+    tokens = torch.tensor([5.0, 1.0])
+    policy = sums / torch.tensor([[5.0, 4.0], [1.0, 2.0]]) if per_token_scores else sums
+    ref = policy - 0.1
+    base, _ = spec.fn(policy, ref, beta=0.1)
+    loss, m = spec.fn(policy, ref, beta=0.1, nll=0.5, nll_tokens=tokens, scores_per_token=per_token_scores)
+    assert m["chosen_nll"] == pytest.approx(2.0)
+    assert loss.item() == pytest.approx(base.item() + 0.5 * 2.0)
+    _, by_score = spec.fn(sums, sums - 0.1, beta=0.1, nll=0.5)
+    assert by_score["chosen_nll"] == pytest.approx(6.0)
+
+
+def test_ipo_on_per_token_means_is_trls_ipo():
+    """TRL's loss_type="ipo" averages log-probs per token before the IPO loss: with score_reduction
+    "mean" the trainer scores that way; the loss is then (h - 1/(2 tau))^2 on the means."""
+    from alignment.config import TrainConfig
+
+    base = {"modality": "text", "model": "m", "data_dir": "d"}
+    assert not TrainConfig(method="ipo", **base).per_token_scores
+    assert TrainConfig(method="ipo", score_reduction="mean", **base).per_token_scores
+    assert TrainConfig(method="simpo", **base).per_token_scores
+    assert not TrainConfig(method="simpo", score_reduction="sum", **base).per_token_scores
+    means = torch.tensor([[-1.0, -1.5]])
+    ref = torch.tensor([[-1.1, -1.4]])
+    loss, _ = get_loss("ipo").fn(means, ref, beta=0.5)
+    h = (-1.0 + 1.1) - (-1.5 + 1.4)
+    assert loss.item() == pytest.approx((h - 1.0) ** 2)
+    with pytest.raises(ValueError, match="score_reduction must be auto, sum or mean"):
+        TrainConfig(method="ipo", score_reduction="avg", **base)
+    with pytest.raises(ValueError, match="nll_reduction must be score or token"):
+        TrainConfig(method="ipo", nll_reduction="tokens", **base)
+    with pytest.raises(ValueError, match="are for language-model methods"):
+        TrainConfig(method="diffusion-dpo", score_reduction="mean", **{**base, "modality": "image"})
+    # older runs' checkpoints keep their digest (the new keys at their defaults do not enter it)
+    cfg = TrainConfig(method="ipo", **base)
+    d = cfg.to_dict()
+    d.pop("score_reduction"), d.pop("nll_reduction"), d.pop("run_id"), d.pop("device")
+    import hashlib
+    import json
+
+    assert cfg.digest() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -75,6 +75,31 @@ def test_text_methods_train_and_save_a_peft_adapter(tmp_path, world, method):
     assert not torch.allclose(s0, s1)
 
 
+def test_trl_style_ipo_and_nll_per_token_train(tmp_path, world):
+    """TRL's IPO (per-token mean scores) with TRL's rpo_alpha NLL (per chosen token): the first step's
+    loss is the closed form at policy == reference, (0 - 1/(2 beta))^2 + nll * token-NLL, where the
+    token-NLL is recomputed here from the base model."""
+    from modalities.protocol import Group, ModelRef
+    from modalities.text.adapter import TextAdapter
+
+    model, data = world
+    run_dir = _run(tmp_path, world, "trl-ipo", method="ipo", beta=0.5, score_reduction="mean",
+                   nll_reduction="token", loss_kwargs={"nll": 0.7}, steps=1, lr=1e-9)
+    assert train(run_dir) == 0
+    row = _metrics(run_dir)[0]
+    assert row["margin"] == pytest.approx(0.0, abs=1e-5) and math.isfinite(row["chosen_nll"])
+    assert row["loss"] == pytest.approx(1.0 + 0.7 * row["chosen_nll"], rel=1e-4)
+    # the NLL is per token: between the per-token NLLs of the answers, not the summed one
+    base = TextAdapter.load(ModelRef(str(model)), device="cpu")
+    with Store.open(data) as store:
+        pairs = store.preference_pairs(modality="text", model=str(model))
+        chosen = [store.media_bytes(store.get_generation(p.winner_id)) for p in pairs]
+        batch = base.encode([Group(p.prompt, (c, c)) for p, c in zip(pairs, chosen)])
+    with torch.no_grad():
+        per_token = -base.score(base.model, batch, None, mean=True)[:, 0]
+    assert per_token.min().item() - 1e-4 <= row["chosen_nll"] <= per_token.max().item() + 1e-4
+
+
 def test_text_continues_from_an_adapter(tmp_path, world):
     first = _run(tmp_path, world, "first")
     assert train(first) == 0

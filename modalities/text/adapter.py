@@ -637,6 +637,10 @@ class TextAdapter(ModalityAdapter):
     def trainable_module(self) -> torch.nn.Module:
         return self.model
 
+    def token_counts(self, batch: TrainingBatch) -> torch.Tensor:
+        """Answer tokens (EOS included) each score covers, [B, K] (what ``score`` sums over)."""
+        return batch.tensors["response_mask"][:, :, 1:].sum(dim=-1).float()
+
     def lora_target_modules(self) -> list[str]:
         return lora_targets_for(self.model)
 
