@@ -131,7 +131,7 @@ def _queued_run(store, steps: int = 3):
     return runs.create_run(store, modality="image", method="diffusion-dpo", settings={"model": "m", "steps": steps})
 
 
-def _wait(pred, timeout: float = 60.0) -> None:
+def _wait(pred, timeout: float = 600.0) -> None:
     t0 = time.time()
     while not pred():
         assert time.time() - t0 < timeout, "timed out"

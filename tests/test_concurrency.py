@@ -93,7 +93,7 @@ def test_two_processes_write_at_once(data_dir):
     n = 150
     start = time.time() + 1.5  # both begin writing at the same instant
     procs = [_writer(data_dir, ids, n, who, start, 0.003) for who in ("app", "trainer")]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=1800) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert "database is locked" not in err

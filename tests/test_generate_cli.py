@@ -137,7 +137,7 @@ def test_ctrl_c_during_train_checkpoints_and_resumes(tmp_path):
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=900)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
     assert (d / "runs" / "run-0001" / "checkpoint.pt").exists()

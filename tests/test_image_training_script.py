@@ -15,7 +15,7 @@ ARGS = ["--steps", "4", "--batch-size", "2", "--warmup", "2", "--checkpoint-ever
 def _train(run_dir, out, *extra):
     return subprocess.run(
         [sys.executable, "scripts/train_image_default.py", "--run-dir", str(run_dir), "--out", str(out), *ARGS, *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
     )
 
 

@@ -96,7 +96,7 @@ def test_real_write_limit_in_a_subprocess(data_dir):
         sys.exit(1)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "REFUSED" in proc.stdout and "nothing was recorded" in proc.stdout
     with Store.open(data_dir) as s:

@@ -23,7 +23,7 @@ WRITER = textwrap.dedent("""
 
 
 def _other_process_writes(data_dir) -> None:
-    proc = subprocess.run([sys.executable, "-c", WRITER, str(data_dir)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", WRITER, str(data_dir)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
 
 

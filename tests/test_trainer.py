@@ -253,7 +253,7 @@ def test_two_processes_under_accelerate_equal_one_with_accumulation(tmp_path, wo
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
          "-m", "alignment.train", str(two)],
-        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=1800, cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stderr
