@@ -208,6 +208,28 @@ def continue_from(adapter, module: torch.nn.Module, cfg: TrainConfig) -> list[to
     return params
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint this trainer wrote: tensors and plain values only. ``weights_only`` unpickling
+    refuses anything else, so a planted pickle cannot run code when a run is resumed."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        if why is None:  # not a pickle at all, or a truncated one
+            raise TrainingError(f"{path} is damaged or not a checkpoint; delete it and start a new run") from None
+        raise TrainingError(
+            f"{path} is not a checkpoint Palate wrote: it holds objects other than tensors and plain values, "
+            f"which could run code, so it was not loaded ({why[:160]}). Delete it and start a new run") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise TrainingError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160] if str(e) else ''}); delete it and start a new run") from None
+    if not isinstance(state, dict) or "lora" not in state or "step" not in state:
+        raise TrainingError(f"{path} is not a Palate training checkpoint; delete it and start a new run")
+    return state
+
+
 def lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return lora.state_dict(module, "default")
 
@@ -404,7 +426,7 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         if resume:
             if not ckpt.exists():
                 raise TrainingError(f"nothing to resume in {run_dir} (no {CHECKPOINT})")
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            state = load_checkpoint(ckpt)
             if state["config_digest"] != cfg.digest():
                 raise TrainingError(f"{run_dir}/config.json changed since the checkpoint; start a new run instead")
             if state.get("world", 1) != procs.world:

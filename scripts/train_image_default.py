@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -91,7 +92,11 @@ def main(argv=None) -> int:
 
     # 2. Resume
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:  # tensors and plain values only: a planted pickle cannot run code here
+            ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise SystemExit(f"{ckpt_path} was not loaded: it is damaged, or holds objects other than tensors and "
+                             "plain values (which could run code); delete it or use another --run-dir") from None
         same = ("steps", "batch_size", "lr", "warmup", "seed", "ema_decay", "cond_dropout", "min_snr_gamma")
         if any(ck["args"][k] != getattr(args, k) for k in same):
             raise SystemExit(f"{ckpt_path} was made with other settings ({ck['args']}); use another --run-dir")

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -138,7 +139,11 @@ def main(argv=None) -> int:
     data_rng = random.Random(args.seed)
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:  # tensors and plain values only: a planted pickle cannot run code here
+            ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise SystemExit(f"{ckpt_path} was not loaded: it is damaged, or holds objects other than tensors and "
+                             "plain values (which could run code); delete it or use another --run-dir") from None
         if any(ck["args"][k] != getattr(args, k) for k in SAME):
             raise SystemExit(f"{ckpt_path} was made with other settings ({ck['args']}); use another --run-dir")
         model.load_state_dict(ck["model"])

@@ -44,3 +44,15 @@ def test_resume_equals_uninterrupted(tmp_path):
     (s,) = adapter.generate(GenerationRequest("a small red circle on a blue background", n=1, seeds=(0,),
                                               params={"steps": 2}))
     assert s.mime == "image/png"
+
+
+def test_a_planted_checkpoint_is_refused_without_running(tmp_path):
+    from tests.test_trainer import plant_pickle
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    marker = tmp_path / "pwned"
+    plant_pickle(run_dir / "checkpoint.pt", marker)
+    proc = _train(run_dir, tmp_path / "out")
+    assert proc.returncode != 0 and not marker.exists()
+    assert "holds objects other than tensors and plain values" in proc.stdout + proc.stderr and "not loaded" in proc.stderr

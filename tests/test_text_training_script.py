@@ -40,3 +40,15 @@ def test_resume_equals_uninterrupted_and_the_model_loads(tmp_path):
     assert s.provenance.params["response_tokens"] >= 1
     # the shipped default sampling settings travel with the model
     assert model.default_params() == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 384}
+
+
+def test_a_planted_checkpoint_is_refused_without_running(tmp_path):
+    from tests.test_trainer import plant_pickle
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    marker = tmp_path / "pwned"
+    plant_pickle(run_dir / "checkpoint.pt", marker)
+    proc = _train(run_dir, tmp_path / "out")
+    assert proc.returncode != 0 and not marker.exists()
+    assert "holds objects other than tensors and plain values" in proc.stdout + proc.stderr and "not loaded" in proc.stderr

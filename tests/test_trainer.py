@@ -137,7 +137,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, world, monkeyp
     run_dir = _run(tmp_path, world, "nan", checkpoint_every=2)
     assert train(run_dir) == 1
     assert "the loss became nan at step 3" in capsys.readouterr().err
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["lora"].values())
 
 
@@ -155,7 +155,7 @@ def test_bf16_and_fp16_autocast_train_on_cpu(tmp_path, world, capsys):
         weights = load_file(run_dir / "adapter" / "pytorch_lora_weights.safetensors")
         assert all(v.dtype == torch.float32 for v in weights.values())  # LoRA weights stay float32
         assert any(v.abs().max() > 0 for k, v in weights.items() if "lora_B" in k or "lora.up" in k)
-    state = torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0  # fp16 resumes with its gradient scaler
 
 
@@ -357,3 +357,30 @@ def test_contexts_restrict_the_training_pairs(tmp_path, world, capsys):
     for bad in (["compare"], [], "collect"):
         with pytest.raises(ValueError, match="compare|contexts must be"):
             _run(tmp_path, world, "bad", contexts=bad)
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    torch.save({"lora": {}, "step": 1, "payload": _Payload(marker)}, path)
+
+
+def test_a_planted_checkpoint_is_refused_without_running(tmp_path, world, capsys):
+    """A pickle planted as checkpoint.pt must not run on --resume: weights_only unpickling refuses it."""
+    run_dir = _run(tmp_path, world, "planted")
+    marker = tmp_path / "pwned"
+    plant_pickle(run_dir / "checkpoint.pt", marker)
+    assert train(run_dir, resume=True) == 1
+    assert not marker.exists()
+    assert "is not a checkpoint Palate wrote" in capsys.readouterr().err
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    assert train(run_dir, resume=True) == 1
+    assert "is damaged or not a checkpoint" in capsys.readouterr().err
