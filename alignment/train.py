@@ -74,6 +74,7 @@ from .losses import get_loss
 CHECKPOINT = "checkpoint.pt"
 ADAPTER_INFO = "palate.json"
 METRICS = "metrics.jsonl"
+LOCK_FILE = "trainer.lock"
 
 
 class TrainingError(RuntimeError):
@@ -360,6 +361,24 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
         if run_id is not None and procs.main:
             store.update_run(run_id, **fields)
 
+    # 0. One trainer per run, and a completed run stays as it is. Refusals leave the run record alone:
+    #    it belongs to the live trainer, or records a finished run.
+    refusal, lock = None, None
+    if procs.main:
+        try:
+            lock = lock_run(run_dir)
+            refuse_completed(store, cfg, run_dir)
+        except TrainingError as e:
+            refusal = str(e)
+    if procs.any(refusal is not None):
+        if lock is not None:
+            lock.close()
+        store.close()
+        procs.close()
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+        return 1
+
     metrics_file = None
     old_handlers: dict[int, Any] = {}
     mark(status="running", pid=os.getpid(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None,
@@ -452,6 +471,8 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
                 (run_dir / METRICS).write_text("".join(line + "\n" for line in kept))
         elif ckpt.exists():
             raise TrainingError(f"{run_dir} already holds a checkpoint; pass --resume to continue it")
+        elif procs.main and (run_dir / METRICS).exists():  # a start killed before its first checkpoint
+            (run_dir / METRICS).unlink()
 
         def save_checkpoint() -> None:
             if not procs.main:
@@ -641,6 +662,43 @@ def train(run_dir: Path, *, resume: bool = False, stop_after: int | None = None)
             signal.signal(s, h)
         store.close()
         procs.close()
+        if lock is not None:
+            lock.close()  # the lock dies with the file (and with the process, however it ends)
+
+
+def lock_run(run_dir: Path):
+    """Hold ``RUN_DIR/trainer.lock`` (an flock, released when this process ends, even by SIGKILL) so a
+    second trainer on the same run is refused; the file names the holder's pid. Returns the open file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no flock; one trainer per run is then on the user
+        return None
+    f = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise TrainingError(f"another trainer (pid {holder}) is training {run_dir}; wait for it to finish, or "
+                            "cancel it (Cancel in the app, or kill -TERM " + holder + ") and resume") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def refuse_completed(store, cfg: TrainConfig, run_dir: Path) -> None:
+    """A completed run is left as it is: training it again would rewrite its adapter."""
+    done = (store.get_run(cfg.run_id).status == "completed" if cfg.run_id is not None
+            else (run_dir / "adapter" / ADAPTER_INFO).is_file())
+    if done:
+        name = f"run {cfg.run_id}" if cfg.run_id is not None else str(run_dir)
+        raise TrainingError(
+            f"{name} is already completed (its adapter is in {run_dir / 'adapter'}); it is left as it is. To train "
+            f"again, start a new run (python -m app train ...), or continue from this adapter with "
+            f"--init-adapter {run_dir / 'adapter'}")
 
 
 def _last_record(run_dir: Path) -> dict[str, Any] | None:

@@ -267,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 init = store.list_runs()[-1].run_dir + "/adapter"
         return code
 
-    from app.runs import create_run, train_command
+    from app.runs import create_run, record_trainer_exit, train_command
 
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
     if args.nll is not None:
@@ -289,9 +289,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     proc = subprocess.Popen(train_command(run_dir))
     while True:
         try:
-            return proc.wait()
+            code = proc.wait()
+            break
         except KeyboardInterrupt:  # the trainer got the same Ctrl-C: let it checkpoint and exit
             continue
+    if code != 0:  # a trainer that could not say why (killed, crashed hard): record it and say so
+        with _open(args) as store:
+            note = record_trainer_exit(store, run.id, code)
+        if note:
+            print(f"error: {note} (python -m alignment.train {run_dir} --resume)", file=sys.stderr)
+    return 128 - code if code < 0 else code
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -650,6 +657,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     if getattr(args, "func", None) is None:
         args.func = cmd_ui
+    from app.compat import warn
+
+    warn()
     try:
         return args.func(args)
     except (StoreError, ValueError, OSError) as e:

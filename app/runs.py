@@ -78,6 +78,28 @@ def train_command(run_dir: Path) -> list[str]:
     return cmd
 
 
+def record_trainer_exit(store: Store, run_id: int, code: int | None, last_output: str = "") -> str | None:
+    """After a trainer process ended: if it could not record why (killed, crashed hard), mark its run
+    failed with the reason and return that reason; None when the run's record already says how it ended."""
+    run = store.get_run(run_id)
+    if run.status not in ("running", "queued"):
+        return None
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = (f"the trainer was killed by {name}" + (" (out of memory, or killed by hand)" if name == "SIGKILL" else "")
+               + " before it could report")
+    else:
+        why = (f"the trainer exited with status {code}" if code is not None else "the trainer process ended") + \
+            " without reporting"
+    last = last_output.strip().splitlines()[-1] if last_output.strip() else ""
+    store.update_run(run_id, status="failed", pid=None, exit_code=code, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     error=f"{why}: {last or 'no log'}; resume continues from its last checkpoint")
+    return f"run {run_id}: {why}; marked failed -- resume continues from its last checkpoint"
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether ``pid`` is a live (not zombie) ``alignment.train`` process."""
     if not pid:
@@ -345,9 +367,5 @@ class RunQueue:
                 store.update_run(run_id, status="cancelled", pid=None, exit_code=code,
                                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                  error="cancelled before the trainer could checkpoint; resume starts it again")
-            elif run.status in ("running", "queued"):
-                tail = log_tail(run.run_dir, 6)
-                why = f"the trainer exited with status {code}" if code is not None else "the trainer process ended"
-                store.update_run(run_id, status="failed", pid=None, exit_code=code,
-                                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                 error=f"{why} without reporting: {tail.splitlines()[-1] if tail else 'no log'}")
+            else:
+                record_trainer_exit(store, run_id, code, log_tail(run.run_dir, 6))
