@@ -56,10 +56,35 @@ def _parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+MAX_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def _id(text: str) -> int:
+    """An argparse type for a row id: a whole number SQLite can hold (a huge one is a clear error, not
+    an OverflowError from deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id (a whole number)") from None
+    if not 1 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text} is not an id: ids are whole numbers from 1 to {MAX_ID}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range: use 1 to 65535 (default 7860)")
+    return value
+
+
 def _parse_rank_token(token: str) -> list[int]:
     try:
-        return [int(t) for t in token.split("=")]
-    except ValueError:
+        return [_id(t) for t in token.split("=")]
+    except (ValueError, argparse.ArgumentTypeError):
         raise ValueError(f"ranking entries are generation ids, or ids joined by '=' for a tie; got {token!r}") from None
 
 
@@ -452,7 +477,7 @@ def _ui_options(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     p.add_argument("--host", default=S, help="address to serve on (default 127.0.0.1, this machine only; "
                    "anything else needs --auth or --token)")
-    p.add_argument("--port", type=int, default=S, help="port (default 7860)")
+    p.add_argument("--port", type=_port, default=S, help="port (default 7860)")
     p.add_argument("--auth", metavar="USER:PASSWORD", default=S, help="require this login (or set PALATE_AUTH)")
     p.add_argument("--token", metavar="TOKEN", default=S, help="require this token as the password, any user name "
                    "(or set PALATE_TOKEN; 12 characters at least)")
@@ -586,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_list, "list stored candidates (generations) with their ids")
     p.add_argument("--modality", choices=MODALITIES)
     p.add_argument("--model")
-    p.add_argument("--prompt-id", type=int)
+    p.add_argument("--prompt-id", type=_id)
     p.add_argument("--limit", type=int)
 
     # vote
@@ -604,14 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="two generation ids: A then B")
+    p.add_argument("ids", nargs="*", type=_id, metavar="ID", help="two generation ids: A then B")
     p.add_argument("--choice", choices=["a", "b", "tie", "both-bad"], help="which one is better")
     p.add_argument("--strength", type=float, help="probability that A is better (soft label), agreeing with --choice")
     p.add_argument("--ranking", nargs="+", metavar="ID", help="generation ids best first; join ties with '='")
-    p.add_argument("--unranked", nargs="+", type=int, metavar="ID", help="candidates shown but not ranked")
+    p.add_argument("--unranked", nargs="+", type=_id, metavar="ID", help="candidates shown but not ranked")
     p.add_argument("--annotator", default="you", help="who judged (default: you)")
     p.add_argument("--ai", action="store_true", help="the annotator is an AI judge, not a person")
-    p.add_argument("--delete", type=int, metavar="JUDGMENT_ID", help="delete one judgment")
+    p.add_argument("--delete", type=_id, metavar="JUDGMENT_ID", help="delete one judgment")
     p.add_argument("--undo", action="store_true", help="delete the annotator's most recent judgment")
 
     # export
@@ -629,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("adapter", cmd_export_adapter, "export a trained adapter for other tools, checked by loading it back "
             "as they do", parent=exp_sub)
-    p.add_argument("adapter_id", type=int, metavar="ADAPTER_ID", help="the adapter's id in the store (db info counts them)")
+    p.add_argument("adapter_id", type=_id, metavar="ADAPTER_ID", help="the adapter's id in the store (db info counts them)")
     p.add_argument("out", metavar="OUT", help="output folder, or .safetensors file for kohya")
     p.add_argument("--format", help="image adapters: diffusers (default), peft or kohya; text adapters: peft "
                                     "(default) or merged (the base model with the LoRA merged in)")
@@ -666,7 +691,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except sqlite3.Error as e:
-        print(f"error: database error: {e} (run `python -m app db check` to inspect the store)", file=sys.stderr)
+        from storage.errors import sqlite_write_failure
+        from storage.paths import resolve_data_dir
+
+        full = sqlite_write_failure(e, resolve_data_dir(args.data_dir))
+        print(f"error: {full}" if full is not None else
+              f"error: database error: {e} (run `python -m app db check` to inspect the store)", file=sys.stderr)
+        return 2
+    except OverflowError as e:  # a number too large for SQLite or the OS, from a path argparse does not type
+        print(f"error: a number given is too large ({e})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 from . import derive, pickapic, trl
-from .errors import AlreadyImportedError, ImportFormatError
+from .errors import AlreadyImportedError, ImportFormatError, file_write_failure
 from .media import sha256_file, sniff_mime
 from .schema import MODALITIES
 from .store import COMPARE_CONTEXT, Store, now_iso
@@ -165,6 +165,8 @@ def export_dataset(
             table = pa.Table.from_pylist(rows, schema=schema)
             pq.write_table(table, tmp)
         os.replace(tmp, out)
+    except OSError as e:
+        raise file_write_failure(e, out) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -300,6 +302,59 @@ def _iter_jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
             raise ImportFormatError(f"{path} is not UTF-8 text; is it really JSONL?") from None
 
 
+def _is_text(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_binary(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _is_number(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+def _is_text_or_messages(t) -> bool:
+    import pyarrow as pa
+
+    return _is_text(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _is_time(t) -> bool:
+    import pyarrow as pa
+
+    return _is_text(t) or pa.types.is_timestamp(t) or pa.types.is_date(t)
+
+
+# column -> (check, what it must be); columns a file does not have are not checked here
+_PICKAPIC_TYPES = {
+    "caption": (_is_text, "text"), "jpg_0": (_is_binary, "binary (the encoded image)"),
+    "jpg_1": (_is_binary, "binary (the encoded image)"), "media_0": (_is_binary, "binary (the encoded file)"),
+    "media_1": (_is_binary, "binary (the encoded file)"), "label_0": (_is_number, "a number"),
+    "label_1": (_is_number, "a number"), "model_0": (_is_text, "text"), "model_1": (_is_text, "text"),
+    "created_at": (_is_time, "a timestamp or ISO text"),
+}
+_TRL_TYPES = {
+    "prompt": (_is_text_or_messages, "text or a list of chat messages"),
+    "chosen": (_is_text_or_messages, "text or a list of chat messages"),
+    "rejected": (_is_text_or_messages, "text or a list of chat messages"), "label": (_is_number, "a number"),
+}
+
+
+def _require_types(path: Path, schema, expected: dict[str, tuple[Callable[[Any], bool], str]], fmt: str) -> None:
+    """Columns must have the format's types: a number is not a caption (it would import as prompt "0")."""
+    for name, (ok, what) in expected.items():
+        if name in schema.names and not ok(schema.field(name).type):
+            raise ImportFormatError(f"{path}: column {name} is {schema.field(name).type}, but in the {fmt} format "
+                                    f"it is {what}; nothing was imported")
+
+
 def _require_columns(path: Path, names: Sequence[str], required: Sequence[Sequence[str]], fmt: str) -> None:
     missing = [" or ".join(alts) for alts in required if not any(a in names for a in alts)]
     if missing:
@@ -344,18 +399,23 @@ def import_dataset(
     if annotator_kind is not None and annotator_kind not in ("human", "ai"):
         raise ValueError(f"annotator kind must be human or ai, not {annotator_kind!r}")
 
+    if path.stat().st_size == 0:
+        raise ImportFormatError(f"{path} is empty (0 bytes); nothing was imported")
     if fmt == "pickapic":
-        names = _parquet_file(path).schema_arrow.names
+        schema = _parquet_file(path).schema_arrow
+        names = schema.names
         _require_columns(path, names, [["caption"], ["jpg_0", "media_0"], ["jpg_1", "media_1"], ["label_0"],
                                        ["label_1"]], "Pick-a-Pic")
+        _require_types(path, schema, _PICKAPIC_TYPES, "Pick-a-Pic")
         rows_factory: Callable[[], Iterator[dict[str, Any]]] = lambda: _iter_parquet_rows(path)
         convert = _pickapic_row
     else:
         if fmt == "trl-jsonl":
             rows_factory = lambda: _iter_jsonl_rows(path)  # noqa: E731
         else:
-            names = _parquet_file(path).schema_arrow.names
-            _require_columns(path, names, [["chosen"], ["rejected"]], "TRL")
+            schema = _parquet_file(path).schema_arrow
+            _require_columns(path, schema.names, [["chosen"], ["rejected"]], "TRL")
+            _require_types(path, schema, _TRL_TYPES, "TRL")
             rows_factory = lambda: _iter_parquet_rows(path)  # noqa: E731
         convert = _trl_row
 
@@ -366,6 +426,8 @@ def import_dataset(
         except (KeyError, TypeError, ValueError) as e:
             raise ImportFormatError(f"{path}, row {n}: {e}") from None
         report.rows += 1
+    if report.rows == 0:
+        raise ImportFormatError(f"{path} holds no rows; nothing was imported")
 
     # 2. Write in batches, each its own transaction, so the app's votes are not
     #    held up behind a long import. An interrupted import leaves no

@@ -10,6 +10,7 @@ full disk leaves at most a ``.part`` file there (removed by ``db check
 from __future__ import annotations
 
 import errno
+import io
 import hashlib
 import os
 import shutil
@@ -87,6 +88,53 @@ def sniff_mime(data: bytes) -> str:
     except UnicodeDecodeError:
         return "application/octet-stream"
     return "text/plain"
+
+
+# what each modality's candidates are: the MIME family, and whether the bytes are decoded to check them
+_MEDIA_OF = {"image": "image/", "music": "audio/", "video": "video/", "text": "text/"}
+
+
+def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: str = "the candidate") -> str:
+    """The MIME type of a candidate's media, after checking it is what ``modality`` says: not empty,
+    of the modality's type, and (images, audio, text) decodable. ``head`` is the first 4 KiB;
+    ``data`` the whole (needed to decode; left out for large files, which are then sniffed only).
+    Raises :class:`InvalidMediaError` with what is wrong."""
+    from .errors import InvalidMediaError
+
+    if modality == "text":  # an empty answer is an answer; text must be UTF-8 (a cut at 4 KiB may split a char)
+        try:
+            (data if data is not None else head).decode("utf-8", errors="strict" if data is not None else "ignore")
+        except UnicodeDecodeError:
+            raise InvalidMediaError(f"{what} is not UTF-8 text; nothing was stored") from None
+        return "text/plain"
+    if not head:
+        raise InvalidMediaError(f"{what} is empty (0 bytes); nothing was stored")
+    mime = sniff_mime(head)
+    family = _MEDIA_OF.get(modality)
+    if family is not None and not mime.startswith(family):
+        shown = "not a recognised media file" if mime == "application/octet-stream" else mime
+        raise InvalidMediaError(f"{what} is {shown}, but {modality} candidates must be {family.rstrip('/')} files; "
+                                "nothing was stored")
+    if data is None:
+        return mime
+    if modality == "image":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()  # decode the pixels, not only the header: a truncated file fails here
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise InvalidMediaError(f"{what} is not a readable image ({e}); nothing was stored") from None
+    elif modality == "music":
+        try:
+            import soundfile
+
+            soundfile.info(io.BytesIO(data))
+        except ImportError:  # pragma: no cover - soundfile is a dependency
+            pass
+        except Exception as e:  # soundfile raises RuntimeError / LibsndfileError for undecodable audio
+            raise InvalidMediaError(f"{what} is not readable audio ({e}); nothing was stored") from None
+    return mime
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ from .errors import (
     SchemaTooNewError,
     StoreError,
     UnknownIdError,
+    sqlite_write_failure,
 )
-from .media import MediaStore
+from .media import MediaStore, check_media
 from .paths import DB_FILENAME, ensure_writable_dir, resolve_data_dir
 from .schema import ANNOTATOR_KINDS, CHOICES, MIGRATIONS, MODALITIES, RUN_STATUSES, Migration
 
@@ -48,6 +49,9 @@ CHOICE_ALIASES = {"a": "a", "b": "b", "tie": "tie", "both_bad": "both_bad", "bot
 _OPEN_PATHS: "Counter[str]" = Counter()  # databases this process has open (see Store.open)
 _OPEN_LOCK = threading.Lock()
 COMPARE_CONTEXT = "compare"  # judgments of the blind base-vs-tuned comparison
+
+
+_DECODE_LIMIT = 256 * 1024 * 1024  # media files up to this size are decoded before they are stored
 
 
 def now_iso() -> str:
@@ -224,6 +228,9 @@ class Store:
             store._migrate(tuple(migrations))
         except sqlite3.DatabaseError as e:
             conn.close()
+            full = sqlite_write_failure(e, db_path)
+            if full is not None:
+                raise full from None
             if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                 raise StoreError(
                     f"{db_path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s; "
@@ -264,15 +271,24 @@ class Store:
                 with self.db.atomic():
                     yield self.db
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                full = sqlite_write_failure(e, self.data_dir / DB_FILENAME)
+                if full is not None:
+                    raise full from None
+                raise
             try:
                 yield self.db
                 self.conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
                 # Also when COMMIT itself fails (disk full, I/O error): a transaction
                 # left open would swallow every later write as a savepoint.
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
+                full = sqlite_write_failure(e, self.data_dir / DB_FILENAME)
+                if full is not None:
+                    raise full from None
                 raise
 
     @contextlib.contextmanager
@@ -373,13 +389,20 @@ class Store:
         _check_modality(modality)
         if not model:
             raise ValueError("a generation needs a model reference (hub id or local path)")
+        # the media must be what the modality says, decoded before anything is stored
         if isinstance(media, (bytes, bytearray, memoryview)):
-            stored = self.media.put_bytes(bytes(media), mime)
+            data = bytes(media)
+            sniffed = check_media(data[:4096], modality, data=data)
+            stored = self.media.put_bytes(data, mime or sniffed)
         else:
             path = Path(media)
             if not path.is_file():
                 raise FileNotFoundError(f"media file {path} does not exist")
-            stored = self.media.put_file(path, mime)
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(4096) if size > _DECODE_LIMIT else f.read()
+            sniffed = check_media(head[:4096], modality, data=None if size > _DECODE_LIMIT else head, what=str(path))
+            stored = self.media.put_file(path, mime or sniffed)
         created_at = created_at or now_iso()
         with self.write() as db:
             if not (self.data_dir / stored.relpath).exists():  # removed meanwhile with a deleted candidate

@@ -86,10 +86,15 @@ def test_real_write_limit_in_a_subprocess(data_dir):
         import resource, signal, sys
         from storage import Store, MediaWriteError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        import io, os
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3)).save(buf, "PNG")  # ~480 kB, incompressible
+        noise_png = buf.getvalue()
         s = Store.open({str(data_dir)!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
         try:
-            s.add_generation(prompt="p", modality="image", model="m", media=b"\\x89PNG\\r\\n\\x1a\\n" + b"x" * 1_000_000)
+            s.add_generation(prompt="p", modality="image", model="m", media=noise_png)
         except MediaWriteError as e:
             print("REFUSED:", e)
             sys.exit(0)

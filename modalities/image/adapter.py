@@ -196,7 +196,7 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
     revision = ref.revision or (_folder_revision(folder) if folder is not None else None)
     if ref.adapter:
         check_adapter_base(Path(ref.adapter).expanduser(), name, revision)
-        _load_lora(pipe, ref.adapter)
+        _load_lora(pipe, ref.adapter, ref.id)
     pipe.to(device)
     return pipe, name, revision
 
@@ -235,17 +235,47 @@ def check_adapter_base(path: Path, model: str, revision: str | None) -> None:
         )
 
 
-def _load_lora(pipe, adapter: str) -> None:
+def adapter_mismatch(adapter: str, model: str, e: Exception) -> ModelLoadError:
+    """One line for an adapter that does not fit the model: which base it was trained on (when it says),
+    the model given, and the first line of the loader's error (size mismatches list every weight)."""
+    path = Path(adapter).expanduser()
+    info_file = (path if path.is_dir() else path.parent) / "palate.json"
+    base = None
+    try:
+        base = json.loads(info_file.read_text()).get("base_model") if info_file.is_file() else None
+    except (OSError, ValueError):
+        pass
+    trained = f"it was trained on {base!r}" if base else "it does not say which model it was trained on"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = " ".join(lines[:2])[:240]
+    more = f" ... and {len(lines) - 2} more lines like it" if len(lines) > 2 else ""
+    return ModelLoadError(f"adapter {adapter!r} does not fit {model!r}; {trained}. Load it with the model it was "
+                          f"trained on. ({type(e).__name__}: {first}{more})")
+
+
+def _load_lora(pipe, adapter: str, model: str = "this model") -> None:
     """Apply a LoRA adapter (diffusers/PEFT safetensors folder or file) to the pipeline."""
     path = Path(adapter).expanduser()
     if not path.exists():
         raise ModelLoadError(f"adapter {adapter!r} does not exist")
     if not hasattr(pipe, "load_lora_weights"):
         raise ModelLoadError(f"{type(pipe).__name__} cannot load LoRA adapters")
+    import logging
+    import warnings
+
+    # diffusers logs a failed load's whole error (a line per mismatched weight) and peft warns about it
+    # before the exception arrives; the exception becomes one line below instead
+    quiet = logging.getLogger("diffusers.loaders.peft")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
-        pipe.load_lora_weights(str(path), adapter_name="palate")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="While injecting the PEFT adapters, an inconsistency")
+            pipe.load_lora_weights(str(path), adapter_name="palate")
     except Exception as e:
-        raise ModelLoadError(f"cannot load adapter {adapter!r}: {type(e).__name__}: {e}") from None
+        raise adapter_mismatch(adapter, model, e) from None
+    finally:
+        quiet.setLevel(level)
 
 
 # ---------------------------------------------------------------------------

@@ -26,7 +26,8 @@ import torch
 
 from storage import conversation
 
-from ..image.adapter import ModelLoadError, _check_device, _folder_revision, _looks_like_hub_id, check_adapter_base
+from ..image.adapter import (ModelLoadError, _check_device, _folder_revision, _looks_like_hub_id, adapter_mismatch,
+                             check_adapter_base)
 from ..protocol import GenerationRequest, Group, ModalityAdapter, ModelRef, Provenance, Sample, ScoreKind, TrainingBatch
 from ..scoring import token_logprob_score
 
@@ -226,8 +227,7 @@ def _merge_lora(model, adapter: str, name: str, revision: str | None):
         peft_model = PeftModel.from_pretrained(model, str(path), adapter_name="palate", is_trainable=False)
         return peft_model.merge_and_unload()
     except Exception as e:
-        raise ModelLoadError(f"cannot apply adapter {adapter!r} to {name!r}: {type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+        raise adapter_mismatch(adapter, name, e) from None
 
 
 def render_prompt(tokenizer, prompt: str) -> str:
