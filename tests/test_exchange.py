@@ -218,6 +218,10 @@ def test_export_import_export_is_identical(contents, fmt):
             _fill(one, contents, modality)
             first = export_dataset(one, tmp / f"first{suffix}", fmt=fmt)
         with Store.open(tmp / "two") as two:
+            if first.rows == 0:  # an export of nothing is a file of nothing, and importing it says so
+                with pytest.raises(ImportFormatError, match="holds no rows|is empty"):
+                    import_dataset(two, tmp / f"first{suffix}")
+                return
             imported = import_dataset(two, tmp / f"first{suffix}")
             assert imported.judgments == first.rows
             second = export_dataset(two, tmp / f"second{suffix}", fmt=fmt)
@@ -376,7 +380,7 @@ def test_reimport_of_same_file_is_refused(store, tmp_path):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (b"", "not a readable Parquet"),
+        (b"", "is empty"),
         (b"PAR1 this is not parquet at all PAR1", "not a readable Parquet"),
         (b"\x00" * 64, "not a readable Parquet"),
     ],
