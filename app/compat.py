@@ -17,17 +17,33 @@ from typing import Callable, Mapping
 
 @dataclass(frozen=True)
 class Conflict:
-    """``a`` at ``a_versions`` together with ``b`` at ``b_versions`` (PEP 440 specifiers) fails."""
+    """``a`` at ``a_versions`` together with ``b`` at ``b_versions`` (PEP 440 specifiers) fails;
+    ``b`` None: ``a`` at those versions fails whatever else is installed."""
 
     a: str
     a_versions: str
-    b: str
+    b: str | None
     b_versions: str
     breaks: str  # what fails, in a few words
     works: str  # the versions that work, as advice
 
 
-KNOWN: tuple[Conflict, ...] = ()
+# Each reproduced on 2026-11-29 against the test suite, with every other package at the lock's version.
+KNOWN: tuple[Conflict, ...] = (
+    Conflict("peft", "<0.18", "transformers", ">=5", "no peft.functional, which Palate puts LoRA on models with "
+             "(peft 0.16-0.17 also fail to import under transformers 5: HybridCache)", "use peft>=0.18"),
+    Conflict("diffusers", "<0.35.2", "transformers", ">=5", "diffusers fails to import (FLAX_WEIGHTS_NAME is gone "
+             "from transformers 5)", "use diffusers>=0.40"),
+    Conflict("diffusers", ">=0.35.2,<0.40", None, "", "loading a LoRA from a local folder fails offline "
+             "(HF_HUB_OFFLINE=1: 'you must specify a weight_name')", "use diffusers>=0.40"),
+    Conflict("gradio", "<5.7", "huggingface-hub", ">=1.0", "gradio fails to import (HfFolder is gone from "
+             "huggingface_hub 1.x)", "use gradio>=6"),
+    Conflict("gradio", "<6", None, "", "the web app cannot start (Blocks.launch() takes no head= in gradio 5)",
+             "use gradio>=6"),
+    Conflict("transformers", "<5", None, "", "a model's shipped greedy decoding (do_sample: false) is read as "
+             "sampling, and transformers 4 cannot share an environment with the diffusers and gradio Palate needs "
+             "(huggingface-hub<1)", "use transformers>=5"),
+)
 
 
 def _installed(name: str) -> str | None:
@@ -46,16 +62,19 @@ def conflicts(versions: Mapping[str, str | None] | Callable[[str], str | None] |
     lookup = versions if callable(versions) else (versions.get if versions is not None else _installed)
     lines = []
     for c in known:
-        va, vb = lookup(c.a), lookup(c.b)
-        if va is None or vb is None:
+        va = lookup(c.a)
+        vb = lookup(c.b) if c.b is not None else None
+        if va is None or (c.b is not None and vb is None):
             continue
         try:
-            hit = Version(va) in SpecifierSet(c.a_versions) and Version(vb) in SpecifierSet(c.b_versions)
+            hit = Version(va) in SpecifierSet(c.a_versions) and (
+                c.b is None or Version(vb) in SpecifierSet(c.b_versions))
         except InvalidVersion:
             continue
         if hit:
-            lines.append(f"{c.a} {va} with {c.b} {vb} is known not to work with Palate ({c.breaks}); "
-                         f"{c.works}. `bash scripts/start.sh` installs the tested versions (requirements/app.lock).")
+            which = f"{c.a} {va}" + (f" with {c.b} {vb}" if c.b is not None else "")
+            lines.append(f"{which} is known not to work with Palate ({c.breaks}); {c.works}. "
+                         "`bash scripts/start.sh` installs the tested versions (requirements/app.lock).")
     return lines
 
 

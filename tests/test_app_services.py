@@ -10,7 +10,7 @@ import pytest
 
 from app import runs, services
 from storage.store import COMPARE_CONTEXT
-from tests.conftest import add_images
+from tests.conftest import add_images, png_bytes
 
 
 def test_pick_best_vote_rank_undo_and_the_counter(store):
@@ -65,7 +65,7 @@ def test_blind_votes_give_a_win_rate_and_never_train(store, tmp_path):
     for k in range(4):
         base = add_images(store, f"prompt {k}", 1, model="m", offset=10 * k)[0]
         tuned = store.add_generation(prompt=f"prompt {k}", modality="image", model="m", adapter_id=adapter.id,
-                                     media=bytes([k, 1, 2, 3]) * 50, mime="image/png", seed=0)
+                                     media=png_bytes((k, 1, 200)), mime="image/png", seed=0)
         rows.append({"prompt": f"prompt {k}", "seed": 0, "base": base, "adapters": {adapter.id: tuned}})
     trials = services.blind_trials(rows, adapter.id, seed=3)
     assert {t.tuned_side for t in trials} == {"left", "right"}  # shuffled sides (seed 3)
