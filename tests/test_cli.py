@@ -67,9 +67,10 @@ def test_full_scripted_flow(tmp_path):
     assert "my/model" in text and "train pairs" in text
     assert run_cli("vote", "--undo", data_dir=d, check=True).stdout.strip() == "deleted judgment 4"
     out = tmp_path / "x.parquet"
-    assert "wrote 3 rows" in run_cli("export", "dataset", str(out), data_dir=d, check=True).stdout
+    wrote = run_cli("export", "dataset", str(out), data_dir=d, check=True).stdout
+    assert "wrote 1 rows" in wrote and "left out 1 soft label" in wrote and "left out 1 both-bad" in wrote
     imp = run_cli("import", str(out), data_dir=tmp_path / "other", check=True).stdout
-    assert "imported 3 judgment(s) and 3 new candidate(s)" in imp
+    assert "imported 1 judgment(s) and 2 new candidate(s)" in imp
     again = run_cli("import", str(out), data_dir=tmp_path / "other")
     assert again.returncode == 2 and "already imported" in again.stderr
     check = run_cli("db", "check", data_dir=d, check=True).stdout

@@ -263,7 +263,8 @@ def test_store_pairs_votes_come_back_winner_first_and_export_to_trl(store, tmp_p
     rep = export_dataset(store, tmp_path / "dto.jsonl", fmt="trl-jsonl")
     rows = [json.loads(line) for line in (tmp_path / "dto.jsonl").read_text().splitlines()]
     assert rep.rows == len(rows) == len(pairs)
-    assert {(r["prompt"], r["chosen"], r["rejected"]) for r in rows} == {tuple(p[:3]) for p in pairs}
+    assert {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows} == \
+        {tuple(p[:3]) for p in pairs}  # conversational rows: TRL applies the model's chat template
 
 
 def test_noisy_annotators_give_soft_labels(store):

@@ -217,10 +217,18 @@ def test_dto_from_the_cli_on_the_built_in_model_trains_and_exports_its_pairs(tmp
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == len(pairs)
     questions = {p.prompt for p in world.problems(3, "train", seed=0)}
-    for row in rows:
-        assert row["prompt"] in questions and row["chosen"] != row["rejected"]
-        problem = next(p for p in world.problems(3, "train", seed=0) if p.prompt == row["prompt"])
-        assert world.judge(problem, row["chosen"]).correct  # never an incorrect trace preferred
+    for row in rows:  # the built-in model has a chat template: conversational rows, TRL renders them
+        (user,), (chosen,), (rejected,) = row["prompt"], row["chosen"], row["rejected"]
+        assert user["role"] == "user" and user["content"] in questions and chosen["role"] == "assistant"
+        assert chosen["content"] != rejected["content"]
+        problem = next(p for p in world.problems(3, "train", seed=0) if p.prompt == user["content"])
+        assert world.judge(problem, chosen["content"]).correct  # never an incorrect trace preferred
+    # templated: the prompt exactly as the model saw it when it answered
+    run_cli("export", "dataset", str(tmp_path / "t.jsonl"), "--format", "trl-jsonl", "--prompt-style", "templated",
+            data_dir=d, check=True)
+    templated = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in templated} == {f"<bos>Q: {q}\nA:" for q in
+                                                {r["prompt"][0]["content"] for r in rows}}
     lm = TextAdapter.load(ModelRef("arith-reasoner", adapter=adapter))
     (s,) = lm.generate(GenerationRequest(next(iter(questions)), n=1, seeds=(0,)))
     assert "Answer:" in s.text
