@@ -5,6 +5,7 @@
 #   bash scripts/update_lock.sh -P gradio       # only these packages move (uv's --upgrade-package)
 #   bash scripts/update_lock.sh --no-test       # re-resolve only (the suite is then yours to run)
 #   bash scripts/update_lock.sh --check         # is the lock in step with pyproject.toml? (exit 1 if not)
+#   bash scripts/update_lock.sh -- -k exchange  # arguments after -- go to pytest (default: the whole suite)
 #
 # The locks (requirements/dev.lock: app + test extras; requirements/app.lock: the app alone, the
 # same versions) are written by uv (`uv pip compile --universal --generate-hashes`) for every
@@ -28,13 +29,14 @@ if [ -z "$TORCH_FIND_LINKS" ]; then
   else TORCH_FIND_LINKS="https://download.pytorch.org/whl/cpu/torch/"; fi
 fi
 
-TEST=1; CHECK=0; UPGRADE=(--upgrade)
+TEST=1; CHECK=0; UPGRADE=(--upgrade); PYTEST_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --) shift; PYTEST_ARGS=("$@"); break ;;
     --no-test) TEST=0 ;;
     --check) CHECK=1; TEST=0; UPGRADE=() ;;
     -P|--upgrade-package) shift; [ "${UPGRADE[0]:-}" = "--upgrade" ] && UPGRADE=(); UPGRADE+=(--upgrade-package "$1") ;;
-    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -100,7 +102,8 @@ VENV="$WORK/venv-check"
 rm -rf "$VENV"
 echo "[lock] installing the new lock into $VENV and running the test suite" >&2
 set +e
-PALATE_VENV="$VENV" bash "$ROOT/scripts/test.sh" -q -p no:cacheprovider 2>&1 | tee "$WORK/suite.log" | tail -40
+PALATE_VENV="$VENV" bash "$ROOT/scripts/test.sh" -q -p no:cacheprovider ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"} 2>&1 \
+  | tee "$WORK/suite.log" | tail -40
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" = 0 ]; then
