@@ -26,7 +26,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 4  # groups per optimizer step (before accumulation)
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4
+    lr: float | None = None  # None: the method's default (alignment.losses)
     warmup: int = 0
     beta: float | None = None  # None: the method's default (see alignment.losses)
     loss_kwargs: dict[str, float] = field(default_factory=dict)
@@ -62,7 +62,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
+        if self.lr is not None and not float(self.lr) > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.beta is not None and not float(self.beta) > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
@@ -99,7 +99,8 @@ class TrainConfig:
             if not (nll >= 0 and nll != float("inf")):
                 raise ValueError(f"loss_kwargs nll must be a finite number >= 0, got {self.loss_kwargs['nll']!r}")
         # numbers from JSON or a CLI may arrive as ints: make beta and lr floats once and for all
-        object.__setattr__(self, "lr", float(self.lr))
+        if self.lr is not None:
+            object.__setattr__(self, "lr", float(self.lr))
         if self.beta is not None:
             object.__setattr__(self, "beta", float(self.beta))
 
@@ -109,6 +110,10 @@ class TrainConfig:
         if self.score_reduction == "auto":
             return LOSSES[self.method].length_normalized
         return self.score_reduction == "mean"
+
+    @property
+    def effective_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else LOSSES[self.method].default_lr
 
     @property
     def effective_beta(self) -> float:

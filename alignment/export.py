@@ -1,8 +1,7 @@
 """Export a trained adapter for the tools people use, loaded back and checked.
 
-The formats belong to the adapter's modality (``ModalityAdapter.export_formats``: diffusers, PEFT
-and kohya files for image models; a PEFT folder or merged weights for language models); each
-modality writes them and checks the result by loading it as that tool would.
+The formats belong to the adapter's modality (its spec's ``export_formats``, the default first); the
+modality's adapter class writes them and checks the result by loading it as the target tool would.
 """
 from __future__ import annotations
 
@@ -11,10 +10,10 @@ from typing import Any
 
 
 def formats(modality: str) -> list[str]:
-    """The formats an adapter of ``modality`` exports to, the default first."""
+    """The formats an adapter of ``modality`` exports to, the default first (its spec says)."""
     from modalities import registry
 
-    return list(registry.get(modality).export_formats)
+    return list(registry.spec(modality).export_formats)
 
 
 def export_adapter(modality: str, adapter_dir: str | Path, out: str | Path, fmt: str, *, base_model: str,
@@ -23,9 +22,10 @@ def export_adapter(modality: str, adapter_dir: str | Path, out: str | Path, fmt:
     load it back and compare. Returns (the folder or file written, the largest difference)."""
     from modalities import registry
 
+    allowed = formats(modality)
+    if fmt not in allowed:
+        raise ValueError(f"{modality} adapters export as {', '.join(allowed)}, not {fmt!r}")
     cls = registry.get(modality)
-    if fmt not in cls.export_formats:
-        raise ValueError(f"{modality} adapters export as {', '.join(cls.export_formats)}, not {fmt!r}")
     path = cls.export_adapter(Path(adapter_dir), Path(out), fmt, base_model=base_model, metadata=metadata)
     diff = cls.verify_export(base_model, Path(adapter_dir), path, fmt) if verify else None
     return path, diff

@@ -228,8 +228,10 @@ class ModalityAdapter(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, ref: ModelRef, *, device: str | None = None, dtype: "torch.dtype | None" = None) -> "ModalityAdapter":
-        """Load the model (hub id or local folder) with sensible device/dtype."""
+    def load(cls, ref: ModelRef, *, device: str | None = None, dtype: "torch.dtype | None" = None,
+             cache_dir: "Path | None" = None) -> "ModalityAdapter":
+        """Load the model (hub id or local folder) with sensible device/dtype. ``cache_dir``: a
+        folder the adapter may keep derived data in (encoded latents, ...), or None."""
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> list[Sample]:
@@ -252,15 +254,17 @@ class ModalityAdapter(abc.ABC):
         """LoRA targets for the loaded model; defaults to ``default_lora_targets``."""
         return list(self.default_lora_targets)
 
+    def configure_scores(self, *, per_token: bool) -> None:
+        """Autoregressive modalities: make ``score`` return per-token means instead of sums (the
+        trainer sets it from the method and the config, for policy and reference alike). Other score
+        families have nothing to configure."""
+
     def token_counts(self, batch: TrainingBatch) -> "torch.Tensor | None":
         """Autoregressive modalities: how many tokens each sample's score covers, [B, K]
         (for per-token reductions such as TRL's NLL term). None for other score families."""
         return None
 
-    # -- exports of a trained adapter ------------------------------------------
-    #: formats a trained adapter exports to, the default first (``export_adapter`` writes them)
-    export_formats: ClassVar[tuple[str, ...]] = ()
-
+    # -- exports of a trained adapter (the formats are the spec's export_formats) --
     @classmethod
     def export_adapter(cls, adapter_dir: "Path", out: "Path", fmt: str, *, base_model: str,
                        metadata: dict[str, Any]) -> "Path":

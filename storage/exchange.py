@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 from . import derive, pickapic, trl
 from .errors import AlreadyImportedError, ImportFormatError, file_write_failure
 from .media import StoredMedia, sha256_file, sniff_mime
-from .schema import MODALITIES
 from .store import COMPARE_CONTEXT, Store, now_iso
 
 ExportFormat = Literal["pickapic", "trl-jsonl", "trl-parquet"]
@@ -560,8 +559,9 @@ def _pickapic_row(row: dict[str, Any], fmt: str) -> _ImportVote:
     if modality == "image":
         _verify_image(bytes(m0), "the first image")
         _verify_image(bytes(m1), "the second image")
-    if modality not in MODALITIES or modality == "text":
-        raise ValueError(f"modality {modality!r} is not a media modality ({', '.join(m for m in MODALITIES if m != 'text')})")
+    if not modality.isidentifier() or modality != modality.lower() or modality == "text":
+        raise ValueError(f"modality {modality!r} is not a media modality (the Pick-a-Pic format holds images, audio, "
+                         "video: text pairs go in the TRL formats)")
     annotator = _opt_str(row, "annotator")
     if annotator is None and row.get("user_id") is not None:
         annotator = f"pickapic-user-{row['user_id']}"
@@ -652,7 +652,7 @@ def _existing_vote_keys(store: Store) -> Counter:
                 " JOIN prompts p ON p.id = g.prompt_id"
             )
         }
-        for modality in MODALITIES:
+        for modality in [r["modality"] for r in store.query("SELECT DISTINCT modality FROM generations")]:
             for v in _export_votes(store, modality, None):
                 ga, gb = gens[v.a], gens[v.b]
                 keys[_vote_key(

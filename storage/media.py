@@ -90,18 +90,20 @@ def sniff_mime(data: bytes) -> str:
     return "text/plain"
 
 
-# what each modality's candidates are: the MIME family, and whether the bytes are decoded to check them
+# the MIME family of the built-in modalities' candidates (others say theirs: ``family=``)
 _MEDIA_OF = {"image": "image/", "music": "audio/", "video": "video/", "text": "text/"}
 
 
-def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: str = "the candidate") -> str:
-    """The MIME type of a candidate's media, after checking it is what ``modality`` says: not empty,
-    of the modality's type, and (images, audio, text) decodable. ``head`` is the first 4 KiB;
-    ``data`` the whole (needed to decode; left out for large files, which are then sniffed only).
-    Raises :class:`InvalidMediaError` with what is wrong."""
+def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: str = "the candidate",
+                family: str | None = None) -> str:
+    """The MIME type of a candidate's media, after checking it is what its modality says: not empty, of
+    the modality's MIME ``family`` (given, or known for the built-in modalities), and decodable
+    (images, audio, text). ``head`` is the first 4 KiB; ``data`` the whole (needed to decode; left out
+    for large files, which are then sniffed only). Raises :class:`InvalidMediaError`."""
     from .errors import InvalidMediaError
 
-    if modality == "text":  # an empty answer is an answer; text must be UTF-8 (a cut at 4 KiB may split a char)
+    family = family or _MEDIA_OF.get(modality)
+    if family == "text/":  # an empty answer is an answer; text must be UTF-8 (a cut at 4 KiB may split a char)
         try:
             (data if data is not None else head).decode("utf-8", errors="strict" if data is not None else "ignore")
         except UnicodeDecodeError:
@@ -110,14 +112,13 @@ def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: 
     if not head:
         raise InvalidMediaError(f"{what} is empty (0 bytes); nothing was stored")
     mime = sniff_mime(head)
-    family = _MEDIA_OF.get(modality)
     if family is not None and not mime.startswith(family):
         shown = "not a recognised media file" if mime == "application/octet-stream" else mime
         raise InvalidMediaError(f"{what} is {shown}, but {modality} candidates must be {family.rstrip('/')} files; "
                                 "nothing was stored")
     if data is None:
         return mime
-    if modality == "image":
+    if mime.startswith("image/"):
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -125,7 +126,7 @@ def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: 
                 im.load()  # decode the pixels, not only the header: a truncated file fails here
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InvalidMediaError(f"{what} is not a readable image ({e}); nothing was stored") from None
-    elif modality == "music":
+    elif mime.startswith("audio/"):
         try:
             import soundfile
 

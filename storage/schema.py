@@ -27,7 +27,7 @@ from typing import Callable
 
 import sqlite_utils
 
-MODALITIES = ("image", "video", "music", "text")
+MODALITIES = ("image", "video", "music", "text")  # the CHECK of migrations 0001-0004 (0005 allows any name)
 CHOICES = ("a", "b", "tie", "both_bad")
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 ANNOTATOR_KINDS = ("human", "ai")
@@ -217,6 +217,30 @@ def _0004_run_progress(db: sqlite_utils.Database) -> None:
     )
 
 
+MODALITY_CHECK = "CHECK (modality GLOB '[a-z]*' AND modality NOT GLOB '*[^a-z0-9_]*')"
+
+
+def _0005_any_modality(db: sqlite_utils.Database) -> None:
+    """Any registered modality may store candidates, runs and adapters (a modality is one folder plus a
+    registry line; the schema no longer lists them): the CHECK on ``modality`` becomes "a lower-case
+    identifier". SQLite cannot alter a CHECK, so the table definitions are rewritten in place, the way
+    its documentation describes for removing constraints (``writable_schema``; the stored rows are not
+    touched), and the schema version is bumped so other connections reload it."""
+    old = f"CHECK (modality IN {_in(MODALITIES)})"
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        for table in ("runs", "adapters", "generations"):
+            sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+            if old not in sql:
+                raise ValueError(f"table {table} does not have the expected modality check; not migrating")
+            db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                       (sql.replace(old, MODALITY_CHECK), table))
+        db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -228,6 +252,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0002_imports", _0002_imports),
     Migration("0003_views", _0003_views),
     Migration("0004_run_progress", _0004_run_progress),
+    Migration("0005_any_modality", _0005_any_modality),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

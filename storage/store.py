@@ -422,14 +422,15 @@ class Store:
         return rows[0]["text"]
 
     # -- generations -------------------------------------------------------
-    def put_media(self, media: "bytes | Path", modality: str, mime: str | None = None) -> StoredMedia:
+    def put_media(self, media: "bytes | Path", modality: str, mime: str | None = None, *,
+                  family: str | None = None) -> StoredMedia:
         """Check that ``media`` is what ``modality`` says (decoded, see ``check_media``) and store its file;
         nothing is recorded yet. Pass the result to :meth:`add_generation` to record it -- so a bulk writer
         (an import) does this slow part outside its write transactions."""
         _check_modality(modality)
         if isinstance(media, (bytes, bytearray, memoryview)):
             data = bytes(media)
-            sniffed = check_media(data[:4096], modality, data=data)
+            sniffed = check_media(data[:4096], modality, data=data, family=family)
             return self.media.put_bytes(data, mime or sniffed)
         path = Path(media)
         if not path.is_file():
@@ -437,7 +438,8 @@ class Store:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(4096) if size > _DECODE_LIMIT else f.read()
-        sniffed = check_media(head[:4096], modality, data=None if size > _DECODE_LIMIT else head, what=str(path))
+        sniffed = check_media(head[:4096], modality, data=None if size > _DECODE_LIMIT else head, what=str(path),
+                              family=family)
         return self.media.put_file(path, mime or sniffed)
 
     def add_generation(
@@ -455,6 +457,7 @@ class Store:
         cache_path: str | None = None,
         run_id: int | None = None,
         created_at: str | None = None,
+        media_family: str | None = None,
     ) -> Generation:
         """Store one candidate: its media file first, then (in one transaction)
         the prompt, the media row and the generation row.
@@ -469,7 +472,7 @@ class Store:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty; type what the candidates should show")
         # the media must be what the modality says, decoded before anything is stored
-        stored = media if isinstance(media, StoredMedia) else self.put_media(media, modality, mime)
+        stored = media if isinstance(media, StoredMedia) else self.put_media(media, modality, mime, family=media_family)
         created_at = created_at or now_iso()
         with self.write() as db:
             if not (self.data_dir / stored.relpath).exists():  # removed meanwhile with a deleted candidate
@@ -1140,8 +1143,13 @@ def _configure(conn: sqlite3.Connection, db_path: Path) -> None:
 
 
 def _check_modality(modality: str) -> None:
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    """A modality is named by a lower-case identifier (which ones exist is the registry's business:
+    ``modalities.registry``; the store keeps whatever it is given)."""
+    import re
+
+    if not isinstance(modality, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", modality):
+        raise ValueError(f"unknown modality {modality!r}: modality names are lower-case identifiers such as "
+                         f"{', '.join(MODALITIES)}")
 
 
 def _check_comparable(gens: Sequence[Generation]) -> None:

@@ -41,7 +41,7 @@ def saved(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(saved, tmp_path_factory):
     name, path = saved
-    return ImageAdapter.load(ModelRef(str(path)), latent_cache=tmp_path_factory.mktemp(name + "-cache"))
+    return ImageAdapter.load(ModelRef(str(path)), cache_dir=tmp_path_factory.mktemp(name + "-cache"))
 
 
 def test_family_and_kind(saved, adapter):
@@ -217,11 +217,11 @@ def test_score_math_against_an_oracle(adapter):
 def test_latent_cache_key_includes_the_model(tmp_path):
     path = tiny_pipelines.save(tiny_pipelines.tiny_sd(), tmp_path / "one")
     cache = tmp_path / "cache"
-    a = ImageAdapter.load(ModelRef(str(path)), latent_cache=cache)
+    a = ImageAdapter.load(ModelRef(str(path)), cache_dir=cache)
     data = a.generate(GenerationRequest("p", n=1, seeds=(1,), params=SETTINGS))[0].data
     a._latent(data)
     other = tiny_pipelines.save(tiny_pipelines.tiny_sd("v_prediction"), tmp_path / "other")
-    b = ImageAdapter.load(ModelRef(str(other)), latent_cache=cache)
+    b = ImageAdapter.load(ModelRef(str(other)), cache_dir=cache)
     b._latent(data)
     assert len(list(cache.rglob("*.safetensors"))) == 2
     assert a.revision != b.revision

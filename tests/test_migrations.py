@@ -89,3 +89,24 @@ def test_migration_names_are_unique_and_ordered():
     assert len(set(names)) == len(names)
     assert names == sorted(names)
     assert all(n[:4].isdigit() and int(n[:4]) == i for i, n in enumerate(names, start=1))
+
+
+def test_0005_lets_any_modality_in_without_touching_rows(tmp_path):
+    """Migration 0005 rewrites the modality CHECK in place (SQLite cannot alter one): rows stay,
+    new modalities go in, a name that is not a lower-case identifier is still refused by SQLite."""
+    import sqlite3
+
+    from storage.schema import MIGRATIONS
+    from tests.conftest import png_bytes
+
+    with Store.open(tmp_path / "d", migrations=MIGRATIONS[:4]) as old:
+        g = old.add_generation(prompt="p", modality="image", model="m", media=png_bytes((1, 2, 3)))
+    with Store.open(tmp_path / "d") as s:
+        assert s.schema_version() == len(MIGRATIONS)
+        assert s.get_generation(g.id).modality == "image"
+        assert s.query("PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+        assert s.add_generation(prompt="p", modality="toy", model="m", media=png_bytes((3, 2, 1))).modality == "toy"
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            with s.write() as db:
+                db.execute("INSERT INTO generations (prompt_id, modality, model, params, media_sha256, created_at)"
+                           " VALUES (1, 'Not An Id', 'm', '{}', ?, 'x')", (g.media_sha256,))

@@ -67,7 +67,7 @@ class SignalFlow(ModalityAdapter):
         self.model = model
 
     @classmethod
-    def load(cls, ref, *, device=None, dtype=None):
+    def load(cls, ref, *, device=None, dtype=None, cache_dir=None):
         torch.manual_seed(int(hashlib.sha256(ref.id.encode()).hexdigest(), 16) % 2**31)
         return cls(Velocity())
 

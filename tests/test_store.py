@@ -52,12 +52,25 @@ def test_generation_round_trip_and_content_addressing(store):
 def test_add_generation_rejects_bad_input_and_records_nothing(store):
     with pytest.raises(ValueError, match="prompt is empty"):
         store.add_generation(prompt="  ", modality="image", model="m", media=b"x")
-    with pytest.raises(ValueError, match="unknown modality"):
-        store.add_generation(prompt="p", modality="smell", model="m", media=b"x")
+    with pytest.raises(ValueError, match="modality names are lower-case identifiers"):
+        store.add_generation(prompt="p", modality="Smell!", model="m", media=b"x")
     with pytest.raises(UnknownIdError, match="adapter 5 does not exist"):
         store.add_generation(prompt="p", modality="image", model="m", media=png_bytes((1, 2, 3)), adapter_id=5)
     assert store.query("SELECT COUNT(*) AS n FROM generations")[0]["n"] == 0
     assert store.query("SELECT COUNT(*) AS n FROM prompts")[0]["n"] == 0
+
+
+def test_any_registered_modality_stores_its_candidates(store):
+    """The store keeps whatever modality it is given (the registry decides which exist): a new one
+    needs no schema change, and a media family it declares is checked."""
+    from storage import InvalidMediaError
+
+    g = store.add_generation(prompt="p", modality="toy_world", model="m", media=b'{"x": 1}',
+                             mime="application/json")
+    assert store.get_generation(g.id).modality == "toy_world"
+    with pytest.raises(InvalidMediaError, match="toy_world candidates must be image files"):
+        store.add_generation(prompt="p", modality="toy_world", model="m", media=b"not an image",
+                             media_family="image/")
 
 
 def test_vote_validation(store):

@@ -38,7 +38,7 @@ def chat_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plain(plain_dir):
-    return TextAdapter.load(ModelRef(str(plain_dir)), latent_cache="/nonexistent/ignored")
+    return TextAdapter.load(ModelRef(str(plain_dir)), cache_dir="/nonexistent/ignored")
 
 
 @pytest.fixture(scope="module")

@@ -1,1 +1,28 @@
-"""Image modality: the shapes world, the built-in model, and diffusers pipelines."""
+"""Image modality: the shapes world, the built-in model, and diffusers pipelines.
+
+``SPEC`` is what the rest of Palate knows about images (imported without torch); the model code is
+``modalities.image.adapter.ImageAdapter``.
+"""
+from ..spec import ModalitySpec, Setting
+
+SPEC = ModalitySpec(
+    name="image",
+    adapter="modalities.image.adapter:ImageAdapter",
+    label="Images",
+    media="image/",
+    display="image",
+    score_kinds=("diffusion", "flow"),
+    export_formats=("diffusers", "peft", "kohya"),
+    default_model="shapes-diffusion",
+    negative_prompt=True,
+    preload=True,
+    prompt_placeholder="two small red circles on a blue background",
+    settings=(
+        Setting("steps", int, "denoising steps (model default when left out)", min=1, max=200),
+        Setting("guidance", float, "classifier-free guidance scale", min=0.0, max=30.0),
+        Setting("width", int, "image width in pixels (a multiple of the model's size step)", min=1, max=4096),
+        Setting("height", int, "image height in pixels", min=1, max=4096),
+        Setting("scheduler", str, "sampler: dpm++, ddim, euler, euler-a, unipc, pndm (UNet models); flow-euler, "
+                "flow-heun (flow models)"),
+    ),
+)

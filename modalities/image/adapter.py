@@ -30,6 +30,9 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .. import loading
+from ..loading import (ModelLoadError, adapter_mismatch, check_adapter_base, check_device, folder_revision,
+                       hub_unavailable)
 from ..protocol import GenerationRequest, Group, ModalityAdapter, ModelRef, Provenance, Sample, ScoreKind, TrainingBatch
 from ..scoring import denoising_score, flow_interpolate, flow_velocity_target, group_noise, group_timesteps, group_uniform_t
 
@@ -58,55 +61,14 @@ MAX_SIDE = 4096
 TEXT_CACHE_SIZE = 512  # prompts whose text conditioning the trainer keeps in memory
 
 
-class ModelLoadError(ValueError):
-    """A model reference that cannot be loaded; the message says why and what to do."""
-
-
 # ---------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------
 
 
 def resolve_model(model: str) -> tuple[str, Path | None]:
-    """(name to record, local folder or None for a hub id)."""
-    if model in BUILTIN_MODELS:
-        return model, BUILTIN_MODELS[model]
-    p = Path(model).expanduser()
-    local = p.exists() or model.startswith((".", "/", "~")) or ("/" in model and not _looks_like_hub_id(model))
-    if local:
-        return str(p.resolve()), p.resolve()
-    return model, None
-
-
-def _looks_like_hub_id(model: str) -> bool:
-    parts = model.split("/")
-    return len(parts) == 2 and all(parts) and not model.startswith((".", "/"))
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()
-    return _FILE_HASHES[key]
-
-
-def _folder_revision(folder: Path) -> str:
-    """A short content hash of a local model's weights and configs (tells
-    fine-tunes and retrained models apart; cached per file by size and mtime)."""
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".json", ".txt", ".model"):
-            h.update(f.relative_to(folder).as_posix().encode())
-            h.update(_file_sha256(f).encode())
-    return h.hexdigest()[:12]
+    """(name to record, local folder or None for a hub id); the built-in alias included."""
+    return loading.resolve_model(model, BUILTIN_MODELS)
 
 
 def _check_pipeline_folder(folder: Path) -> dict[str, Any]:
@@ -139,7 +101,7 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
     device (CUDA when present) and dtype (fp16/bf16 on GPU, fp32 on CPU)."""
     from diffusers import DiffusionPipeline
 
-    device = _check_device(device)
+    device = check_device(device)
     name, folder = resolve_model(ref.id)
     if folder is not None:
         if name in BUILTIN_MODELS and not folder.exists():
@@ -153,14 +115,7 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
         try:
             config, commit = DiffusionPipeline.load_config(ref.id, revision=ref.revision, return_commit_hash=True)
         except Exception as e:  # huggingface_hub raises many types; all mean "cannot get it"
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise ModelLoadError(
-                f"cannot load model {ref.id!r}: "
-                + ("the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache; "
-                   if offline else "it is not a local folder, and the hub did not give it (unknown id, no network, "
-                   "or a gated model needing `huggingface-cli login`); ")
-                + f"pass a local pipeline folder instead. ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from None
+            raise hub_unavailable(ref.id, e, "pipeline folder") from None
         source = ref.id
         # record the exact commit, so the provenance says which weights made an image
         ref = ModelRef(ref.id, revision=commit or ref.revision, adapter=ref.adapter)
@@ -193,64 +148,12 @@ def load_pipeline(ref: ModelRef, *, device: str | None = None, dtype: torch.dtyp
         raise ModelLoadError(f"{source!r} is a {class_name}, not a text-to-image pipeline with a UNet or transformer")
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    revision = ref.revision or (_folder_revision(folder) if folder is not None else None)
+    revision = ref.revision or (folder_revision(folder) if folder is not None else None)
     if ref.adapter:
         check_adapter_base(Path(ref.adapter).expanduser(), name, revision)
         _load_lora(pipe, ref.adapter, ref.id)
     pipe.to(device)
     return pipe, name, revision
-
-
-def _check_device(device: str | None) -> str:
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
-        return device
-    raise ModelLoadError(f"unknown device {device!r}; use cpu or cuda (cuda:N for another GPU)")
-
-
-def check_adapter_base(path: Path, model: str, revision: str | None) -> None:
-    """Refuse an adapter trained on another base model. Palate's adapters carry a
-    ``palate.json`` naming their base (its revision: a hub commit or a folder's content
-    hash); adapters from elsewhere have none and are tried as they are."""
-    if not path.exists():
-        raise ModelLoadError(f"adapter {str(path)!r} does not exist")
-    info_file = (path if path.is_dir() else path.parent) / "palate.json"
-    if not info_file.is_file():
-        return
-    try:
-        info = json.loads(info_file.read_text())
-    except ValueError:
-        raise ModelLoadError(f"{info_file} is not valid JSON") from None
-    base, base_rev = info.get("base_model"), info.get("base_revision")
-    same = base_rev == revision if (base_rev and revision) else base == model
-    if not same:
-        raise ModelLoadError(
-            f"adapter {str(path)!r} was trained on {base!r} (revision {base_rev}), not on {model!r} "
-            f"(revision {revision}); load it with the model it was trained on"
-        )
-
-
-def adapter_mismatch(adapter: str, model: str, e: Exception) -> ModelLoadError:
-    """One line for an adapter that does not fit the model: which base it was trained on (when it says),
-    the model given, and the first line of the loader's error (size mismatches list every weight)."""
-    path = Path(adapter).expanduser()
-    info_file = (path if path.is_dir() else path.parent) / "palate.json"
-    base = None
-    try:
-        base = json.loads(info_file.read_text()).get("base_model") if info_file.is_file() else None
-    except (OSError, ValueError):
-        pass
-    trained = f"it was trained on {base!r}" if base else "it does not say which model it was trained on"
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    first = " ".join(lines[:2])[:240]
-    more = f" ... and {len(lines) - 2} more lines like it" if len(lines) > 2 else ""
-    return ModelLoadError(f"adapter {adapter!r} does not fit {model!r}; {trained}. Load it with the model it was "
-                          f"trained on. ({type(e).__name__}: {first}{more})")
 
 
 def _load_lora(pipe, adapter: str, model: str = "this model") -> None:
@@ -314,9 +217,12 @@ class ImageAdapter(ModalityAdapter):
 
     @classmethod
     def load(cls, ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None,
-             latent_cache: Path | None = None) -> "ImageAdapter":
+             cache_dir: Path | None = None) -> "ImageAdapter":
+        """Load a pipeline (hub id or local folder); training latents are cached under
+        ``cache_dir/latents`` (by model, revision and image hash)."""
         pipe, name, revision = load_pipeline(ref, device=device, dtype=dtype)
-        return cls(pipe, model=name, revision=revision, adapter=ref.adapter, latent_cache=latent_cache)
+        return cls(pipe, model=name, revision=revision, adapter=ref.adapter,
+                   latent_cache=Path(cache_dir) / "latents" if cache_dir else None)
 
     # -- properties ----------------------------------------------------------
     @property
@@ -577,8 +483,6 @@ class ImageAdapter(ModalityAdapter):
 
     def load_lora(self, module: torch.nn.Module, path: Path, adapter_name: str) -> None:
         self.pipe.load_lora_weights(str(path), adapter_name=adapter_name)
-
-    export_formats = ("diffusers", "peft", "kohya")
 
     @classmethod
     def export_adapter(cls, adapter_dir: Path, out: Path, fmt: str, *, base_model: str,

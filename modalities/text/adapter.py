@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,8 +25,9 @@ import torch
 
 from storage import conversation
 
-from ..image.adapter import (ModelLoadError, _check_device, _folder_revision, _looks_like_hub_id, adapter_mismatch,
-                             check_adapter_base)
+from .. import loading
+from ..loading import (ModelLoadError, adapter_mismatch, check_adapter_base, check_device, folder_revision,
+                       hub_unavailable, read_json, refuse_remote_code)
 from ..protocol import GenerationRequest, Group, ModalityAdapter, ModelRef, Provenance, Sample, ScoreKind, TrainingBatch
 from ..scoring import token_logprob_score
 
@@ -69,37 +69,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.tx
 
 
 def resolve_model(model: str) -> tuple[str, Path | None]:
-    """(name to record, local folder or None for a hub id)."""
-    if model in BUILTIN_MODELS:
-        return model, BUILTIN_MODELS[model]
-    p = Path(model).expanduser()
-    local = p.exists() or model.startswith((".", "/", "~")) or ("/" in model and not _looks_like_hub_id(model))
-    if local:
-        return str(p.resolve()), p.resolve()
-    return model, None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path} is not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} does not hold a JSON object")
-    return data
-
-
-def _refuse_remote_code(source: str, configs: dict[str, dict[str, Any]], trust_remote_code: bool) -> None:
-    """Custom modelling/tokenizer code (``auto_map``) runs only when the user opts in."""
-    if trust_remote_code:
-        return
-    needing = [name for name, cfg in configs.items() if cfg.get("auto_map")]
-    if needing:
-        raise ModelLoadError(
-            f"{source!r} needs custom code shipped with the model ({' and '.join(needing)} name an auto_map); "
-            "Palate does not run a model's own code unless you opt in with trust_remote_code=True "
-            "(--trust-remote-code) after reading that code"
-        )
+    """(name to record, local folder or None for a hub id); the built-in alias included."""
+    return loading.resolve_model(model, BUILTIN_MODELS)
 
 
 def _check_model_folder(folder: Path, trust_remote_code: bool) -> None:
@@ -113,10 +84,10 @@ def _check_model_folder(folder: Path, trust_remote_code: bool) -> None:
             f"{folder} is not a transformers model folder (no config.json).{hint} Use a folder saved with "
             "model.save_pretrained() and tokenizer.save_pretrained(), or a hub id such as Qwen/Qwen2.5-0.5B-Instruct."
         )
-    configs = {"config.json": _read_json(folder / "config.json")}
+    configs = {"config.json": read_json(folder / "config.json")}
     if (folder / "tokenizer_config.json").is_file():
-        configs["tokenizer_config.json"] = _read_json(folder / "tokenizer_config.json")
-    _refuse_remote_code(str(folder), configs, trust_remote_code)
+        configs["tokenizer_config.json"] = read_json(folder / "tokenizer_config.json")
+    refuse_remote_code(str(folder), configs, trust_remote_code)
     if not any(folder.glob("*.safetensors")):
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
             raise ModelLoadError(
@@ -138,23 +109,16 @@ def _hub_config(ref: ModelRef, trust_remote_code: bool) -> str | None:
     try:
         path = Path(hf_hub_download(ref.id, "config.json", revision=ref.revision))
     except Exception as e:  # huggingface_hub raises many types; all mean "cannot get it"
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise ModelLoadError(
-            f"cannot load model {ref.id!r}: "
-            + ("the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache; "
-               if offline else "it is not a local folder, and the hub did not give it (unknown id, no network, "
-               "or a gated model needing `huggingface-cli login`); ")
-            + f"pass a local model folder instead. ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-        ) from None
-    configs = {"config.json": _read_json(path)}
+        raise hub_unavailable(ref.id, e) from None
+    configs = {"config.json": read_json(path)}
     try:
         tok_path = Path(hf_hub_download(ref.id, "tokenizer_config.json", revision=ref.revision))
-        configs["tokenizer_config.json"] = _read_json(tok_path)
+        configs["tokenizer_config.json"] = read_json(tok_path)
     except ModelLoadError:
         raise
     except Exception:
         pass  # not every model has one; the tokenizer load below says so if it has no tokenizer at all
-    _refuse_remote_code(ref.id, configs, trust_remote_code)
+    refuse_remote_code(ref.id, configs, trust_remote_code)
     # the cache keeps files under snapshots/<commit>/: record the exact commit the weights come from
     if path.parent.parent.name == "snapshots":
         return path.parent.name
@@ -172,7 +136,7 @@ def load_causal_lm(ref: ModelRef, *, device: str | None = None, dtype: torch.dty
     """(model, tokenizer, name to record, revision) for a causal LM by hub id or local folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = _check_device(device)
+    device = check_device(device)
     name, folder = resolve_model(ref.id)
     if folder is not None:
         if name in BUILTIN_MODELS and not folder.exists():
@@ -203,7 +167,7 @@ def load_causal_lm(ref: ModelRef, *, device: str | None = None, dtype: torch.dty
             raise ModelLoadError(f"{source!r} is not a causal language model this version of transformers can "
                                  f"load ({msg})") from None
         raise ModelLoadError(f"cannot load the model {source!r}: {type(e).__name__}: {msg}") from None
-    revision = revision or (_folder_revision(folder) if folder is not None else None)
+    revision = revision or (folder_revision(folder) if folder is not None else None)
     if ref.adapter:
         model = _merge_lora(model, ref.adapter, name, revision)
     model.to(device)
@@ -313,18 +277,16 @@ class TextAdapter(ModalityAdapter):
 
     @classmethod
     def load(cls, ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None,
-             latent_cache: Path | None = None, trust_remote_code: bool = False) -> "TextAdapter":
+             cache_dir: Path | None = None, trust_remote_code: bool = False) -> "TextAdapter":
         """Load a causal LM (hub id or local folder) and its tokenizer: fp32 on CPU,
         bf16 (fp16 without bf16 support) on CUDA. ``ref.adapter`` (a PEFT LoRA folder)
-        is merged into the weights. ``latent_cache`` is accepted for the trainer's
-        uniform call and ignored (token ids are cheap). ``trust_remote_code``: allow
-        a model's own modelling code (``auto_map``); off unless the user opts in."""
-        del latent_cache
+        is merged into the weights. ``cache_dir`` is unused (token ids are cheap).
+        ``trust_remote_code``: allow a model's own modelling code (``auto_map``); off
+        unless the user opts in."""
+        del cache_dir
         model, tokenizer, name, revision = load_causal_lm(ref, device=device, dtype=dtype,
                                                           trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, model_name=name, revision=revision, adapter=ref.adapter)
-
-    export_formats = ("peft", "merged")
 
     @classmethod
     def export_adapter(cls, adapter_dir: Path, out: Path, fmt: str, *, base_model: str,
@@ -636,6 +598,9 @@ class TextAdapter(ModalityAdapter):
 
     def trainable_module(self) -> torch.nn.Module:
         return self.model
+
+    def configure_scores(self, *, per_token: bool) -> None:
+        self.length_normalized = bool(per_token)
 
     def token_counts(self, batch: TrainingBatch) -> torch.Tensor:
         """Answer tokens (EOS included) each score covers, [B, K] (what ``score`` sums over)."""

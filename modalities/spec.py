@@ -1,0 +1,138 @@
+"""What a modality declares about itself, so the app, the CLI and the trainer need not know it.
+
+A :class:`ModalitySpec` is plain data, importable without torch: the registry reads it to build the
+CLI's flags, the web app's settings rows, candidate slots and views, the method lists, and the
+export menus. The adapter class (the model code) is named by ``adapter`` and imported only when a
+model is loaded. Adding a modality is one folder with a spec and an adapter, plus one
+:func:`modalities.registry.register` call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+DISPLAYS = ("image", "text", "audio", "video", "html")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One generation setting: a typed, ranged value with help text. ``default`` None means the model
+    decides (its own default), which is what an empty field in the app or a missing flag gives."""
+
+    name: str
+    kind: type  # int, float, str or bool
+    help: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"setting names are identifiers like 'max_tokens'; got {self.name!r}")
+        if self.kind not in (int, float, str, bool):
+            raise ValueError(f"setting {self.name}: kind must be int, float, str or bool, not {self.kind!r}")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ").capitalize()
+
+    def parse(self, raw: Any) -> Any:
+        """The value of a text field or flag, checked; None for an empty one. Raises ``ValueError``
+        naming the setting, what was given and what is allowed."""
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        text = raw.strip() if isinstance(raw, str) else raw
+        try:
+            if self.kind is bool:
+                value = text if isinstance(text, bool) else {"true": True, "false": False, "1": True, "0": False}[
+                    str(text).lower()]
+            elif self.kind is int:
+                f = float(text)
+                if f != int(f):
+                    raise ValueError
+                value = int(f)
+            else:
+                value = self.kind(text)
+        except (ValueError, TypeError, KeyError):
+            kind = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}[self.kind]
+            raise ValueError(f"{self.name} must be {kind}, got {raw!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            lo = "" if self.min is None else f"{self.min:g}"
+            hi = "" if self.max is None else f"{self.max:g}"
+            raise ValueError(f"{self.name} must be between {lo or '-inf'} and {hi or 'inf'}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """Everything the rest of Palate needs to know about a modality.
+
+    - ``adapter``: the :class:`~modalities.protocol.ModalityAdapter` subclass, or ``"module:Class"``
+      (imported on first use);
+    - ``default_model``: a built-in alias, hub id or folder (None: the user must name one);
+    - ``media``: the MIME family of its candidates (``"image/"``); stored media is checked against it;
+    - ``display``: how a candidate is shown: ``image``, ``text`` (a monospace box, for reasoning),
+      ``audio`` or ``video`` (players), or ``html`` with ``render(data, params) -> html`` of its own;
+    - ``settings``: the generation settings (the CLI's flags, the app's settings row);
+    - ``score_kinds``: the score families its models can have (the methods offered are those losses
+      whose families meet these), ``export_formats`` the adapter export formats, default first;
+    - ``negative_prompt``: whether a negative prompt applies; ``preload``: load the default model when
+      the app starts; ``caption``: extra words under a candidate from its stored parameters;
+    - ``load_options``: boolean options of loading (e.g. ``trust_remote_code``), off by default.
+    """
+
+    name: str
+    adapter: Any  # type[ModalityAdapter] | "module:Class"
+    label: str
+    media: str
+    display: str
+    score_kinds: tuple[str, ...]
+    export_formats: tuple[str, ...]
+    default_model: str | None = None
+    settings: tuple[Setting, ...] = ()
+    negative_prompt: bool = False
+    preload: bool = False
+    prompt_placeholder: str = ""
+    render: Callable[[bytes, Mapping[str, Any]], str] | None = None
+    caption: Callable[[Mapping[str, Any]], str] | None = None
+    load_options: tuple[Setting, ...] = ()
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"modality names are identifiers like 'image'; got {self.name!r}")
+        if self.display not in DISPLAYS:
+            raise ValueError(f"modality {self.name}: display must be one of {', '.join(DISPLAYS)}, not {self.display!r}")
+        if self.display == "html" and self.render is None:
+            raise ValueError(f"modality {self.name}: an html display needs render(data, params) -> html")
+        if not self.media.endswith("/"):
+            raise ValueError(f"modality {self.name}: media is a MIME family such as 'image/', got {self.media!r}")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality {self.name}: settings named twice: {names}")
+
+    def setting(self, name: str) -> Setting:
+        for s in self.settings:
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.name} has no setting {name!r}; its settings: {', '.join(s.name for s in self.settings)}")
+
+    def parse_settings(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """``{name: value}`` for the settings given (empty ones left out), each checked."""
+        unknown = set(raw) - {s.name for s in self.settings}
+        if unknown:
+            raise ValueError(f"unknown {self.name} setting(s) {sorted(unknown)}; use "
+                             f"{', '.join(s.name for s in self.settings) or 'none'}")
+        out = {}
+        for s in self.settings:
+            value = s.parse(raw.get(s.name))
+            if value is not None:
+                out[s.name] = value
+        return out
