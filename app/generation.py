@@ -104,10 +104,8 @@ def get_adapter(store: Store, modality: str, model: str, *, device: str | None =
                 for k in [k for k in _adapters if device_key(k[2]) == "cuda"]:
                     del _adapters[k]
         cls = registry.get(modality)
-        kwargs: dict[str, Any] = {"device": device}
-        if modality == "image":
-            kwargs["latent_cache"] = store.data_dir / "cache" / "latents"
-        entry = (cls.load(ModelRef(model, adapter=lora), **kwargs), threading.Lock())
+        entry = (cls.load(ModelRef(model, adapter=lora), device=device, cache_dir=store.data_dir / "cache"),
+                 threading.Lock())
         with _lock:
             _loading.pop(key, None)
             busy = _training_on.get(device_key(device))
