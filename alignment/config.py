@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .losses import LOSSES
+from .methods import LOSSES
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    modality: str  # image, text, ...
+    modality: str  # a registered modality (modalities.registry)
     method: str  # a key of alignment.losses.LOSSES
     model: str  # hub id, local folder, or built-in alias
     data_dir: str  # the Palate data directory the preferences come from
@@ -31,7 +31,7 @@ class TrainConfig:
     beta: float | None = None  # None: the method's default (see alignment.losses)
     loss_kwargs: dict[str, float] = field(default_factory=dict)
     # language models: the score of an answer is the sum of its tokens' log-probabilities, or their
-    # mean ("auto": the method's own choice -- mean for SimPO, sum otherwise; "mean" with ipo is TRL's IPO)
+    # mean ("auto": the method's own choice, LossSpec.length_normalized -> mean, sum otherwise)
     score_reduction: str = "auto"
     # the NLL term (loss_kwargs nll): "score" = the chosen answer's score (Palate's default), "token" =
     # the mean NLL over all chosen tokens of the batch (TRL's rpo_alpha)
@@ -55,6 +55,8 @@ class TrainConfig:
     validation_count: int = 4  # prompts sampled at the start and the end (0: none)
     validation_seeds: int = 2  # images per prompt, seeds 0..n-1
     run_id: int | None = None  # the run's row in the store
+    modality_source: str | None = None  # "module:SPEC" of a plugin modality (None: built in), for the trainer
+    modality_options: dict[str, Any] = field(default_factory=dict)  # the modality's train_options (its spec)
 
     def __post_init__(self) -> None:
         if self.method not in LOSSES:
@@ -135,8 +137,9 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("run_id", None)
         d.pop("device", None)
-        for key, default in (("score_reduction", "auto"), ("nll_reduction", "score")):  # added later: a default
-            if d.get(key) == default:  # leaves the digest of older runs' checkpoints as it was
+        for key, default in (("score_reduction", "auto"), ("nll_reduction", "score"), ("modality_source", None),
+                             ("modality_options", {})):
+            if d.get(key) == default:  # added later: at its default it leaves older checkpoints' digests as they were
                 d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -524,12 +524,12 @@ def _model_of(model: Any) -> tuple[str, str | None, str | None]:
 def store_pairs(store: Any, model: Any, pairs: Sequence[DTOPair], annotator: str = "dto",
                 annotator_kind: str = "ai", *, sources: Mapping[str, Mapping[str, Any]] | None = None,
                 params: Mapping[str, Any] | None = None, model_revision: str | None = None,
-                context: str = "dto", vote: bool = True) -> list[StoredPair]:
-    """Store each pair's texts as ``text`` generations of ``model`` (its recorded
-    name, or an adapter: its ``model_name``, ``revision`` and ``adapter_name``)
-    and each preference as a pairwise vote for the chosen text (position A) by
-    ``annotator`` -- so ``Store.preference_pairs(modality="text")`` yields them
-    winner first, and the trainer and the TRL export see them.
+                context: str = "dto", vote: bool = True, modality: str | None = None) -> list[StoredPair]:
+    """Store each pair's texts as generations of ``model`` (its recorded name, or an adapter: its
+    ``model_name``, ``revision`` and ``adapter_name``; ``modality``: the adapter's own, or given with a
+    name) and each preference as a pairwise vote for the chosen text (position A) by ``annotator`` --
+    so ``Store.preference_pairs(modality=...)`` yields them winner first, and the trainer and the TRL
+    export see them.
 
     A text gets one generation per prompt (within this call), with params
     ``{"dto": "concise" | "sample", **params, **sources[text]["params"]}`` (``dto_round``'s sources
@@ -541,6 +541,9 @@ def store_pairs(store: Any, model: Any, pairs: Sequence[DTOPair], annotator: str
     """
     name, revision, lora = _model_of(model)
     revision = model_revision if model_revision is not None else revision
+    modality = modality or getattr(type(model), "name", None)
+    if not isinstance(modality, str):
+        raise ValueError("store_pairs needs the modality of the answers: pass modality=, or the model's adapter")
     constructed = {(p.prompt, p.chosen) for p in pairs if p.kind == "concise"}
     ids: dict[tuple[str, str], int] = {}
     out: list[StoredPair] = []
@@ -554,7 +557,7 @@ def store_pairs(store: Any, model: Any, pairs: Sequence[DTOPair], annotator: str
             p = {"dto": role, **dict(params or {}), **extra}
             if lora is not None:
                 p.setdefault("adapter", lora)
-            g = store.add_generation(prompt=prompt, modality="text", model=name, media=text.encode("utf-8"),
+            g = store.add_generation(prompt=prompt, modality=modality, model=name, media=text.encode("utf-8"),
                                      mime="text/plain", model_revision=src.get("model_revision", revision),
                                      seed=src.get("seed"), params=p)
             ids[key] = g.id

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .config import TrainConfig
-from .losses import LossSpec
+from .methods import LossSpec
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ExampleSource(abc.ABC):
 
 def build_examples(store, cfg: TrainConfig, data_model: str | None) -> list[dict[str, Any]]:
     """Training examples from the store: {prompt, generation_ids (winner/best first), label, ranks}."""
-    from .losses import get_loss
+    from .methods import get_loss
 
     spec = get_loss(cfg.method)
     if spec.listwise:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -128,6 +127,7 @@ class Training:
         device = cfg.device
         if procs.world > 1 or device is None:
             device = "cpu" if procs.state.device.type == "cpu" else str(procs.state.device)
+        registry.ensure(cfg.modality, cfg.modality_source)  # a plugin modality: import it here too
         self.adapter = registry.get(cfg.modality).load(ModelRef(cfg.model, revision=cfg.model_revision), device=device,
                                                        cache_dir=Path(cfg.data_dir) / "cache")
         kind = self.adapter.score_kind.value
@@ -141,6 +141,10 @@ class Training:
                     getattr(self.module, name)()
                     break
         self.adapter.configure_scores(per_token=cfg.per_token_scores)
+        try:
+            self.adapter.configure_training(**cfg.modality_options)
+        except ValueError as e:
+            raise TrainingError(f"modality_options: {e}") from None
         if cfg.init_adapter:
             self.params = continue_from(self.adapter, self.module, cfg)
             self.reference_model = reference_active

@@ -240,7 +240,7 @@ def _stored(store, **kw):
     traces = [TRACE, WRONG, SHORTEST + "\n"]
     concise = [find_concise(oracle(), is_correct, PROMPT, t, samples=2) for t in traces]
     pairs = build_pairs(PROMPT, traces, _verdicts(traces), concise)
-    return pairs, store_pairs(store, "arith-lm", pairs, **kw)
+    return pairs, store_pairs(store, "arith-lm", pairs, modality="text", **kw)
 
 
 def test_store_pairs_votes_come_back_winner_first_and_export_to_trl(store, tmp_path):

@@ -259,12 +259,10 @@ def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
 
 def test_dto_round_schedule():
     """--problems N repeats N for --rounds rounds (default 1); a list gives one count per round."""
-    import argparse
-
-    from app.cli import _dto_schedule, _problem_counts
+    from alignment.rounds import _problem_counts, dto_schedule
 
     def schedule(problems, rounds=None):
-        return _dto_schedule(argparse.Namespace(problems=_problem_counts(problems), rounds=rounds))
+        return dto_schedule(_problem_counts(problems), rounds)
 
     assert schedule("64") == [64] and schedule("64", 3) == [64, 64, 64]
     assert schedule("64,64,256") == [64, 64, 256] and schedule("8,4", 2) == [8, 4]
