@@ -254,6 +254,12 @@ class ModalityAdapter(abc.ABC):
         """LoRA targets for the loaded model; defaults to ``default_lora_targets``."""
         return list(self.default_lora_targets)
 
+    def configure_training(self, **options: Any) -> None:
+        """The modality's own training options (its spec's ``train_options``, from the run's config
+        ``modality_options``), set once before training; raise ``ValueError`` for an unknown one."""
+        if options:
+            raise ValueError(f"{type(self).__name__} takes no training options, got {sorted(options)}")
+
     def configure_scores(self, *, per_token: bool) -> None:
         """Autoregressive modalities: make ``score`` return per-token means instead of sums (the
         trainer sets it from the method and the config, for policy and reference alike). Other score

@@ -25,6 +25,7 @@ _BUILTIN: dict[str, str] = {
 }
 _SPECS: dict[str, Any] = dict(_BUILTIN)  # name -> ModalitySpec | "module:SPEC"
 _ADAPTERS: dict[str, Any] = {}  # name -> adapter class | "module:Class" for modalities registered without a spec
+_SOURCES: dict[str, str] = {}  # name -> "module:SPEC" of a plugin registered by its path
 
 
 def _import(target: str, what: str) -> Any:
@@ -37,10 +38,18 @@ def _import(target: str, what: str) -> Any:
 
 def register(target: "ModalitySpec | str", adapter: "str | type[ModalityAdapter] | None" = None, *,
              replace: bool = False) -> None:
-    """Register a modality: ``register(spec)`` (what the app needs), or ``register(name, adapter)`` for
-    an adapter alone (enough to train and score; the app and CLI need a spec)."""
+    """Register a modality: ``register("package.module:SPEC")`` (a plugin: other processes -- the
+    trainer -- find it by that path too), ``register(spec)``, or ``register(name, adapter)`` for an
+    adapter alone (enough to train and score; the app and CLI need a spec)."""
     from .spec import ModalitySpec
 
+    if isinstance(target, str) and ":" in target and adapter is None:
+        spec_obj = _import(target, f"modality spec {target!r}")
+        if not isinstance(spec_obj, ModalitySpec):
+            raise TypeError(f"{target!r} is {spec_obj!r}, not a ModalitySpec")
+        register(spec_obj, replace=replace)
+        _SOURCES[spec_obj.name] = target
+        return
     if isinstance(target, ModalitySpec):
         name, entry = target.name, target
         if adapter is not None:
@@ -68,6 +77,22 @@ def register(target: "ModalitySpec | str", adapter: "str | type[ModalityAdapter]
 def unregister(name: str) -> None:
     _SPECS.pop(name, None)
     _ADAPTERS.pop(name, None)
+    _SOURCES.pop(name, None)
+
+
+def source(name: str) -> str | None:
+    """Where another process imports modality ``name`` from: None for a built-in one, "module:SPEC" for
+    a plugin registered by its path (the app writes it into a run's config for the trainer)."""
+    return None if name in _BUILTIN else _SOURCES.get(name)
+
+
+def ensure(name: str, spec_source: str | None) -> None:
+    """Make sure modality ``name`` is registered in this process, importing ``spec_source`` if need be."""
+    if name in _SPECS or name in _ADAPTERS:
+        return
+    if not spec_source:
+        raise KeyError(f"unknown modality {name!r}; available: {', '.join(available()) or 'none registered yet'}")
+    register(spec_source)
 
 
 def available() -> list[str]:
@@ -79,6 +104,11 @@ def available() -> list[str]:
 def with_spec() -> list[str]:
     """The modalities the app and the CLI offer (those that declare a spec)."""
     return [n for n in available() if n in _SPECS]
+
+
+def media_families() -> dict[str, str]:
+    """Each offered modality's MIME family (what storage checks imported media against)."""
+    return {n: spec(n).media for n in with_spec()}
 
 
 def spec(name: str) -> "ModalitySpec":

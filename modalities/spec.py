@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-DISPLAYS = ("image", "text", "audio", "video", "html")
+class View:
+    """How a candidate is shown (a spec's ``display``)."""
+
+    IMAGE = "image"  # a picture
+    TEXT = "text"  # a monospace box (reasoning answers)
+    AUDIO = "audio"  # a player
+    VIDEO = "video"  # a player
+    HTML = "html"  # the spec's own ``render(data, params) -> html``
+
+
+DISPLAYS = (View.IMAGE, View.TEXT, View.AUDIO, View.VIDEO, View.HTML)
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,9 @@ class ModalitySpec:
       whose families meet these), ``export_formats`` the adapter export formats, default first;
     - ``negative_prompt``: whether a negative prompt applies; ``preload``: load the default model when
       the app starts; ``caption``: extra words under a candidate from its stored parameters;
-    - ``load_options``: boolean options of loading (e.g. ``trust_remote_code``), off by default.
+    - ``load_options``: boolean options of loading (e.g. ``trust_remote_code``), off by default;
+    - ``train_options``: options of training this modality's models (a run's ``modality_options``,
+      passed to ``ModalityAdapter.configure_training``), e.g. how flow models draw training times.
     """
 
     name: str
@@ -103,6 +115,7 @@ class ModalitySpec:
     render: Callable[[bytes, Mapping[str, Any]], str] | None = None
     caption: Callable[[Mapping[str, Any]], str] | None = None
     load_options: tuple[Setting, ...] = ()
+    train_options: tuple[Setting, ...] = ()
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     if ckpt_path.exists():
         try:  # tensors and plain values only: a planted pickle cannot run code here
             ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except pickle.UnpicklingError as e:
+        except pickle.UnpicklingError:
             raise SystemExit(f"{ckpt_path} was not loaded: it is damaged, or holds objects other than tensors and "
                              "plain values (which could run code); delete it or use another --run-dir") from None
         if any(ck["args"][k] != getattr(args, k) for k in SAME):

@@ -21,7 +21,7 @@ from modalities.contract import check_adapter
 from modalities.protocol import GenerationRequest, Group, ModelRef, ScoreKind
 from modalities.text.adapter import ModelLoadError, TextAdapter, lora_targets_for
 
-from tests.tiny_pipelines import CHAT_TEMPLATE, CONTEXT, CORPUS
+from tests.tiny_pipelines import CHAT_TEMPLATE, CONTEXT
 from tests.tiny_pipelines import save_tiny_lm as _save
 
 

@@ -1,4 +1,4 @@
-"""Image modality: the shapes world, the built-in model, and diffusers pipelines.
+"""Image modality: the shapes world, the built-in model, and text-to-image diffusers pipelines.
 
 ``SPEC`` is what the rest of Palate knows about images (imported without torch); the model code is
 ``modalities.image.adapter.ImageAdapter``.
@@ -24,5 +24,10 @@ SPEC = ModalitySpec(
         Setting("height", int, "image height in pixels", min=1, max=4096),
         Setting("scheduler", str, "sampler: dpm++, ddim, euler, euler-a, unipc, pndm (UNet models); flow-euler, "
                 "flow-heun (flow models)"),
+    ),
+    train_options=(
+        Setting("flow_t", str, "flow models (SD3, FLUX, Qwen-Image): how training times are drawn -- logit-normal "
+                "(default, as their own trainers do), shifted (the scheduler's shifted density) or uniform",
+                choices=("logit-normal", "shifted", "uniform")),
     ),
 )

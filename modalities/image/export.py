@@ -15,7 +15,6 @@ as the adapter loaded the diffusers way (``verify_export``).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 

@@ -17,7 +17,6 @@ tokenizer's end-of-sequence token, so the score includes the choice to stop.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Sequence
 

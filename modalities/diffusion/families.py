@@ -1,0 +1,243 @@
+"""Diffusers model families as table entries: what differs between SD, SDXL, SD3, FLUX and Qwen-Image.
+
+The plumbing in :mod:`.pipeline` and :mod:`.adapter` -- loading a pipeline, encoding training latents,
+caching prompt conditioning, scoring, saving and loading LoRA -- is shared by every modality built on
+diffusers pipelines, and asks this table only what differs per family:
+
+- ``score``: epsilon/v prediction on a UNet (``diffusion``) or flow matching on a transformer (``flow``);
+- ``encode``: the prompt conditioning the denoiser takes (per prompt, cached by the caller);
+- ``to_model`` / ``from_model``: the latent layout the denoiser sees (FLUX and Qwen-Image pack 2x2
+  patches into tokens) and back;
+- ``predict``: one denoiser call, ``(pipe, model, x_t, t, cond) -> prediction`` in the model layout;
+- ``latent_norm``: how VAE latents are normalised (shift/scale, or Qwen-Image's per-channel mean/std);
+- ``defaults``: steps, guidance and sampler for generation, and ``train_guidance`` for
+  guidance-distilled models (FLUX.1-dev embeds the guidance value; training uses a fixed one, as
+  diffusers' own FLUX trainers do).
+
+Conventions (see :mod:`modalities.protocol`): flow time t = 1 is pure noise, ``x_t = (1 - t) x0 + t
+noise``, velocity target ``noise - x0``; the denoiser gets ``1000 t`` for SD3 and ``t`` for FLUX and
+Qwen-Image, as their pipelines call it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+Cond = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    score: str  # "diffusion" | "flow"
+    denoiser: str  # the pipeline attribute LoRA wraps: "unet" | "transformer"
+    encode: Callable[[Any, list[str], tuple[int, int], torch.device], Cond]
+    predict: Callable[[Any, torch.nn.Module, torch.Tensor, torch.Tensor, Cond, torch.dtype], torch.Tensor]
+    defaults: dict[str, Any]
+    to_model: Callable[[Any, torch.Tensor], torch.Tensor] = lambda pipe, x: x  # [N, C, H, W] -> denoiser layout
+    patch: int = 1  # latent pixels per token side (packing); image sides are multiples of vae_scale * patch
+    train_guidance: float | None = None  # fixed guidance for guidance-distilled models
+    latent_norm: str = "shift-scale"  # or "mean-std" (Qwen-Image), "none" (pixel space)
+    schedulers: dict[str, str] = field(default_factory=dict)
+    true_cfg: bool = False  # guidance is "true" CFG against a negative prompt (Qwen-Image), not guidance_scale
+
+    def guidance_kwargs(self, guidance: float, negative: str | None, n: int) -> dict[str, Any]:
+        """The pipeline-call arguments for a guidance value and a negative prompt."""
+        if self.true_cfg:  # Qwen-Image: CFG needs a negative prompt ("" would switch it off)
+            return {"true_cfg_scale": guidance, "negative_prompt": [negative or " "] * n}
+        out: dict[str, Any] = {"guidance_scale": guidance}
+        if negative:
+            out["negative_prompt"] = [negative] * n
+        return out
+
+
+UNET_SCHEDULERS = {
+    "dpm++": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler", "unipc": "UniPCMultistepScheduler", "pndm": "PNDMScheduler",
+}
+FLOW_SCHEDULERS = {"flow-euler": "FlowMatchEulerDiscreteScheduler", "flow-heun": "FlowMatchHeunDiscreteScheduler"}
+
+
+# -- prompt conditioning, per family ------------------------------------------------------------------
+
+
+def _enc_pixel(pipe, prompts, latent_hw, device) -> Cond:
+    return {"encoder_hidden_states": pipe.encode_prompt(prompts).float().cpu()}
+
+
+def _enc_sd(pipe, prompts, latent_hw, device) -> Cond:
+    return {"encoder_hidden_states": pipe.encode_prompt(prompts, device, 1, False)[0].float().cpu()}
+
+
+def _enc_sdxl(pipe, prompts, latent_hw, device) -> Cond:
+    emb, _, pooled, _ = pipe.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    h, w = int(latent_hw[0]) * scale, int(latent_hw[1]) * scale
+    time_ids = pipe._get_add_time_ids(
+        (h, w), (0, 0), (h, w), dtype=emb.dtype, text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim
+    ).repeat(len(prompts), 1)
+    return {"encoder_hidden_states": emb.float().cpu(), "text_embeds": pooled.float().cpu(),
+            "time_ids": time_ids.float().cpu()}
+
+
+def _enc_sd3(pipe, prompts, latent_hw, device) -> Cond:
+    emb, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False)
+    return {"encoder_hidden_states": emb.float().cpu(), "pooled_projections": pooled.float().cpu()}
+
+
+TEXT_TOKENS = 64  # prompt tokens the T5 / Qwen encoders see in training (generation uses the pipeline's own)
+
+
+def _enc_flux(pipe, prompts, latent_hw, device) -> Cond:
+    emb, pooled, _ = pipe.encode_prompt(prompts, prompts, device=device, max_sequence_length=TEXT_TOKENS)
+    return {"encoder_hidden_states": emb.float().cpu(), "pooled_projections": pooled.float().cpu()}
+
+
+def _enc_qwen(pipe, prompts, latent_hw, device) -> Cond:
+    emb, mask = pipe.encode_prompt(prompts, device=device, max_sequence_length=TEXT_TOKENS)
+    if mask is None:  # every token is real
+        mask = torch.ones(emb.shape[:2])
+    return {"encoder_hidden_states": emb.float().cpu(), "encoder_hidden_states_mask": mask.float().cpu()}
+
+
+# -- one denoiser call, per family ----------------------------------------------------------------------
+
+
+def _pred_unet(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    extra = {}
+    if "time_ids" in cond:
+        extra["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype), "time_ids": cond["time_ids"].to(dtype)}
+    return model(x.to(dtype), t, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype), **extra).sample
+
+
+def _pred_sd3(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    # the timestep stays float32: bf16 would round t*1000 to steps of 4 near 1000
+    return model(hidden_states=x.to(dtype), timestep=t * 1000, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                 pooled_projections=cond["pooled_projections"].to(dtype)).sample
+
+
+def _pack(pipe, x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] latents -> [N, (H/2)(W/2), 4C] tokens, as FLUX and Qwen-Image pipelines pack them."""
+    n, c, h, w = x.shape
+    return x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), c * 4)
+
+
+def _pred_flux(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    n, _, h, w = x.shape
+    tokens = _pack(pipe, x)
+    img_ids = pipe._prepare_latent_image_ids(n, h // 2, w // 2, x.device, dtype)
+    txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, device=x.device, dtype=dtype)
+    guidance = None
+    if getattr(model.config, "guidance_embeds", False):
+        guidance = torch.full([n], FAMILIES["FluxPipeline"].train_guidance, device=x.device, dtype=torch.float32)
+    out = model(hidden_states=tokens.to(dtype), timestep=t, guidance=guidance,
+                pooled_projections=cond["pooled_projections"].to(dtype),
+                encoder_hidden_states=cond["encoder_hidden_states"].to(dtype), txt_ids=txt_ids, img_ids=img_ids,
+                return_dict=False)[0]
+    return _unpack(out, x.shape)
+
+
+def _pred_qwen(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    n, _, h, w = x.shape
+    tokens = _pack(pipe, x)
+    out = model(hidden_states=tokens.to(dtype), timestep=t, guidance=None,
+                encoder_hidden_states_mask=cond["encoder_hidden_states_mask"],
+                encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                img_shapes=[[(1, h // 2, w // 2)]] * n, return_dict=False)[0]
+    return _unpack(out, x.shape)
+
+
+def _unpack(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    n, c, h, w = shape
+    return tokens.view(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("ShapesPixelPipeline", "diffusion", "unet", _enc_pixel, _pred_unet,
+               {"steps": 20, "guidance": 3.0, "scheduler": "dpm++"}, latent_norm="none", schedulers=UNET_SCHEDULERS),
+        Family("StableDiffusionPipeline", "diffusion", "unet", _enc_sd, _pred_unet,
+               {"steps": 30, "guidance": 7.5, "scheduler": "dpm++"}, schedulers=UNET_SCHEDULERS),
+        Family("StableDiffusionXLPipeline", "diffusion", "unet", _enc_sdxl, _pred_unet,
+               {"steps": 30, "guidance": 5.0, "scheduler": "euler"}, schedulers=UNET_SCHEDULERS),
+        Family("StableDiffusion3Pipeline", "flow", "transformer", _enc_sd3, _pred_sd3,
+               {"steps": 28, "guidance": 7.0, "scheduler": "flow-euler"}, schedulers=FLOW_SCHEDULERS),
+        Family("FluxPipeline", "flow", "transformer", _enc_flux, _pred_flux,
+               {"steps": 28, "guidance": 3.5, "scheduler": "flow-euler"}, patch=2, train_guidance=3.5,
+               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}),
+        Family("QwenImagePipeline", "flow", "transformer", _enc_qwen, _pred_qwen,
+               {"steps": 30, "guidance": 4.0, "scheduler": "flow-euler"}, patch=2, latent_norm="mean-std",
+               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, true_cfg=True),
+    )
+}
+
+
+def family_of(pipe_or_name: Any) -> Family:
+    name = pipe_or_name if isinstance(pipe_or_name, str) else type(pipe_or_name).__name__
+    if name not in FAMILIES:
+        raise KeyError(f"{name} is not a supported pipeline; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+# -- latents ------------------------------------------------------------------------------------------------
+
+
+def encode_latent(pipe, family: Family, x: torch.Tensor) -> torch.Tensor:
+    """The training latent of images ``x`` ([1, 3, H, W] in [-1, 1]), normalised as the family's
+    denoiser expects ([C, h, w], float32 on the CPU). Pixel-space models: the image itself."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or family.latent_norm == "none":
+        return x[0]
+    # some VAEs (SDXL's) overflow in fp16: encode in fp32 when the config says so
+    original = vae.dtype
+    enc_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else original
+    if enc_dtype != original:
+        vae.to(enc_dtype)
+    try:
+        inp = x.to(vae.device, enc_dtype)
+        if family.latent_norm == "mean-std":  # Qwen-Image's VAE takes video: [N, C, frames, H, W]
+            mean = vae.encode(inp[:, :, None]).latent_dist.mean[:, :, 0]
+            m = torch.tensor(vae.config.latents_mean, device=mean.device).view(1, -1, 1, 1)
+            s = torch.tensor(vae.config.latents_std, device=mean.device).view(1, -1, 1, 1)
+            return ((mean - m) / s)[0].float().cpu()
+        mean = vae.encode(inp).latent_dist.mean
+    finally:
+        if enc_dtype != original:
+            vae.to(original)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((mean - shift) * vae.config.scaling_factor)[0].float().cpu()
+
+
+def vae_scale(pipe) -> int:
+    """Image pixels per latent pixel (1 in pixel space)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return 1
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(factor, int) and factor > 0:
+        return factor
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+# -- training time for flow models --------------------------------------------------------------------------
+
+FLOW_T = ("logit-normal", "shifted", "uniform")
+
+
+def sample_flow_t(generator: torch.Generator, batch: int, group: int, how: str, *, shift: float = 1.0) -> torch.Tensor:
+    """Training times t in (0, 1), one per group ([B, K], equal across K), drawn as flow trainers do:
+    ``logit-normal`` (t = sigmoid(z), z ~ N(0, 1): SD3's and FLUX's trainers' default), ``shifted`` (u
+    uniform, t = shift u / (1 + (shift - 1) u): the scheduler's own density), or ``uniform``."""
+    if how == "uniform":
+        t = torch.rand((batch, 1), generator=generator, device=generator.device)
+    elif how == "logit-normal":
+        t = torch.sigmoid(torch.randn((batch, 1), generator=generator, device=generator.device))
+    elif how == "shifted":
+        u = torch.rand((batch, 1), generator=generator, device=generator.device)
+        t = shift * u / (1 + (shift - 1) * u)
+    else:
+        raise ValueError(f"flow_t must be one of {', '.join(FLOW_T)}, not {how!r}")
+    return t.expand(batch, group)
