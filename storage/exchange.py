@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from . import derive, pickapic, trl
 from .errors import AlreadyImportedError, ImportFormatError, file_write_failure
@@ -373,12 +373,15 @@ def import_dataset(
     annotator: str | None = None,
     annotator_kind: str | None = None,
     force: bool = False,
+    modalities: Mapping[str, str] | None = None,
 ) -> ExchangeReport:
     """Import a Pick-a-Pic-style or TRL-style file into the store.
 
     The whole file is validated first (nothing is written if any row is bad,
     and the error names the row); then rows are written in batches.
     ``annotator``/``annotator_kind`` override the file's annotator columns.
+    ``modalities`` (name -> MIME family, e.g. the registry's): rows of other
+    modalities are refused, and media is checked against its modality's family.
     """
     path = Path(path)
     if not path.is_file():
@@ -423,7 +426,9 @@ def import_dataset(
     # 1. Validate every row before writing anything (a bad row names its number).
     for n, row in enumerate(rows_factory(), start=1):
         try:
-            convert(row, fmt)
+            vote = convert(row, fmt)
+            if modalities is not None and vote.modality not in modalities:
+                raise ValueError(f"modality {vote.modality!r} is not one this app has ({', '.join(sorted(modalities))})")
         except (KeyError, TypeError, ValueError) as e:
             raise ImportFormatError(f"{path}, row {n}: {e}") from None
         report.rows += 1
@@ -447,7 +452,8 @@ def import_dataset(
         # the slow part -- decoding each candidate and writing its file -- outside any transaction
         for vote in batch:
             for c in (vote.a, vote.b):
-                c.stored = store.put_media(c.media, vote.modality, c.mime)
+                c.stored = store.put_media(c.media, vote.modality, c.mime,
+                                           family=(modalities or {}).get(vote.modality))
         # then the rows, in transactions of at most ~_TXN_SECONDS each, so a user's click is never
         # queued behind a long import transaction (bench/write_fairness.py measures it)
         i = 0

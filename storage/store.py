@@ -28,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import sqlite_utils
 
 from . import derive
+from .browse import COMPARE_CONTEXT, BrowseMixin
 from .errors import (
     DataDirError,
     InvalidJudgmentError,
@@ -102,7 +103,6 @@ class _WriterGate:
                     fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     _pid = -1
-COMPARE_CONTEXT = "compare"  # judgments of the blind base-vs-tuned comparison
 
 
 _DECODE_LIMIT = 256 * 1024 * 1024  # media files up to this size are decoded before they are stored
@@ -235,7 +235,7 @@ class Adapter:
 # ---------------------------------------------------------------------------
 
 
-class Store:
+class Store(BrowseMixin):
     """Preference store on one data directory. Thread-safe (one lock)."""
 
     def __init__(self, data_dir: Path, conn: sqlite3.Connection):

@@ -51,8 +51,8 @@ def test_import_validates_every_row_before_writing(store, tmp_path):
     t = pa.table({"caption": ["c"] * 3, "jpg_0": [img] * 3, "jpg_1": [png_bytes((3, 2, 1))] * 3,
                   "label_0": [1.0] * 3, "label_1": [0.0] * 3, "modality": ["image", "image", "smell"]})
     pq.write_table(t, tmp_path / "m.parquet")
-    with pytest.raises(Exception, match="row 3: modality 'smell'"):
-        import_dataset(store, tmp_path / "m.parquet")
+    with pytest.raises(Exception, match="row 3: modality 'smell' is not one this app has"):
+        import_dataset(store, tmp_path / "m.parquet", modalities={"image": "image/", "text": "text/"})
     assert store.query("SELECT COUNT(*) AS n FROM generations")[0]["n"] == 0
 
 
