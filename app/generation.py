@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 from storage import Generation, Store
 
-DEFAULT_MODELS = {"image": "shapes-diffusion", "text": "arith-reasoner"}
 MAX_LOADED = 2
 _adapters: "OrderedDict[tuple[str, str, str | None, str | None], tuple[Any, threading.Lock]]" = OrderedDict()
 _lock = threading.Lock()
@@ -75,9 +74,13 @@ def unload_all() -> None:
 
 
 def default_model(modality: str) -> str:
-    if modality not in DEFAULT_MODELS:
-        raise ValueError(f"no built-in model for {modality!r} yet; pass --model (a hub id or a local folder)")
-    return DEFAULT_MODELS[modality]
+    """The model a modality uses when none is named (its spec's ``default_model``)."""
+    from modalities import registry
+
+    model = registry.spec(modality).default_model
+    if not model:
+        raise ValueError(f"no built-in model for {modality!r}; pass --model (a hub id or a local folder)")
+    return model
 
 
 def get_adapter(store: Store, modality: str, model: str, *, device: str | None = None, lora: str | None = None):
@@ -139,9 +142,11 @@ def generate_candidates(
     ``seed``: candidate i gets seed + i; ``seeds``: one per candidate; neither:
     random seeds (recorded, so every candidate can be regenerated).
     """
+    from modalities import registry
     from modalities.protocol import GenerationRequest
 
     # 1. Check the request before loading anything
+    family = registry.spec(modality).media
     if seeds is None and seed is not None:
         seeds = [seed + i for i in range(n)]
     request = GenerationRequest(prompt=prompt, n=n, seeds=tuple(seeds) if seeds is not None else None,
@@ -154,7 +159,7 @@ def generate_candidates(
     # 3. Store every candidate with its provenance, in one transaction
     with store.write():
         return [
-            store.add_generation(prompt=prompt, media=s.data, mime=s.mime, adapter_id=adapter_id,
+            store.add_generation(prompt=prompt, media=s.data, mime=s.mime, adapter_id=adapter_id, media_family=family,
                                  **s.provenance.storage_kwargs())
             for s in samples
         ]

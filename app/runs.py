@@ -61,6 +61,11 @@ def create_run(store: Store, *, modality: str, method: str, settings: dict[str, 
         from app.generation import default_model
 
         overrides["model"] = default_model(modality)  # a clear error where there is none yet
+    from modalities import registry
+
+    source = registry.source(modality)  # a plugin modality: the trainer imports it from here
+    if source is not None:
+        overrides.setdefault("modality_source", source)
     cfg = TrainConfig.from_dict({"modality": modality, "method": method, "data_dir": str(store.data_dir), **overrides})
     run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict(),
                            parent_adapter_id=parent.id if parent else None)

@@ -60,12 +60,7 @@ def undo(store: Store, judgment_id: int | None = None) -> int:
 
 def judgment_count(store: Store, modality: str, model: str) -> int:
     """Judgments (votes and rankings, any annotator, not blind comparisons) on ``model``'s candidates."""
-    rows = store.query(
-        "SELECT COUNT(DISTINCT j.id) AS n FROM judgments j JOIN judgment_items i ON i.judgment_id = j.id"
-        " JOIN generations g ON g.id = i.generation_id WHERE g.modality = ? AND g.model = ? AND j.context != ?",
-        (modality, model, COMPARE_CONTEXT),
-    )
-    return int(rows[0]["n"])
+    return store.judgment_count(modality, model)
 
 
 def pair_schedule(n: int) -> list[tuple[int, int]]:
@@ -91,79 +86,19 @@ def pair_schedule(n: int) -> list[tuple[int, int]]:
 def browse(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
            limit: int = 200) -> list[dict[str, Any]]:
     """Stored candidates, newest first, with how many judgments involve each."""
-    where, params = ["1=1"], []
-    if modality:
-        where.append("g.modality = ?")
-        params.append(modality)
-    if model:
-        where.append("g.model = ?")
-        params.append(model)
-    if text.strip():
-        where.append("p.text LIKE ?")
-        params.append(f"%{text.strip()}%")
-    return store.query(
-        "SELECT g.id, g.modality, g.model, g.seed, p.text AS prompt, g.created_at,"
-        " (SELECT COUNT(DISTINCT judgment_id) FROM judgment_items i WHERE i.generation_id = g.id) AS judgments"
-        " FROM generations g JOIN prompts p ON p.id = g.prompt_id WHERE " + " AND ".join(where)
-        + " ORDER BY g.id DESC LIMIT ?", (*params, int(limit)))
+    return store.browse_generations(modality=modality, model=model, text=text, limit=limit)
 
 
 def prompts(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
             limit: int = 200) -> list[dict[str, Any]]:
     """Stored prompts, newest first, with their candidates and judgments counted."""
-    where, params = ["1=1"], []
-    if modality:
-        where.append("g.modality = ?")
-        params.append(modality)
-    if model:
-        where.append("g.model = ?")
-        params.append(model)
-    if text.strip():
-        where.append("p.text LIKE ?")
-        params.append(f"%{text.strip()}%")
-    return store.query(
-        "SELECT p.id, p.text AS prompt, COUNT(DISTINCT g.id) AS candidates,"
-        " COUNT(DISTINCT CASE WHEN j.context != ? THEN j.id END) AS judgments,"
-        " group_concat(DISTINCT g.model) AS models"
-        " FROM prompts p JOIN generations g ON g.prompt_id = p.id"
-        " LEFT JOIN judgment_items i ON i.generation_id = g.id LEFT JOIN judgments j ON j.id = i.judgment_id"
-        " WHERE " + " AND ".join(where) + " GROUP BY p.id ORDER BY p.id DESC LIMIT ?",
-        (COMPARE_CONTEXT, *params, int(limit)))
+    return store.browse_prompts(modality=modality, model=model, text=text, limit=limit)
 
 
 def judgments(store: Store, *, modality: str | None = None, model: str | None = None, text: str = "",
               limit: int = 200) -> list[dict[str, Any]]:
     """Stored judgments, newest first: kind, candidates (best first for rankings), choice, context."""
-    where, params = ["1=1"], []
-    if modality:
-        where.append("g.modality = ?")
-        params.append(modality)
-    if model:
-        where.append("g.model = ?")
-        params.append(model)
-    if text.strip():
-        where.append("p.text LIKE ?")
-        params.append(f"%{text.strip()}%")
-    rows = store.query(
-        "SELECT j.id, j.kind, j.choice, j.context, a.name AS annotator, p.text AS prompt, j.created_at,"
-        " group_concat(i.generation_id || ':' || COALESCE(i.rank, '-'), ' ') AS items"
-        " FROM judgments j JOIN annotators a ON a.id = j.annotator_id JOIN prompts p ON p.id = j.prompt_id"
-        " JOIN judgment_items i ON i.judgment_id = j.id JOIN generations g ON g.id = i.generation_id"
-        " WHERE " + " AND ".join(where) + " GROUP BY j.id ORDER BY j.id DESC LIMIT ?", (*params, int(limit)))
-    for r in rows:
-        items = [t.split(":") for t in (r.pop("items") or "").split()]
-        if r["kind"] == "pairwise":
-            r["candidates"] = f"A={items[0][0]} B={items[1][0]}" if len(items) == 2 else ""
-        else:
-            ranked = sorted((int(rk), g) for g, rk in items if rk != "-")
-            rest = [g for g, rk in items if rk == "-"]
-            r["candidates"] = " > ".join(g for _, g in ranked) + (f" (unranked {' '.join(rest)})" if rest else "")
-    return rows
-
-
-def models_seen(store: Store, modality: str | None = None) -> list[str]:
-    sql = "SELECT DISTINCT model FROM generations" + (" WHERE modality = ?" if modality else "") + " ORDER BY model"
-    return [r["model"] for r in store.query(sql, (modality,) if modality else ())]
+    return store.browse_judgments(modality=modality, model=model, text=text, limit=limit)
 
 
 # ---------------------------------------------------------------------------
@@ -244,18 +179,11 @@ def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
 def win_rate(store: Store, adapter_id: int) -> dict[str, Any]:
     """The tuned model's win rate over the base in blind comparisons: wins + half the ties, over all
     blind choices between a candidate of this adapter and one without an adapter."""
-    rows = store.query(
-        "SELECT v.choice, ga.adapter_id AS a_adapter, gb.adapter_id AS b_adapter FROM pairwise_votes v"
-        " JOIN generations ga ON ga.id = v.generation_a JOIN generations gb ON gb.id = v.generation_b"
-        " WHERE v.context = ? AND ((ga.adapter_id = ? AND gb.adapter_id IS NULL)"
-        " OR (gb.adapter_id = ? AND ga.adapter_id IS NULL))",
-        (COMPARE_CONTEXT, int(adapter_id), int(adapter_id)))
     wins = ties = losses = 0
-    for r in rows:
-        tuned = "a" if r["a_adapter"] == adapter_id else "b"
+    for r in store.blind_choices(adapter_id):
         if r["choice"] == "tie":
             ties += 1
-        elif r["choice"] == tuned:
+        elif r["choice"] == r["tuned"]:
             wins += 1
         else:
             losses += 1
@@ -328,6 +256,6 @@ def zip_folder(path: Path) -> Path:
 
 def validation_samples(store: Store, run_id: int) -> list[tuple[Generation, str]]:
     """A run's validation candidates (start and end), with their stage."""
-    rows = store.query("SELECT id FROM generations WHERE run_id = ? ORDER BY id", (int(run_id),))
-    gens = store.get_generations([r["id"] for r in rows]) if rows else []
+    ids = store.run_generation_ids(run_id)
+    gens = store.get_generations(ids) if ids else []
     return [(g, str(g.params.get("validation", ""))) for g in gens]

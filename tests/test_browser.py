@@ -9,6 +9,7 @@ can). Without it these tests fail with that message; PALATE_SKIP_BROWSER=1 skips
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,19 +44,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
+@contextlib.contextmanager
+def serving(data_dir: Path, command: list[str] | None = None):
+    """The app (``python -m app``, or ``command``) serving ``data_dir`` on a free port, until the block ends."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
                     "or set PALATE_SKIP_BROWSER=1 to skip the browser tests")
-    data_dir = tmp_path_factory.mktemp("browser") / "data"
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PALATE_DATA_DIR", None)
     log = open(data_dir.parent / "app.log", "w")
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--data-dir", str(data_dir), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*(command or [sys.executable, "-m", "app"]), "--data-dir", str(data_dir), "--port",
+                             str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:
@@ -76,6 +77,12 @@ def app(tmp_path_factory):
         log.close()
         for run_dir in (data_dir / "runs").glob("run-*"):  # no trainer outlives the test
             subprocess.run(["pkill", "-f", str(run_dir)], check=False)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("browser") / "data") as a:
+        yield a
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +135,13 @@ def text(page, elem_id: str) -> str:
 
 def value(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def wait_value(page, elem_id: str, expected: str, timeout: float = 300) -> str:
+    """Wait until a field shows ``expected`` (updates from the server arrive later on a loaded machine)."""
+    page.wait_for_function("([id, want]) => { const e = document.querySelector(`#${id} textarea, #${id} input`);"
+                           " return e && e.value === want; }", arg=[elem_id, expected], timeout=timeout * 1000)
+    return value(page, elem_id)
 
 
 def fill(page, elem_id: str, v: str) -> None:
@@ -326,9 +340,13 @@ def test_image_train_queue_and_live_plot(app, page):
     tab(page, "Train")
     assert value(page, "train-method") == "diffusion-dpo"
     choose(page, "train-preset", "MaPO · 100 steps")  # a preset sets method, steps, lr, beta, rank
+    wait_value(page, "train-method", "mapo")
+    wait_value(page, "train-beta", "0.1")
     assert [value(page, f"train-{k}") for k in ("method", "steps", "lr", "beta", "rank")] == \
         ["mapo", "100", "0.00025", "0.1", "8"]
     choose(page, "train-preset", "Diffusion-DPO · 100 steps")
+    wait_value(page, "train-method", "diffusion-dpo")
+    wait_value(page, "train-beta", "2000")
     assert value(page, "train-method") == "diffusion-dpo" and value(page, "train-beta") == "2000"
     ids = train_and_wait(page, app, steps=6, queue_second=True)
     assert plot_points(page, "loss-plot") == 6  # one point per step of the run shown (the latest)
@@ -424,7 +442,7 @@ def test_data_tab_stats_delete_export_import(app, page, tmp_path):
 def test_text_generate_judge_train_compare_export(app, page):
     tab(page, "Generate & rank")
     radio(page, "modality", "text")
-    assert value(page, "model") == "arith-reasoner"
+    assert wait_value(page, "model", "arith-reasoner") == "arith-reasoner"
     status = generate(page, n=4, seed=0, prompt=TEXT_PROMPT)
     assert "Done 4 of 4" in status, status
     answer = value(page, "cand-text-1")
@@ -445,7 +463,7 @@ def test_text_generate_judge_train_compare_export(app, page):
 
     tab(page, "Train")
     radio(page, "train-modality", "text")
-    assert value(page, "train-method") == "simpo"
+    assert wait_value(page, "train-method", "simpo") == "simpo"
     ids = train_and_wait(page, app, steps=8)
     assert plot_points(page, "loss-plot") == 8
     with store_of(app) as s:

@@ -1,0 +1,199 @@
+"""The Palate web app (Gradio Blocks): generate, judge, train, compare, export.
+
+One module per tab (``generate``, ``data``, ``train``, ``compare``, ``adapters``); each only wires
+widgets to the services in ``app`` (``generation``, ``services``, ``runs``) and never touches model
+code. Modality choices, settings, candidate players, views, methods and export formats come from the
+registries, so a new modality shows up with no edit here. Every handler turns an error into a readable
+message on the page and the server keeps serving.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from app.generation import default_model
+from app.runs import RunQueue
+from modalities import registry
+from storage import Store
+
+from .adapters import AdaptersTab
+from .compare import CompareTab
+from .data import DataTab
+from .generate import GenerateTab
+from .train import TrainTab
+
+KEYS_JS = """
+<script>
+(() => {
+  const visible = (el) => el && el.offsetParent !== null && !el.disabled;
+  const click = (id) => {
+    const root = document.getElementById(id);
+    if (!root) return false;
+    const el = root.tagName === 'BUTTON' ? root : root.querySelector('button');
+    if (!visible(el)) return false;
+    el.click();
+    return true;
+  };
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    const typing = t && ((t.tagName === 'INPUT' && !['radio', 'checkbox', 'button', 'range'].includes(t.type))
+      || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable);
+    if (typing) return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const k = e.key;
+    let done = false;
+    if (/^[1-8]$/.test(k)) done = click('choose-' + k);
+    else if (k === 'Enter') done = click('rank-save');
+    else if (k === 'a') done = click('ab-a');
+    else if (k === 'b') done = click('ab-b');
+    else if (k === 't') done = click('ab-tie');
+    else if (k === 'x') done = click('ab-bad');
+    else if (k === 's') done = click('ab-skip');
+    else if (k === 'u') done = click('undo-btn');
+    else if (k === 'ArrowLeft') done = click('blind-left');
+    else if (k === 'ArrowRight') done = click('blind-right');
+    else if (k === 'ArrowDown') done = click('blind-tie');
+    if (done) e.preventDefault();
+  });
+})();
+</script>
+"""
+
+CSS = """
+.cand-col { flex: 0 0 calc(25% - 12px) !important; }
+#compare-gallery img, #validation-gallery img { image-rendering: pixelated; }
+.cand-img img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.cand-text textarea, .ab-text textarea { font-family: ui-monospace, monospace; font-size: 13px; }
+.cell-text { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px; max-width: 420px; }
+.compare-html-table td, .validation-html-table td { vertical-align: top; padding: 4px 8px; }
+#run-progress .bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; }
+#run-progress .fill { height: 100%; background: #2563eb; }
+"""
+
+
+
+
+class PalateUI:
+    def __init__(self, data_dir: str | Path | None, *, preload: bool = True):
+        self.store = Store.open(data_dir)
+        self.data_dir = self.store.data_dir
+        self.queue = RunQueue(self.data_dir)
+        self.loading: dict[str, str] = {}  # model -> "loading" | "ready" | error message
+        self.preload = preload
+
+    # -- start-up ------------------------------------------------------------------
+    def start_background(self) -> None:
+        self.queue.start()
+        if self.preload:  # the default models of the modalities that ask for it, in the background
+            for m in registry.with_spec():
+                if registry.spec(m).preload and registry.spec(m).default_model:
+                    threading.Thread(target=self._preload, args=(m, default_model(m)), daemon=True).start()
+
+    def _preload(self, modality: str, model: str) -> None:
+        from app.generation import device_lock, get_adapter
+
+        self.loading[model] = "loading"
+        try:
+            with device_lock(None):  # as a generation does: never while a run takes the GPU
+                get_adapter(self.store, modality, model)
+            self.loading[model] = "ready"
+        except Exception as e:  # shown in the page; generation will say it again
+            self.loading[model] = f"failed: {e}"
+
+    def status_line(self) -> str:
+        parts = [f"data: `{self.data_dir}`"]
+        for model, state in self.loading.items():
+            parts.append(f"{model}: {'loading…' if state == 'loading' else state}")
+        run = self.queue.running_run()
+        if run is not None:
+            parts.append(f"training: run {run}")
+        return " · ".join(parts)
+
+    # -- the page ---------------------------------------------------------------------
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="Palate") as demo:
+            gr.Markdown("# Palate\nGenerate candidates, judge them, train on your judgments, compare, export.")
+            top = gr.Markdown(self.status_line(), elem_id="top-status")
+            with gr.Tabs():
+                with gr.Tab("Generate & rank", id="generate"):
+                    GenerateTab(self).build()
+                with gr.Tab("Data", id="data") as data_tab:
+                    DataTab(self).build(data_tab)
+                with gr.Tab("Train", id="train"):
+                    TrainTab(self).build()
+                with gr.Tab("Compare", id="compare") as compare_tab:
+                    CompareTab(self).build(compare_tab)
+                with gr.Tab("Adapters", id="adapters") as adapters_tab:
+                    AdaptersTab(self).build(adapters_tab)
+            gr.Timer(2.0).tick(self.status_line, outputs=top, show_progress="hidden")
+        return demo
+
+
+# ---------------------------------------------------------------------------
+# launch
+# ---------------------------------------------------------------------------
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def parse_auth(auth: str | None, token: str | None = None):
+    """Gradio's ``auth``: (user, password), or a check that accepts any user name with the token."""
+    token = token or os.environ.get("PALATE_TOKEN")
+    auth = auth or os.environ.get("PALATE_AUTH")
+    if token and auth:
+        raise ValueError("give --auth or --token, not both")
+    if token:
+        if len(token) < 12:
+            raise ValueError("--token must be at least 12 characters")
+        import hmac
+
+        return lambda _user, password: hmac.compare_digest(str(password), token)
+    if not auth:
+        return None
+    if ":" not in auth:
+        raise ValueError("--auth takes USER:PASSWORD")
+    user, password = auth.split(":", 1)
+    if not user or not password:
+        raise ValueError("--auth takes USER:PASSWORD, both non-empty")
+    return user, password
+
+
+def launch(*, data_dir: str | None, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
+           token: str | None = None, share: bool = False, preload: bool = True) -> None:
+    credentials = parse_auth(auth, token)
+    if (host not in LOOPBACK or share) and credentials is None:
+        raise ValueError(f"serving beyond this machine ({'--share' if share else f'--host {host}'}) needs "
+                         "--auth USER:PASSWORD or --token TOKEN (or PALATE_AUTH / PALATE_TOKEN): anyone who reaches "
+                         "the port could read and delete your data")
+    t0 = time.time()
+    ui = PalateUI(data_dir, preload=preload)
+    # uploads and Gradio's copies live under the data directory: nothing outside it is served
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(ui.data_dir / "cache" / "gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = ui.build()
+    ui.start_background()
+    for note in ui.queue.notes:
+        print(f"[palate] {note}", flush=True)
+    demo.queue(default_concurrency_limit=1)
+    print(f"[palate] data directory: {ui.data_dir}", flush=True)
+    # the file route serves candidates and exports; never the database or the run folders
+    allowed = [str(ui.data_dir / "media"), str(ui.data_dir / "exports")]
+    blocked = [str(ui.data_dir / n) for n in ("palate.db", "palate.db-wal", "palate.db-shm", "runs")]
+    demo.launch(server_name=host, server_port=port, auth=credentials, share=share, allowed_paths=allowed,
+                blocked_paths=blocked,
+                prevent_thread_lock=True, quiet=True, head=KEYS_JS, css=CSS, show_error=True)
+    print(f"[palate] serving on http://{host}:{port} (ready {time.time() - t0:.1f} s after start; Ctrl-C stops)",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("[palate] stopping; a training run in progress goes on and is picked up at the next start",
+              flush=True)
+    finally:
+        ui.queue.stop()
+        demo.close()
