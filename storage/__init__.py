@@ -19,6 +19,7 @@ from .errors import (
 )
 from .paths import ENV_VAR, default_data_dir, resolve_data_dir
 from .schema import MODALITIES, SCHEMA_VERSION
+from .records import RewardModelRecord
 from .store import Adapter, Generation, Judgment, PreferencePair, RankedGroup, Run, SoftLabel, Store
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "NotADatabaseError",
     "PreferencePair",
     "RankedGroup",
+    "RewardModelRecord",
     "Run",
     "SCHEMA_VERSION",
     "SchemaMismatchError",

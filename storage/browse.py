@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 COMPARE_CONTEXT = "compare"  # the context of blind base-vs-tuned comparisons: evaluations, never training data
-TABLES = ("prompts", "generations", "judgments", "annotators", "media", "runs", "adapters", "imports")
+TABLES = ("prompts", "generations", "judgments", "annotators", "media", "runs", "adapters", "reward_models",
+          "imports")
 
 
 def _filters(modality: str | None, model: str | None, text: str) -> tuple[list[str], list[Any]]:

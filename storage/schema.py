@@ -241,6 +241,32 @@ def _0005_any_modality(db: sqlite_utils.Database) -> None:
         db.execute("PRAGMA writable_schema = OFF")
 
 
+def _0006_reward_models(db: sqlite_utils.Database) -> None:
+    """Reward models learned from judgments: a name with numbered versions, the model whose features
+    they read, the data they were trained on (hash) and their measured accuracy."""
+    _execute_statements(
+        db,
+        f"""
+        CREATE TABLE reward_models (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL CHECK (version >= 1),
+            modality TEXT NOT NULL {MODALITY_CHECK},
+            base_model TEXT NOT NULL,
+            base_revision TEXT,
+            backbone TEXT NOT NULL,
+            dimensions TEXT NOT NULL,
+            path TEXT NOT NULL,
+            data_hash TEXT,
+            metrics TEXT NOT NULL DEFAULT '{{}}',
+            created_at TEXT NOT NULL,
+            UNIQUE (name, version)
+        );
+        CREATE INDEX reward_models_modality ON reward_models (modality, base_model);
+        """
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -253,6 +279,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0003_views", _0003_views),
     Migration("0004_run_progress", _0004_run_progress),
     Migration("0005_any_modality", _0005_any_modality),
+    Migration("0006_reward_models", _0006_reward_models),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

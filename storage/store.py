@@ -11,24 +11,25 @@ is allowed and stored as another judgment. Repeat votes are how several people
 (or a noisy AI judge asked several times) express a soft preference: every
 vote counts in the soft labels and in the majority that decides a training
 pair. To take a vote back, delete the judgment (``delete_judgment``).
+
+This module writes (prompts, media, generations, judgments); the reading views are mixins:
+:mod:`.views` (votes, pairs, soft labels, rankings, stats), :mod:`.catalog` (runs and adapters) and
+:mod:`.browse` (tables for people); the row types are in :mod:`.records`.
 """
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import sqlite_utils
 
-from . import derive
-from .browse import COMPARE_CONTEXT, BrowseMixin
+from .browse import COMPARE_CONTEXT, BrowseMixin  # noqa: F401  (COMPARE_CONTEXT: part of the interface)
+from .catalog import CatalogMixin
 from .errors import (
     DataDirError,
     InvalidJudgmentError,
@@ -42,7 +43,22 @@ from .errors import (
 )
 from .media import MediaStore, StoredMedia, check_media
 from .paths import DB_FILENAME, ensure_writable_dir, resolve_data_dir
-from .schema import ANNOTATOR_KINDS, CHOICES, MIGRATIONS, MODALITIES, RUN_STATUSES, Migration
+from .records import (  # noqa: F401  (the row types are part of the store's interface)
+    Adapter,
+    Generation,
+    Judgment,
+    PreferencePair,
+    RankedGroup,
+    Run,
+    SoftLabel,
+    _dumps,
+    _generation,
+    check_modality as _check_modality,
+    now_iso,
+    sql_filters as _filters,
+)
+from .schema import ANNOTATOR_KINDS, MIGRATIONS, Migration
+from .views import TrainingViewsMixin
 
 BUSY_TIMEOUT_S = 60.0
 CHOICE_ALIASES = {"a": "a", "b": "b", "tie": "tie", "both_bad": "both_bad", "both-bad": "both_bad", "bad": "both_bad"}
@@ -108,134 +124,7 @@ class _WriterGate:
 _DECODE_LIMIT = 256 * 1024 * 1024  # media files up to this size are decoded before they are stored
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _dumps(obj: Mapping[str, Any] | None) -> str:
-    return json.dumps(dict(obj or {}), sort_keys=True, separators=(",", ":"), default=str)
-
-
-# ---------------------------------------------------------------------------
-# Row types
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Generation:
-    id: int
-    prompt_id: int
-    prompt: str
-    modality: str
-    model: str
-    model_revision: str | None
-    adapter_id: int | None
-    seed: int | None
-    params: dict[str, Any]
-    media_sha256: str
-    media_path: str  # relative to the data directory
-    mime: str
-    cache_path: str | None
-    run_id: int | None
-    created_at: str
-
-
-@dataclass(frozen=True)
-class Judgment:
-    id: int
-    kind: str  # "pairwise" | "ranking"
-    prompt_id: int
-    annotator: str
-    annotator_kind: str
-    choice: str | None
-    strength: float | None
-    context: str
-    created_at: str
-    generation_ids: tuple[int, ...]  # by position (A, B for pairwise)
-    ranks: tuple[int | None, ...]  # by position; rankings only
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """One training pair, winner first."""
-
-    prompt_id: int
-    prompt: str
-    winner_id: int
-    loser_id: int
-    label: float  # share of votes for the winner, in (0.5, 1]
-    n_votes: int
-    judgment_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class RankedGroup:
-    """A user's ranking of K candidates, best first (for listwise losses)."""
-
-    judgment_id: int
-    prompt_id: int
-    prompt: str
-    generation_ids: tuple[int, ...]  # best first; unranked candidates last
-    ranks: tuple[int | None, ...]
-
-
-@dataclass(frozen=True)
-class SoftLabel:
-    prompt_id: int
-    prompt: str
-    a_id: int  # the smaller generation id
-    b_id: int
-    p_a: float  # share of votes preferring a (ties count half)
-    n_votes: int
-    judgment_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    name: str | None
-    modality: str
-    method: str
-    base_model: str
-    base_revision: str | None
-    parent_adapter_id: int | None
-    config: dict[str, Any]
-    run_dir: str | None
-    status: str
-    pid: int | None
-    exit_code: int | None
-    error: str | None
-    metrics_path: str | None
-    data_hash: str | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str
-    step: int | None = None  # the last finished step (the trainer updates it as it goes)
-    total_steps: int | None = None
-    last_metrics: dict[str, Any] | None = None  # that step's metrics (loss, reward accuracy, ...)
-
-
-@dataclass(frozen=True)
-class Adapter:
-    id: int
-    name: str
-    modality: str
-    base_model: str
-    base_revision: str | None
-    method: str | None
-    run_id: int | None
-    path: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    created_at: str = ""
-
-
-# ---------------------------------------------------------------------------
-# The store
-# ---------------------------------------------------------------------------
-
-
-class Store(BrowseMixin):
+class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
     """Preference store on one data directory. Thread-safe (one lock)."""
 
     def __init__(self, data_dir: Path, conn: sqlite3.Connection):
@@ -743,337 +632,6 @@ class Store(BrowseMixin):
         rows = self.query(sql + " ORDER BY j.id DESC LIMIT 1", params)
         return rows[0]["id"] if rows else None
 
-    # -- training views ----------------------------------------------------
-    def votes(
-        self,
-        *,
-        modality: str,
-        model: str | None = None,
-        derivation: derive.Derivation = "all",
-        contexts: Sequence[str] | None = None,
-    ) -> list[derive.Vote]:
-        """Every vote on a pair of candidates of ``modality`` (and ``model``),
-        from pairwise judgments and derived from rankings."""
-        _check_modality(modality)
-        derive._check_derivation(derivation)
-        with self.read():
-            return self._votes(modality, model, derivation, contexts)
-
-    def _votes(
-        self, modality: str, model: str | None, derivation: derive.Derivation, contexts: Sequence[str] | None
-    ) -> list[derive.Vote]:
-        gen_ok = self._eligible_generations(modality, model)
-        ctx_sql, ctx_params = _context_filter(contexts)
-        out: list[derive.Vote] = []
-        for r in self.query(
-            "SELECT judgment_id, generation_a, generation_b, choice, strength FROM pairwise_votes j"
-            f" WHERE 1=1{ctx_sql} ORDER BY judgment_id",
-            ctx_params,
-        ):
-            if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
-                v = derive.pairwise_vote(
-                    r["generation_a"], r["generation_b"], r["choice"], r["strength"], r["judgment_id"]
-                )
-                if v is not None:
-                    out.append(v)
-        for jid, ranks in self._rankings(ctx_sql, ctx_params):
-            ranks = {g: r for g, r in ranks.items() if g in gen_ok}
-            out.extend(derive.ranking_to_votes(ranks, derivation, jid))
-        return out
-
-    def preference_pairs(
-        self,
-        *,
-        modality: str,
-        model: str | None = None,
-        derivation: derive.Derivation = "all",
-        aggregate: bool = True,
-        contexts: Sequence[str] | None = None,
-    ) -> list[PreferencePair]:
-        """Training pairs (winner first) for a modality and model.
-
-        ``aggregate=True`` (default): one pair per pair of candidates, oriented
-        by the majority of its votes, with ``label`` the winner's share; pairs
-        whose votes balance out (ties, split votes) are left out.
-        ``aggregate=False``: one pair per decisive vote, repeats included.
-        Ties and both-bad judgments never become pairs; they stay in the store.
-        """
-        with self.read():
-            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
-            return self._pairs(votes, aggregate)
-
-    def _pairs(self, votes: list[derive.Vote], aggregate: bool) -> list[PreferencePair]:
-        if aggregate:
-            rows = [
-                (w, l, share, n, a.judgment_ids)
-                for a in derive.aggregate_votes(votes)
-                for (w, l, share, n) in derive.decisive_pairs([a])
-            ]
-        else:
-            rows = []
-            for v in votes:
-                if abs(v.p - 0.5) <= derive._TIE_EPS:
-                    continue
-                w, l, share = (v.x, v.y, v.p) if v.p > 0.5 else (v.y, v.x, 1.0 - v.p)
-                rows.append((w, l, share, 1, (v.judgment_id,) if v.judgment_id is not None else ()))
-        prompts = self._prompts_of([w for w, *_ in rows])
-        return [
-            PreferencePair(prompts[w][0], prompts[w][1], w, l, share, n, ids) for (w, l, share, n, ids) in rows
-        ]
-
-    def soft_labels(
-        self,
-        *,
-        modality: str,
-        model: str | None = None,
-        min_votes: int = 2,
-        derivation: derive.Derivation = "all",
-        contexts: Sequence[str] | None = None,
-    ) -> list[SoftLabel]:
-        """Pairs judged at least ``min_votes`` times, with the share of votes
-        for the smaller id (ties count half; both-bad is not a vote)."""
-        with self.read():
-            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
-            agg = [a for a in derive.aggregate_votes(votes) if a.n_votes >= min_votes]
-            prompts = self._prompts_of([a.x for a in agg])
-        return [SoftLabel(prompts[a.x][0], prompts[a.x][1], a.x, a.y, a.p_x, a.n_votes, a.judgment_ids) for a in agg]
-
-    def ranked_groups(
-        self,
-        *,
-        modality: str,
-        model: str | None = None,
-        min_size: int = 2,
-        contexts: Sequence[str] | None = None,
-    ) -> list[RankedGroup]:
-        """Rankings of K >= ``min_size`` candidates, best first, for listwise losses."""
-        _check_modality(modality)
-        with self.read():
-            return self._ranked_groups(modality, model, min_size, contexts)
-
-    def _ranked_groups(
-        self, modality: str, model: str | None, min_size: int, contexts: Sequence[str] | None
-    ) -> list[RankedGroup]:
-        gen_ok = self._eligible_generations(modality, model)
-        ctx_sql, ctx_params = _context_filter(contexts)
-        groups = []
-        for jid, ranks in self._rankings(ctx_sql, ctx_params):
-            ranks = {g: r for g, r in ranks.items() if g in gen_ok}
-            if len(ranks) < min_size or len(set(ranks.values())) < 2 or all(r is None for r in ranks.values()):
-                continue  # an all-tied ranking has no winner to put first
-            order = sorted(ranks, key=lambda g: (ranks[g] is None, ranks[g] or 0, g))
-            groups.append((jid, tuple(order), tuple(ranks[g] for g in order)))
-        prompts = self._prompts_of([g[1][0] for g in groups])
-        return [RankedGroup(jid, prompts[ids[0]][0], prompts[ids[0]][1], ids, rk) for jid, ids, rk in groups]
-
-    def _rankings(self, ctx_sql: str, ctx_params: list[Any]) -> Iterator[tuple[int, dict[int, int | None]]]:
-        """``(judgment id, {generation id: rank})`` for every ranking."""
-        current, ranks = None, {}
-        for r in self.query(
-            "SELECT i.judgment_id, i.generation_id, i.rank FROM judgment_items i"
-            f" JOIN judgments j ON j.id = i.judgment_id WHERE j.kind = 'ranking'{ctx_sql}"
-            " ORDER BY i.judgment_id, i.position",
-            ctx_params,
-        ):
-            if r["judgment_id"] != current:
-                if current is not None:
-                    yield current, ranks
-                current, ranks = r["judgment_id"], {}
-            ranks[r["generation_id"]] = r["rank"]
-        if current is not None:
-            yield current, ranks
-
-    def _eligible_generations(self, modality: str, model: str | None) -> set[int]:
-        where, params = _filters(modality=modality, model=model, alias="g")
-        return {r["id"] for r in self.query("SELECT g.id FROM generations g" + where, params)}
-
-    def _prompts_of(self, generation_ids: Sequence[int]) -> dict[int, tuple[int, str]]:
-        if not generation_ids:
-            return {}
-        ids = sorted(set(generation_ids))
-        out = {}
-        for chunk_start in range(0, len(ids), 500):
-            chunk = ids[chunk_start : chunk_start + 500]
-            for r in self.query(
-                "SELECT g.id, g.prompt_id, p.text FROM generations g JOIN prompts p ON p.id = g.prompt_id"
-                f" WHERE g.id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ):
-                out[r["id"]] = (r["prompt_id"], r["text"])
-        return out
-
-    # -- runs --------------------------------------------------------------
-    _RUN_FIELDS = (
-        "name",
-        "run_dir",
-        "status",
-        "pid",
-        "exit_code",
-        "error",
-        "metrics_path",
-        "data_hash",
-        "started_at",
-        "finished_at",
-        "config",
-        "step",
-        "total_steps",
-        "last_metrics",
-    )
-
-    def create_run(
-        self,
-        *,
-        modality: str,
-        method: str,
-        base_model: str,
-        config: Mapping[str, Any],
-        base_revision: str | None = None,
-        parent_adapter_id: int | None = None,
-        run_dir: str | None = None,
-        name: str | None = None,
-        data_hash: str | None = None,
-    ) -> Run:
-        _check_modality(modality)
-        now = now_iso()
-        with self.write() as db:
-            if parent_adapter_id is not None:
-                self._require("adapters", parent_adapter_id, "adapter")
-            cur = db.execute(
-                "INSERT INTO runs (name, modality, method, base_model, base_revision, parent_adapter_id, config,"
-                " run_dir, status, data_hash, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (name, modality, method, base_model, base_revision, parent_adapter_id, _dumps(config), run_dir,
-                 data_hash, now, now),
-            )
-            rid = int(cur.lastrowid)
-        return self.get_run(rid)
-
-    def update_run(self, run_id: int, **fields: Any) -> Run:
-        """Change a run's status, pid, exit code, error, paths or timestamps."""
-        unknown = set(fields) - set(self._RUN_FIELDS)
-        if unknown:
-            raise ValueError(f"cannot update run field(s) {sorted(unknown)}; allowed: {', '.join(self._RUN_FIELDS)}")
-        if "status" in fields and fields["status"] not in RUN_STATUSES:
-            raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {fields['status']!r}")
-        for key in ("config", "last_metrics"):
-            if key in fields and fields[key] is not None:
-                fields[key] = _dumps(fields[key])
-        fields["updated_at"] = now_iso()
-        with self.write() as db:
-            self._require("runs", run_id, "run")
-            sets = ", ".join(f"{k} = ?" for k in fields)
-            db.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), int(run_id)))
-        return self.get_run(run_id)
-
-    def get_run(self, run_id: int) -> Run:
-        rows = self.query("SELECT * FROM runs WHERE id = ?", (int(run_id),))
-        if not rows:
-            raise UnknownIdError(self._unknown_message("run", "runs", int(run_id)))
-        return _run(rows[0])
-
-    def list_runs(self, *, status: str | None = None) -> list[Run]:
-        if status is not None:
-            return [_run(r) for r in self.query("SELECT * FROM runs WHERE status = ? ORDER BY id", (status,))]
-        return [_run(r) for r in self.query("SELECT * FROM runs ORDER BY id")]
-
-    # -- adapters ----------------------------------------------------------
-    def add_adapter(
-        self,
-        *,
-        name: str,
-        modality: str,
-        base_model: str,
-        path: str,
-        base_revision: str | None = None,
-        method: str | None = None,
-        run_id: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Adapter:
-        _check_modality(modality)
-        with self.write() as db:
-            if run_id is not None:
-                self._require("runs", run_id, "run")
-            if db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone():
-                raise ValueError(f"an adapter named {name!r} already exists; pick another name")
-            cur = db.execute(
-                "INSERT INTO adapters (name, modality, base_model, base_revision, method, run_id, path, metadata,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, modality, base_model, base_revision, method, run_id, path, _dumps(metadata), now_iso()),
-            )
-            aid = int(cur.lastrowid)
-        return self.get_adapter(aid)
-
-    def get_adapter(self, adapter_id: int) -> Adapter:
-        rows = self.query("SELECT * FROM adapters WHERE id = ?", (int(adapter_id),))
-        if not rows:
-            raise UnknownIdError(self._unknown_message("adapter", "adapters", int(adapter_id)))
-        return _adapter(rows[0])
-
-    def list_adapters(self, *, modality: str | None = None) -> list[Adapter]:
-        if modality is not None:
-            rows = self.query("SELECT * FROM adapters WHERE modality = ? ORDER BY id", (modality,))
-        else:
-            rows = self.query("SELECT * FROM adapters ORDER BY id")
-        return [_adapter(r) for r in rows]
-
-    def delete_adapter(self, adapter_id: int) -> None:
-        """Forget an adapter. Generations made with it keep their provenance
-        in ``params`` but lose the link; the adapter's files are not touched."""
-        with self.write() as db:
-            self._require("adapters", adapter_id, "adapter")
-            db.execute("UPDATE generations SET adapter_id = NULL WHERE adapter_id = ?", (int(adapter_id),))
-            db.execute("UPDATE runs SET parent_adapter_id = NULL WHERE parent_adapter_id = ?", (int(adapter_id),))
-            db.execute("DELETE FROM adapters WHERE id = ?", (int(adapter_id),))
-
-    # -- stats -------------------------------------------------------------
-    def stats(self, *, modality: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
-        """Counts per (modality, model): prompts, generations, judgments by
-        kind and choice, derived training pairs, and agreement on pairs judged
-        more than once."""
-        with self.read():
-            return self._stats(modality, model)
-
-    def _stats(self, modality: str | None, model: str | None) -> list[dict[str, Any]]:
-        where, params = _filters(modality=modality, model=model, alias="g")
-        groups = self.query(
-            "SELECT g.modality, g.model, COUNT(*) AS generations, COUNT(DISTINCT g.prompt_id) AS prompts"
-            f" FROM generations g{where} GROUP BY g.modality, g.model ORDER BY g.modality, g.model",
-            params,
-        )
-        out = []
-        for grp in groups:
-            gen_ok = self._eligible_generations(grp["modality"], grp["model"])
-            choices = {c: 0 for c in CHOICES}
-            for r in self.query("SELECT generation_a, generation_b, choice FROM pairwise_votes WHERE context != ?",
-                                (COMPARE_CONTEXT,)):
-                if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
-                    choices[r["choice"]] += 1
-            rankings = sum(
-                1
-                for _, ranks in self._rankings("", [])
-                if sum(1 for g in ranks if g in gen_ok) >= 2
-            )
-            votes = self.votes(modality=grp["modality"], model=grp["model"])
-            agg = derive.aggregate_votes(votes)
-            repeated = [a for a in agg if a.n_votes >= 2]
-            agree = _agreement([v for v in votes], {(a.x, a.y) for a in repeated})
-            pairs = derive.decisive_pairs(agg)
-            out.append(
-                {
-                    "modality": grp["modality"],
-                    "model": grp["model"],
-                    "prompts": grp["prompts"],
-                    "generations": grp["generations"],
-                    "pairwise_votes": sum(choices.values()),
-                    "choices": {k.replace("_", "-"): v for k, v in choices.items()},
-                    "rankings": rankings,
-                    "training_pairs": len(pairs),
-                    "pairs_judged_twice_or_more": len(repeated),
-                    "agreement": agree,
-                }
-            )
-        return out
-
     # -- helpers -----------------------------------------------------------
     def _require(self, table: str, row_id: int, what: str) -> None:
         if not self.db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (int(row_id),)).fetchone():
@@ -1142,16 +700,6 @@ def _configure(conn: sqlite3.Connection, db_path: Path) -> None:
         )
 
 
-def _check_modality(modality: str) -> None:
-    """A modality is named by a lower-case identifier (which ones exist is the registry's business:
-    ``modalities.registry``; the store keeps whatever it is given)."""
-    import re
-
-    if not isinstance(modality, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", modality):
-        raise ValueError(f"unknown modality {modality!r}: modality names are lower-case identifiers such as "
-                         f"{', '.join(MODALITIES)}")
-
-
 def _check_comparable(gens: Sequence[Generation]) -> None:
     prompts = {g.prompt_id for g in gens}
     if len(prompts) > 1:
@@ -1160,72 +708,3 @@ def _check_comparable(gens: Sequence[Generation]) -> None:
     modalities = {g.modality for g in gens}
     if len(modalities) > 1:
         raise InvalidJudgmentError(f"candidates of one judgment must share a modality; got {sorted(modalities)}")
-
-
-def _filters(*, alias: str, **values: Any) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    for k, v in values.items():
-        if v is not None:
-            clauses.append(f"{alias}.{k} = ?")
-            params.append(v)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _context_filter(contexts: Sequence[str] | None) -> tuple[str, list[Any]]:
-    """SQL restricting judgments (aliased ``j``) to the given contexts. None: every context
-    but the blind comparisons of base and tuned models (``compare``), which are evaluations,
-    never training data."""
-    if contexts is None:
-        return " AND j.context != ?", [COMPARE_CONTEXT]
-    return f" AND j.context IN ({','.join('?' * len(contexts))})", list(contexts)
-
-
-def _agreement(votes: Sequence[derive.Vote], repeated: set[tuple[int, int]]) -> float | None:
-    """Share of vote pairs on the same candidates that agree (both prefer the
-    same side, or both tie), over every pair judged twice or more."""
-    by_pair: dict[tuple[int, int], list[float]] = {}
-    for v in votes:
-        o = v.oriented()
-        if (o.x, o.y) in repeated:
-            by_pair.setdefault((o.x, o.y), []).append(o.p)
-    agree = total = 0
-    for ps in by_pair.values():
-        sides = [0 if abs(p - 0.5) <= derive._TIE_EPS else (1 if p > 0.5 else -1) for p in ps]
-        for i in range(len(sides)):
-            for j in range(i + 1, len(sides)):
-                total += 1
-                agree += sides[i] == sides[j]
-    return None if total == 0 else agree / total
-
-
-def _generation(r: Mapping[str, Any]) -> Generation:
-    return Generation(
-        id=r["id"],
-        prompt_id=r["prompt_id"],
-        prompt=r["prompt"],
-        modality=r["modality"],
-        model=r["model"],
-        model_revision=r["model_revision"],
-        adapter_id=r["adapter_id"],
-        seed=r["seed"],
-        params=json.loads(r["params"] or "{}"),
-        media_sha256=r["media_sha256"],
-        media_path=r["media_path"],
-        mime=r["mime"],
-        cache_path=r["cache_path"],
-        run_id=r["run_id"],
-        created_at=r["created_at"],
-    )
-
-
-def _run(r: Mapping[str, Any]) -> Run:
-    d = dict(r)
-    d["config"] = json.loads(d["config"] or "{}")
-    d["last_metrics"] = json.loads(d["last_metrics"]) if d.get("last_metrics") else None
-    return Run(**d)
-
-
-def _adapter(r: Mapping[str, Any]) -> Adapter:
-    d = dict(r)
-    d["metadata"] = json.loads(d["metadata"] or "{}")
-    return Adapter(**d)
