@@ -234,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ai", action="store_true", help="with --annotator: it is an AI judge")
     p.add_argument("--force", action="store_true", help="import a file again (identical votes are still skipped)")
 
+    # reward
+    from .rewards import add_parser as add_reward_parser
+
+    add_reward_parser(sub, add)
+
     # stats
     p = add("stats", cmd_stats, "counts per modality and model: candidates, votes, rankings, training pairs")
     p.add_argument("--modality", choices=registry.with_spec())

@@ -254,6 +254,14 @@ class ModalityAdapter(abc.ABC):
         """LoRA targets for the loaded model; defaults to ``default_lora_targets``."""
         return list(self.default_lora_targets)
 
+    def reward_features(self, prompts: Sequence[str], media: Sequence[bytes], *, noise_level: float = 0.0,
+                        seed: int = 0) -> "torch.Tensor":
+        """Features of candidates (``media[i]`` answering ``prompts[i]``) for a learned reward model's
+        head: float32 [N, D] on the CPU, from the loaded model itself (a denoiser at ``noise_level``, a
+        language model's hidden states), deterministic in ``seed``. Modalities without them raise
+        ``NotImplementedError``, which the reward trainer reports as a backbone that does not fit."""
+        raise NotImplementedError(f"{type(self).__name__} offers no features for a reward model")
+
     def configure_training(self, **options: Any) -> None:
         """The modality's own training options (its spec's ``train_options``, from the run's config
         ``modality_options``), set once before training; raise ``ValueError`` for an unknown one."""

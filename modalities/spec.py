@@ -81,6 +81,24 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Reward:
+    """A programmatic reward a modality offers (its world's judge or a simulated taste): ``score`` names
+    ``"module:function"``, a function of ``(prompt, media bytes of the candidates)`` returning one float
+    per candidate, higher is better. Reward models learned from judgments live in :mod:`alignment.rewards`."""
+
+    name: str
+    description: str
+    score: str
+    dimension: str = "overall"
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "_").isidentifier():
+            raise ValueError(f"reward names are identifiers like 'taste-saturated'; got {self.name!r}")
+        if ":" not in self.score:
+            raise ValueError(f"reward {self.name}: score is 'module:function', got {self.score!r}")
+
+
+@dataclass(frozen=True)
 class ModalitySpec:
     """Everything the rest of Palate needs to know about a modality.
 
@@ -97,7 +115,8 @@ class ModalitySpec:
       the app starts; ``caption``: extra words under a candidate from its stored parameters;
     - ``load_options``: boolean options of loading (e.g. ``trust_remote_code``), off by default;
     - ``train_options``: options of training this modality's models (a run's ``modality_options``,
-      passed to ``ModalityAdapter.configure_training``), e.g. how flow models draw training times.
+      passed to ``ModalityAdapter.configure_training``), e.g. how flow models draw training times;
+    - ``rewards``: programmatic rewards of its world (:class:`Reward`), offered next to learned ones.
     """
 
     name: str
@@ -116,6 +135,7 @@ class ModalitySpec:
     caption: Callable[[Mapping[str, Any]], str] | None = None
     load_options: tuple[Setting, ...] = ()
     train_options: tuple[Setting, ...] = ()
+    rewards: tuple[Reward, ...] = ()
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:

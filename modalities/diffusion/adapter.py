@@ -212,6 +212,58 @@ class DiffusersAdapter(ModalityAdapter):
             pred = self.fam.predict(self.pipe, model, xt.flatten(0, 1), t.flatten(), cond, dtype)
         return denoising_score(pred.view(B, K, *pred.shape[1:]), target)
 
+    # -- reward features -------------------------------------------------------
+    def _feature_module(self) -> torch.nn.Module:
+        """Where the denoiser's features are read: the UNet's middle block, else the last transformer block."""
+        den = self.trainable_module()
+        if getattr(den, "mid_block", None) is not None:
+            return den.mid_block
+        for name in ("single_transformer_blocks", "transformer_blocks"):
+            blocks = getattr(den, name, None)
+            if blocks is not None and len(blocks):
+                return blocks[-1]
+        raise NotImplementedError(f"no middle or transformer block to read features from in {type(den).__name__}")
+
+    @torch.no_grad()
+    def reward_features(self, prompts: Sequence[str], media: Sequence[bytes], *, noise_level: float = 0.5,
+                        seed: int = 0, chunk: int = 16) -> torch.Tensor:
+        """The generator's own features of each candidate, as a latent reward model reads them: the
+        denoiser's middle (or last transformer) block, averaged over positions, at noise level
+        ``noise_level`` (0 clean .. 1 pure noise; the same noise per candidate for a seed), followed by
+        the clean latent's per-channel mean and spread. No extra model, and it reads noisy latents too."""
+        if not 0.0 <= noise_level < 1.0:
+            raise ValueError(f"noise_level must be in [0, 1), got {noise_level}")
+        if len(prompts) != len(media):
+            raise ValueError(f"{len(prompts)} prompts for {len(media)} candidates")
+        module, captured = self._feature_module(), []
+        hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        den, dtype, device = self.trainable_module(), self.dtype, self.device
+        parts = []
+        try:
+            for start in range(0, len(media), chunk):
+                x0 = torch.stack([self._latent(m) for m in media[start:start + chunk]]).to(device)
+                cond = {k: v.to(device) for k, v in self._conditioning(list(prompts[start:start + chunk]),
+                                                                      x0.shape[-2:]).items()}
+                gen = torch.Generator("cpu").manual_seed(seed)
+                noise = torch.randn(x0.shape[1:], generator=gen).to(device).expand_as(x0)
+                n = x0.shape[0]
+                if self.family == "unet":
+                    step = int(round(noise_level * (len(self._alphas_cumprod) - 1)))
+                    a = self._alphas_cumprod[step].to(device)
+                    noisy, t = a.sqrt() * x0 + (1 - a).sqrt() * noise, torch.full((n,), step, device=device)
+                else:
+                    t = torch.full((n,), float(noise_level), device=device)
+                    noisy = flow_interpolate(x0[:, None], noise[:, None], t.view(n, 1))[:, 0]
+                captured.clear()
+                self.fam.predict(self.pipe, den, noisy, t, cond, dtype)
+                h = captured[-1].float()
+                pooled = h.mean(dim=(-2, -1)) if h.dim() == 4 else h.mean(dim=1)
+                flat = x0.float().flatten(2) if x0.dim() == 4 else x0.float().transpose(1, 2)
+                parts.append(torch.cat([pooled, flat.mean(-1), flat.std(-1)], dim=-1).cpu())
+        finally:
+            hook.remove()
+        return torch.cat(parts)
+
     def configure_training(self, **options: Any) -> None:
         """Training options (the spec's ``train_options``): ``flow_t``, how flow models draw t."""
         unknown = set(options) - {"flow_t"}

@@ -3,7 +3,7 @@
 ``SPEC`` is what the rest of Palate knows about images (imported without torch); the model code is
 ``modalities.image.adapter.ImageAdapter``.
 """
-from ..spec import ModalitySpec, Setting
+from ..spec import ModalitySpec, Reward, Setting
 
 SPEC = ModalitySpec(
     name="image",
@@ -29,5 +29,16 @@ SPEC = ModalitySpec(
         Setting("flow_t", str, "flow models (SD3, FLUX, Qwen-Image): how training times are drawn -- logit-normal "
                 "(default, as their own trainers do), shifted (the scheduler's shifted density) or uniform",
                 choices=("logit-normal", "shifted", "uniform")),
+    ),
+    rewards=(
+        Reward("shapes-judge", "the shapes world's judge: share of the prompt's attributes in the image",
+               "modalities.image.rewards:adherence", dimension="prompt"),
+        Reward("taste-saturated", "a simulated user who likes vivid, saturated colours",
+               "modalities.image.rewards:saturated"),
+        Reward("taste-centered", "a simulated user who likes the shapes at the centre",
+               "modalities.image.rewards:centered"),
+        Reward("taste-large", "a simulated user who likes big shapes", "modalities.image.rewards:large"),
+        Reward("taste-clean", "a simulated user who likes flat, noise-free backgrounds",
+               "modalities.image.rewards:clean"),
     ),
 )

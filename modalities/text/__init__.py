@@ -5,7 +5,7 @@ code is ``modalities.text.adapter.TextAdapter``.
 """
 from typing import Any, Mapping
 
-from ..spec import ModalitySpec, Setting
+from ..spec import ModalitySpec, Reward, Setting
 
 
 def _tokens(params: Mapping[str, Any]) -> str:
@@ -33,4 +33,10 @@ SPEC = ModalitySpec(
     ),
     load_options=(Setting("trust_remote_code", bool, "run code a model ships with (auto_map); off unless you "
                           "have read that code", default=False),),
+    rewards=(
+        Reward("arith-correct", "the arithmetic world's judge: 1 for a right final answer (expression prompts)",
+               "modalities.text.rewards:correct", dimension="prompt"),
+        Reward("brief", "a reader who likes short answers: minus the length in words",
+               "modalities.text.rewards:brief"),
+    ),
 )

@@ -595,6 +595,29 @@ class TextAdapter(ModalityAdapter):
             )[:, 0])
         return torch.cat(parts).reshape(B, K).float()
 
+    @torch.no_grad()
+    def reward_features(self, prompts: Sequence[str], media: Sequence[bytes], *, noise_level: float = 0.0,
+                        seed: int = 0) -> torch.Tensor:
+        """The language model's last hidden layer over each answer (after its prompt, as the model saw
+        it): the mean over the answer's tokens and the last token's state. ``noise_level`` and ``seed``
+        do not apply to text."""
+        del seed
+        if noise_level:
+            raise ValueError("noise_level applies to denoiser features only; text features are read at 0")
+        if len(prompts) != len(media):
+            raise ValueError(f"{len(prompts)} prompts for {len(media)} candidates")
+        groups = [Group(p, (m, m)) for p, m in zip(prompts, media)]  # a group holds two or more samples
+        out = []
+        for start in range(0, len(groups), max(1, int(self.score_chunk))):
+            t = self.encode(groups[start:start + max(1, int(self.score_chunk))]).tensors
+            ids, attn, resp = (t[k][:, 0].to(self.device) for k in ("input_ids", "attention_mask", "response_mask"))
+            h = self.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1].float()
+            m = resp.unsqueeze(-1).float()
+            mean = (h * m).sum(1) / m.sum(1).clamp(min=1)
+            last = h[torch.arange(h.shape[0]), attn.sum(1) - 1]
+            out.append(torch.cat([mean, last], dim=-1).cpu())
+        return torch.cat(out)
+
     def trainable_module(self) -> torch.nn.Module:
         return self.model
 

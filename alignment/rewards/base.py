@@ -1,0 +1,108 @@
+"""Reward models behind one signature: a prompt and its candidates in, one score per candidate per
+dimension out (higher is better).
+
+Three kinds: programmatic (a modality's world judge or simulated taste, declared in its spec's
+``rewards``), learned (:mod:`.learned`: the generator's own features plus a head trained on the user's
+judgments) and ensembles of either (the mean of standardised scores, or RankDPO's win share).
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+ENSEMBLES = ("mean", "win-share")
+
+
+class RewardModel(abc.ABC):
+    """``score(prompt, media)`` -> ``{dimension: array of one score per candidate}``."""
+
+    name: str
+    modality: str
+    kind: str  # "programmatic", "learned" or "ensemble"
+    dimensions: tuple[str, ...]
+    version: int | None = None
+
+    @property
+    def annotator(self) -> str:
+        """The annotator name of judgments this reward model casts (name and version)."""
+        return f"reward:{self.name}" + (f"@v{self.version}" if self.version is not None else "")
+
+    @abc.abstractmethod
+    def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
+        ...
+
+    def overall(self, prompt: str, media: Sequence[bytes]) -> np.ndarray:
+        """The ``overall`` dimension if it has one, else its only (or first) dimension."""
+        scores = self.score(prompt, media)
+        return scores.get("overall", scores[self.dimensions[0]])
+
+
+class Programmatic(RewardModel):
+    """A reward a modality declares (``modalities.spec.Reward``)."""
+
+    kind = "programmatic"
+
+    def __init__(self, modality: str, reward: Any):
+        self.name, self.modality, self.description = reward.name, modality, reward.description
+        self.dimensions = (reward.dimension,)
+        module, _, attr = reward.score.partition(":")
+        self._fn: Callable[[str, Sequence[bytes]], Sequence[float]] = getattr(importlib.import_module(module), attr)
+
+    def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
+        return {self.dimensions[0]: np.asarray(self._fn(prompt, list(media)), dtype=np.float64)}
+
+
+class Ensemble(RewardModel):
+    """Several reward models as one, on the dimensions they share: ``mean`` of their scores
+    standardised over the candidates of the prompt, or ``win-share`` (RankDPO's phi: the share of
+    (member, other candidate) comparisons a candidate wins, ties counting half)."""
+
+    kind = "ensemble"
+
+    def __init__(self, members: Sequence[RewardModel], how: str = "mean"):
+        if how not in ENSEMBLES:
+            raise ValueError(f"unknown ensemble {how!r}; use {' or '.join(ENSEMBLES)}")
+        if len(members) < 2:
+            raise ValueError("an ensemble needs two or more reward models")
+        modalities = {m.modality for m in members}
+        if len(modalities) > 1:
+            raise ValueError(f"an ensemble's reward models must score one modality; got {sorted(modalities)}")
+        shared = [d for d in members[0].dimensions if all(d in m.dimensions for m in members[1:])]
+        self.members, self.how, self.modality = list(members), how, members[0].modality
+        self.dimensions = tuple(shared) or ("overall",)
+        self.name = "+".join(m.name for m in members) + ("" if how == "mean" else f"[{how}]")
+
+    def _member_scores(self, m: RewardModel, prompt: str, media: Sequence[bytes], dim: str) -> np.ndarray:
+        scores = m.score(prompt, media)
+        return scores[dim] if dim in scores else m.overall(prompt, media)
+
+    def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
+        out = {}
+        for dim in self.dimensions:
+            table = np.stack([self._member_scores(m, prompt, media, dim) for m in self.members])  # [M, N]
+            if self.how == "mean":
+                sd = table.std(axis=1, keepdims=True)
+                out[dim] = ((table - table.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)).mean(axis=0)
+            else:
+                out[dim] = win_share(table)
+        return out
+
+
+def win_share(table: np.ndarray) -> np.ndarray:
+    """[M members, N candidates] scores -> each candidate's share of wins over the others, over members."""
+    M, N = table.shape
+    if N < 2:
+        return np.full(N, 0.5)
+    diff = table[:, :, None] - table[:, None, :]  # [M, N, N]
+    wins = (diff > 0).sum(axis=(0, 2)) + 0.5 * ((diff == 0).sum(axis=(0, 2)) - M)  # not against itself
+    return wins / (M * (N - 1))
+
+
+def programmatic(modality: str) -> dict[str, Programmatic]:
+    """The programmatic rewards modality ``modality`` declares."""
+    from modalities import registry
+
+    return {r.name: Programmatic(modality, r) for r in registry.spec(modality).rewards}

@@ -1,0 +1,233 @@
+"""Reward models learned from the user's judgments: the generator's own features (read by
+``ModalityAdapter.reward_features``: a denoiser at a noise level, a language model's hidden states)
+and a small head per dimension, trained with Bradley-Terry with ties (:mod:`.bt`).
+
+The backbone stays frozen, so features are computed once per candidate and the head trains in
+seconds; held-out pair accuracy comes from k-fold cross-validation over distinct pairs (repeat votes on
+one pair stay in one fold), then the head is trained on every vote. A reward model is one
+``.safetensors`` file: the head's weights, and in its metadata the base model it reads, the backbone
+settings, the data hash and the measured accuracy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import RewardModel
+from .bt import DEFAULT_THETA, TIE_EPS, bt_ties_nll
+
+FORMAT = "palate-reward-model/1"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: int = 64  # 0: a linear head
+    epochs: int = 300  # full-batch steps
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.1
+    theta: float = DEFAULT_THETA
+    seed: int = 0
+
+
+class Head(nn.Module):
+    """Standardised features -> one reward per dimension."""
+
+    def __init__(self, dim: int, n_out: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.net = (nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_out))
+                    if hidden else nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
+             n_out: int = 1) -> Head:
+    """A head trained on votes ``p`` (share for candidate ``a[i]`` over ``b[i]``, rows of ``feats``)."""
+    torch.manual_seed(cfg.seed)
+    head = Head(feats.shape[1], n_out, cfg.hidden, cfg.dropout)
+    used = torch.unique(torch.cat([a, b]))
+    head.mean.copy_(feats[used].mean(0))
+    head.std.copy_(feats[used].std(0).clamp(min=1e-6) if len(used) > 1 else torch.ones(feats.shape[1]))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head.train()
+    for _ in range(cfg.epochs):
+        r = head(feats)[:, 0]
+        loss = bt_ties_nll(r[a], r[b], p, cfg.theta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    return head
+
+
+def pair_accuracy(head: Head, feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> tuple[int, int]:
+    """(right, decisive votes): a decisive vote is right when the head ranks its winner higher."""
+    with torch.no_grad():
+        r = head(feats)[:, 0]
+    decisive = (p - 0.5).abs() > TIE_EPS
+    right = ((r[a] > r[b]) == (p > 0.5)) & decisive
+    return int(right.sum()), int(decisive.sum())
+
+
+def kfold_accuracy(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
+                   folds: int) -> dict[str, Any]:
+    """Held-out pair accuracy by ``folds``-fold cross-validation over distinct pairs."""
+    keys = sorted({(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist())})
+    decisive_keys = {(min(x, y), max(x, y)) for x, y, q in zip(a.tolist(), b.tolist(), p.tolist()) if abs(q - 0.5) > TIE_EPS}
+    if folds < 2:
+        raise ValueError(f"folds must be 2 or more, got {folds}")
+    if len(decisive_keys) < folds:
+        raise ValueError(f"{len(decisive_keys)} decided pair(s) (ties aside) are fewer than the {folds} folds of the "
+                         f"held-out accuracy: cast more votes, or use fewer folds (--folds)")
+    random.Random(cfg.seed).shuffle(keys)
+    fold_of = {k: i % folds for i, k in enumerate(keys)}
+    vote_fold = torch.tensor([fold_of[(min(x, y), max(x, y))] for x, y in zip(a.tolist(), b.tolist())])
+    right = total = 0
+    per_fold = []
+    for f in range(folds):
+        train, test = vote_fold != f, vote_fold == f
+        if not bool(train.any()) or not bool(test.any()):
+            continue
+        head = fit_head(feats, a[train], b[train], p[train], cfg)
+        r, n = pair_accuracy(head, feats, a[test], b[test], p[test])
+        right, total = right + r, total + n
+        if n:
+            per_fold.append(r / n)
+    return {"heldout_accuracy": right / total if total else None, "heldout_votes": total, "folds": folds,
+            "fold_accuracies": per_fold}
+
+
+def data_hash(votes: Sequence[Any]) -> str:
+    """What the reward model was trained on: its votes (candidates, share, judgment), in order."""
+    h = hashlib.sha256()
+    for v in votes:
+        h.update(f"{v.x},{v.y},{v.p:.9f},{v.judgment_id}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class LearnedReward(RewardModel):
+    """A trained head over an adapter's features. ``meta`` holds what the file records."""
+
+    adapter: Any
+    head: Head
+    meta: dict[str, Any] = field(default_factory=dict)
+    kind = "learned"
+
+    def __post_init__(self) -> None:
+        self.name = self.meta.get("name", "reward")
+        self.modality = self.meta.get("modality", getattr(self.adapter, "name", ""))
+        self.dimensions = tuple(self.meta.get("dimensions", ("overall",)))
+        self.version = self.meta.get("version")
+
+    @property
+    def noise_level(self) -> float:
+        return float(self.meta.get("noise_level", 0.0))
+
+    def features(self, prompts: Sequence[str], media: Sequence[bytes]) -> torch.Tensor:
+        return self.adapter.reward_features(list(prompts), list(media), noise_level=self.noise_level,
+                                            seed=int(self.meta.get("feature_seed", 0)))
+
+    def score_features(self, feats: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            r = self.head(feats).double().numpy()
+        return {d: r[:, i] for i, d in enumerate(self.dimensions)}
+
+    def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
+        return self.score_features(self.features([prompt] * len(media), media))
+
+    def save(self, path: Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "hidden": str(self.head.net[-1].in_features if len(self.head.net) > 2 else 0),
+                "palate": json.dumps(self.meta, sort_keys=True)}
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, tmp, metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read_meta(cls, path: Path) -> dict[str, Any]:
+        """The metadata of a reward model file (refusing anything else with a clear message)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no reward model file at {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a foreign file
+            raise ValueError(f"{path} is not a safetensors reward model file ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is a safetensors file but not a Palate reward model (format "
+                             f"{meta.get('format')!r}, expected {FORMAT!r})")
+        return {**json.loads(meta["palate"]), "_hidden": int(meta["hidden"])}
+
+    @classmethod
+    def load(cls, path: Path, adapter: Any) -> "LearnedReward":
+        from safetensors.torch import load_file
+
+        meta = cls.read_meta(path)
+        hidden = meta.pop("_hidden")
+        loaded = getattr(adapter, "model_name", None)
+        if meta.get("base_model") and loaded and loaded != meta["base_model"]:
+            raise ValueError(f"reward model {meta.get('name')!r} reads the features of {meta['base_model']!r}, but "
+                             f"the loaded model is {loaded!r}: train a reward model on this model's judgments")
+        state = load_file(str(path))
+        head = Head(state["mean"].shape[0], len(meta.get("dimensions", ("overall",))), hidden)
+        head.load_state_dict(state)
+        head.eval()
+        return cls(adapter, head, meta)
+
+
+def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes: Sequence[Any], *,
+                       name: str, modality: str, folds: int = 5, noise_level: float | None = None,
+                       cfg: HeadConfig = HeadConfig(),
+                       progress: Callable[[str], None] = lambda _m: None) -> tuple[LearnedReward, dict[str, Any]]:
+    """Train a reward model on ``votes`` (storage ``Vote``s over the candidates in ``media``:
+    id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics."""
+    if not votes:
+        raise ValueError("no votes to learn from: judge some candidates first")
+    if noise_level is None:
+        noise_level = 0.5 if getattr(adapter, "score_kind", None) is not None and \
+            str(getattr(adapter.score_kind, "value", adapter.score_kind)) in ("diffusion", "flow") else 0.0
+    ids = sorted({g for v in votes for g in (v.x, v.y)})
+    index = {g: i for i, g in enumerate(ids)}
+    progress(f"reading features of {len(ids)} candidates (noise level {noise_level:g})")
+    try:
+        feats = adapter.reward_features([media[g][0] for g in ids], [media[g][1] for g in ids],
+                                        noise_level=noise_level, seed=cfg.seed)
+    except NotImplementedError as e:
+        raise ValueError(f"this {modality} model has no backbone a reward model can read: {e}") from None
+    a = torch.tensor([index[v.x] for v in votes])
+    b = torch.tensor([index[v.y] for v in votes])
+    p = torch.tensor([float(v.p) for v in votes])
+    progress(f"{folds}-fold held-out accuracy on {len(votes)} votes")
+    metrics = kfold_accuracy(feats, a, b, p, cfg, folds)
+    progress("training on every vote")
+    head = fit_head(feats, a, b, p, cfg)
+    r, n = pair_accuracy(head, feats, a, b, p)
+    metrics.update(train_accuracy=r / n if n else None, votes=len(votes), candidates=len(ids),
+                   ties=int(((p - 0.5).abs() <= TIE_EPS).sum()))
+    meta = {"name": name, "modality": modality, "base_model": getattr(adapter, "model_name", None),
+            "base_revision": getattr(adapter, "revision", None), "backbone": "own-features",
+            "noise_level": noise_level, "feature_seed": cfg.seed, "dimensions": ["overall"],
+            "theta": cfg.theta, "head": {"hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
+                                         "weight_decay": cfg.weight_decay},
+            "data_hash": data_hash(votes), "metrics": metrics}
+    return LearnedReward(adapter, head, meta), metrics

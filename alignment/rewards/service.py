@@ -1,0 +1,86 @@
+"""Reward models by name, over a store: list what a modality offers, train and record a learned one,
+and load any of them for scoring.
+
+Names: a programmatic reward (``taste-saturated``), a learned one (``my-taste``, its latest version, or
+``my-taste@v2``), or an ensemble of either joined by ``+`` (``my-taste+taste-clean``; ``how`` picks the
+mean of standardised scores or RankDPO's win share).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from .base import Ensemble, RewardModel, programmatic  # noqa: F401  (programmatic: part of the interface)
+from .learned import HeadConfig, LearnedReward, train_reward_model
+
+_VERSIONED = re.compile(r"(?P<name>.+)@v(?P<version>\d+)")
+
+
+def rewards_dir(store: Any) -> Path:
+    return Path(store.data_dir) / "rewards"
+
+
+def offered(store: Any, modality: str) -> list[dict[str, Any]]:
+    """Every reward model usable on ``modality``: its programmatic ones, then the learned ones."""
+    rows = [{"name": r.name, "kind": "programmatic", "dimensions": list(r.dimensions), "about": r.description}
+            for r in programmatic(modality).values()]
+    for rec in store.list_reward_models(modality=modality):
+        acc = rec.metrics.get("heldout_accuracy")
+        rows.append({"name": rec.label, "kind": "learned", "dimensions": list(rec.dimensions),
+                     "about": f"on {rec.base_model}, {rec.metrics.get('votes', '?')} votes, held-out accuracy "
+                              + ("n/a" if acc is None else f"{acc:.0%}")})
+    return rows
+
+
+def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | None = None, folds: int = 5,
+          noise_level: float | None = None, cfg: HeadConfig = HeadConfig(),
+          progress: Callable[[str], None] = lambda _m: None) -> tuple[Any, dict[str, Any]]:
+    """Train reward model ``name`` (its next version) on the judgments of ``model``'s candidates (default:
+    the loaded model's) and record it; returns (record, metrics)."""
+    if name in programmatic(modality):
+        raise ValueError(f"{name!r} is a built-in reward of {modality}; give the learned one another name")
+    if "+" in name or "@" in name:
+        raise ValueError(f"reward model names cannot hold '+' or '@' (they join ensembles and versions); got {name!r}")
+    model = model or adapter.model_name
+    if model != adapter.model_name:
+        raise ValueError(f"the reward model reads the loaded model's features: judgments of {model!r} need "
+                         f"{model!r} loaded, not {adapter.model_name!r}")
+    votes = store.votes(modality=modality, model=model)
+    if not votes:
+        raise ValueError(f"no votes on {model}'s {modality} candidates yet: judge some first")
+    ids = sorted({g for v in votes for g in (v.x, v.y)})
+    media = {g.id: (g.prompt, store.media_bytes(g)) for g in store.get_generations(ids)}
+    reward, metrics = train_reward_model(adapter, media, votes, name=name, modality=modality, folds=folds,
+                                         noise_level=noise_level, cfg=cfg, progress=progress)
+    version = store.next_reward_version(name)
+    reward.meta["version"] = reward.version = version
+    rel = Path("rewards") / name / f"v{version}.safetensors"
+    reward.save(Path(store.data_dir) / rel)
+    record = store.add_reward_model(name=name, modality=modality, base_model=adapter.model_name,
+                                    base_revision=getattr(adapter, "revision", None), backbone=reward.meta["backbone"],
+                                    dimensions=reward.dimensions, path=str(rel), data_hash=reward.meta["data_hash"],
+                                    metrics=metrics, version=version)
+    return record, metrics
+
+
+def load(store: Any, name: str, modality: str, adapter: Any | None = None, *, how: str = "mean") -> RewardModel:
+    """A reward model by name (see the module docstring). Learned ones need ``adapter``, the loaded
+    model whose features they read."""
+    if "+" in name:
+        return Ensemble([load(store, part, modality, adapter) for part in name.split("+") if part], how=how)
+    builtin = programmatic(modality)
+    if name in builtin:
+        return builtin[name]
+    m = _VERSIONED.fullmatch(name)
+    record = store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(name)
+    if record.modality != modality:
+        raise ValueError(f"reward model {record.label} scores {record.modality}, not {modality}")
+    if adapter is None:
+        raise ValueError(f"reward model {record.label} reads the features of {record.base_model}: load that model")
+    return LearnedReward.load(Path(store.data_dir) / record.path, adapter)
+
+
+def load_file(path: Path, adapter: Any) -> LearnedReward:
+    """A reward model from a file (anything but a Palate reward safetensors file is refused)."""
+    return LearnedReward.load(Path(path), adapter)

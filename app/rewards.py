@@ -1,0 +1,127 @@
+"""``python -m app reward ...``: list, train and use reward models (see :mod:`alignment.rewards`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .commands import _open, _print_json, _table
+
+
+def _modality_of(store, gen_ids) -> tuple[str, str]:
+    gens = store.get_generations(gen_ids)
+    pairs = {(g.modality, g.model) for g in gens}
+    if len(pairs) > 1:
+        raise ValueError(f"score candidates of one modality and model at a time; got {sorted(pairs)}")
+    return next(iter(pairs))
+
+
+def cmd_reward_list(args: argparse.Namespace) -> int:
+    from alignment.rewards import service
+    from modalities import registry
+
+    mods = [args.modality] if args.modality else registry.with_spec()
+    with _open(args) as store:
+        rows = [{"modality": m, **r} for m in mods for r in service.offered(store, m)]
+    if args.json:
+        _print_json(rows)
+    else:
+        print(_table([(r["modality"], r["name"], r["kind"], ",".join(r["dimensions"]), r["about"]) for r in rows],
+                     ("modality", "name", "kind", "dimensions", "about")))
+    return 0
+
+
+def cmd_reward_train(args: argparse.Namespace) -> int:
+    from alignment.rewards import service
+    from alignment.rewards.learned import HeadConfig
+    from app.generation import default_model, get_adapter
+
+    model = args.model or default_model(args.modality)
+    cfg = HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+    start = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    with _open(args) as store:
+        if not store.votes(modality=args.modality, model=model):
+            raise ValueError(f"no votes on {model}'s {args.modality} candidates yet: judge some first")
+        progress(f"loading {model}")
+        adapter, lock = get_adapter(store, args.modality, model, device=args.device)
+        with lock:
+            record, metrics = service.train(store, adapter, modality=args.modality, name=args.name, model=model,
+                                            folds=args.folds, noise_level=args.noise_level, cfg=cfg, progress=progress)
+    if args.json:
+        _print_json({"name": record.name, "version": record.version, "path": record.path, "metrics": metrics})
+    else:
+        acc = metrics["heldout_accuracy"]
+        print(f"reward model {record.label}: {metrics['votes']} votes on {metrics['candidates']} candidates "
+              f"({metrics['ties']} ties); held-out pair accuracy "
+              + ("n/a" if acc is None else f"{acc:.1%}") + f" ({metrics['folds']}-fold, {metrics['heldout_votes']} "
+              f"decided votes); on its training votes {metrics['train_accuracy']:.1%}; file {record.path}")
+    return 0
+
+
+def cmd_reward_score(args: argparse.Namespace) -> int:
+    from alignment.rewards import service
+    from app.generation import get_adapter
+
+    with _open(args) as store:
+        modality, model = _modality_of(store, args.generation_ids)
+        gens = store.get_generations(args.generation_ids)
+        needs_model = any(p for p in args.reward.split("+") if p and p not in service.programmatic(modality))
+        adapter, lock = get_adapter(store, modality, model, device=args.device) if needs_model else (None, None)
+        reward = service.load(store, args.reward, modality, adapter, how=args.how)
+        by_prompt: dict[str, list] = {}
+        for g in gens:
+            by_prompt.setdefault(g.prompt, []).append(g)
+        rows = []
+        for prompt, group in by_prompt.items():
+            media = [store.media_bytes(g) for g in group]
+            if lock is not None:
+                with lock:
+                    scores = reward.score(prompt, media)
+            else:
+                scores = reward.score(prompt, media)
+            for i, g in enumerate(group):
+                rows.append({"generation": g.id, **{d: float(v[i]) for d, v in scores.items()}})
+    if args.json:
+        _print_json(rows)
+    else:
+        dims = list(reward.dimensions)
+        print(_table([(r["generation"], *(f"{r[d]:.4f}" for d in dims)) for r in rows], ("generation", *dims)))
+    return 0
+
+
+def add_parser(sub, add) -> None:
+    """The ``reward`` command group (``add`` is cli's helper that adds a subcommand)."""
+    from modalities import registry
+
+    rw = sub.add_parser("reward", help="reward models: list, train on your votes, score candidates",
+                        description="Reward models: the programmatic ones modalities offer, and ones learned from "
+                                    "your votes (Bradley-Terry with ties over the generator's own features).")
+    rw_sub = rw.add_subparsers(dest="reward_command", metavar="SUBCOMMAND", required=True)
+    p = add("list", cmd_reward_list, "list the reward models of each modality (programmatic and learned)",
+            parent=rw_sub)
+    p.add_argument("--modality", choices=registry.with_spec())
+
+    p = add("train", cmd_reward_train, "train a reward model (its next version) on the votes of a model's candidates",
+            parent=rw_sub)
+    p.add_argument("name", metavar="NAME", help="the reward model's name (each training adds a version: NAME@v2)")
+    p.add_argument("--modality", default="image", choices=registry.with_spec())
+    p.add_argument("--model", help="whose candidates' votes, and whose features (default: the modality's built-in)")
+    p.add_argument("--folds", type=int, default=5, help="k of the k-fold held-out accuracy (default 5)")
+    p.add_argument("--noise-level", type=float, help="denoiser features at this noise level, 0 clean .. <1 "
+                   "(default 0.5; text models read clean answers)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: linear)")
+    p.add_argument("--epochs", type=int, default=300, help="full-batch steps of the head (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+
+    p = add("score", cmd_reward_score, "score stored candidates with a reward model (or an ensemble A+B)",
+            parent=rw_sub)
+    p.add_argument("reward", metavar="REWARD", help="a name from `reward list`: built-in, learned (NAME or NAME@vN), "
+                   "or several joined by +")
+    p.add_argument("generation_ids", type=int, nargs="+", metavar="GENERATION_ID")
+    p.add_argument("--how", default="mean", choices=["mean", "win-share"], help="how an ensemble combines")
+    p.add_argument("--device", help="cpu or cuda")
