@@ -336,6 +336,24 @@ def test_image_generate_pick_best_ab_rank_undo(app, page):
     radio(page, "judge-mode", "Best of N")
 
 
+def test_reward_model_from_the_rewards_tab(app, page):
+    tab(page, "Rewards")
+    before = text(page, "reward-status")
+    page.click("#reward-train")
+    assert "name the reward model first" in wait_change(page, "reward-status", before)
+    fill(page, "reward-name", "my-taste")
+    page.click("#reward-train")
+    status = wait_text(page, "reward-status", "held-out pair accuracy")
+    assert "my-taste@v1" in status and "5-fold" in status, status
+    table = text(page, "reward-table")
+    assert "my-taste@v1" in table and "taste-saturated" in table
+    with store_of(app) as s:
+        rec = s.get_reward_model("my-taste")
+        assert rec.base_model == "shapes-diffusion" and rec.metrics["votes"] >= 8
+        assert (app["data_dir"] / rec.path).is_file()
+    shot(page, "2b-rewards")
+
+
 def test_image_train_queue_and_live_plot(app, page):
     tab(page, "Train")
     assert value(page, "train-method") == "diffusion-dpo"

@@ -1,6 +1,6 @@
 """The Palate web app (Gradio Blocks): generate, judge, train, compare, export.
 
-One module per tab (``generate``, ``data``, ``train``, ``compare``, ``adapters``); each only wires
+One module per tab (``generate``, ``data``, ``train``, ``rewards``, ``compare``, ``adapters``); each only wires
 widgets to the services in ``app`` (``generation``, ``services``, ``runs``) and never touches model
 code. Modality choices, settings, candidate players, views, methods and export formats come from the
 registries, so a new modality shows up with no edit here. Every handler turns an error into a readable
@@ -24,6 +24,7 @@ from .adapters import AdaptersTab
 from .compare import CompareTab
 from .data import DataTab
 from .generate import GenerateTab
+from .rewards import RewardsTab
 from .train import TrainTab
 
 KEYS_JS = """
@@ -125,6 +126,8 @@ class PalateUI:
                     DataTab(self).build(data_tab)
                 with gr.Tab("Train", id="train"):
                     TrainTab(self).build()
+                with gr.Tab("Rewards", id="rewards") as rewards_tab:
+                    RewardsTab(self).build(rewards_tab)
                 with gr.Tab("Compare", id="compare") as compare_tab:
                     CompareTab(self).build(compare_tab)
                 with gr.Tab("Adapters", id="adapters") as adapters_tab:

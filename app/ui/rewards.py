@@ -1,0 +1,86 @@
+"""Rewards: reward models learned from your votes (and the programmatic ones a modality offers).
+
+Training reads the loaded model's own features of every judged candidate and fits a small head with
+Bradley-Terry with ties (``alignment.rewards``); it takes seconds to a minute, so it runs here rather
+than in the run queue, never while a training run holds the GPU."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import pandas as pd
+
+from alignment.rewards import service
+from alignment.rewards.learned import HeadConfig
+from app.generation import default_model, device_lock, get_adapter
+
+from .common import err, modality_choices, opt_box, opt_float, opt_int
+
+
+class RewardsTab:
+    def __init__(self, ui):
+        self.ui = ui
+        self.store = ui.store
+
+    def table(self, modality):
+        try:
+            rows = service.offered(self.store, modality)
+        except Exception as e:  # noqa: BLE001 - shown on the page
+            return pd.DataFrame({"error": [str(e)]})
+        return pd.DataFrame([{"name": r["name"], "kind": r["kind"], "dimensions": ", ".join(r["dimensions"]),
+                              "about": r["about"]} for r in rows], columns=["name", "kind", "dimensions", "about"])
+
+    def train(self, modality, model, name, folds, noise, hidden, epochs, progress=gr.Progress()):
+        lines: list[str] = []
+        t0 = time.monotonic()
+
+        def note(msg: str) -> None:
+            lines.append(f"{time.monotonic() - t0:5.1f}s {msg}")
+            progress(0.0, desc=msg)
+
+        try:
+            name = (name or "").strip()
+            if not name:
+                raise ValueError("name the reward model first (e.g. my-taste)")
+            model = (model or "").strip() or default_model(modality)
+            cfg = HeadConfig(hidden=opt_int(hidden, "hidden units") if str(hidden).strip() else 64,
+                             epochs=opt_int(epochs, "steps") or 300)
+            note(f"loading {model}")
+            with device_lock(None):
+                adapter, lock = get_adapter(self.store, modality, model)
+                with lock:
+                    record, m = service.train(self.store, adapter, modality=modality, name=name, model=model,
+                                              folds=opt_int(folds, "folds") or 5, noise_level=opt_float(noise, "noise level"),
+                                              cfg=cfg, progress=note)
+            acc = m["heldout_accuracy"]
+            summary = (f"**{record.label}** trained on {m['votes']} votes ({m['ties']} ties) over {m['candidates']} "
+                       f"candidates: held-out pair accuracy **{'n/a' if acc is None else f'{acc:.1%}'}** "
+                       f"({m['folds']}-fold over distinct pairs, {m['heldout_votes']} decided votes); "
+                       f"{m['train_accuracy']:.1%} on its training votes. File: `{record.path}`.")
+            return summary + "\n\n```\n" + "\n".join(lines) + "\n```", self.table(modality)
+        except Exception as e:  # noqa: BLE001 - shown on the page
+            return err(e), self.table(modality)
+
+    def build(self, tab) -> None:
+        mods = modality_choices()
+        gr.Markdown("A reward model learns your taste from your votes: it reads the model's own features of each "
+                    "judged candidate (the denoiser's at a noise level for images, the language model's hidden "
+                    "states for text) and fits a small head with Bradley-Terry with ties. Its held-out pair "
+                    "accuracy tells how well it predicts votes it has not seen.")
+        with gr.Row():
+            modality = gr.Dropdown(mods, value=mods[0], label="Modality", elem_id="reward-modality")
+            model = gr.Textbox(value="", label="Model (whose candidates and features)",
+                               placeholder=default_model(mods[0]), elem_id="reward-model")
+            name = gr.Textbox(value="", label="Name", placeholder="my-taste", elem_id="reward-name")
+        with gr.Accordion("Advanced", open=False):
+            with gr.Row():
+                folds = opt_box("Folds (held-out accuracy)", placeholder="5", elem_id="reward-folds")
+                noise = opt_box("Noise level (images, 0..1)", placeholder="0.5", elem_id="reward-noise")
+                hidden = opt_box("Hidden units (0: linear)", placeholder="64", elem_id="reward-hidden")
+                epochs = opt_box("Steps", placeholder="300", elem_id="reward-epochs")
+        go = gr.Button("Train reward model", variant="primary", elem_id="reward-train")
+        status = gr.Markdown("", elem_id="reward-status")
+        table = gr.Dataframe(value=self.table(mods[0]), interactive=False, wrap=True, elem_id="reward-table")
+        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs], [status, table])
+        modality.change(lambda m: (gr.update(placeholder=default_model(m)), self.table(m)), modality, [model, table])
+        tab.select(self.table, modality, table)
