@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language models: an answer's score is the sum of its tokens' log-probabilities or their "
                         "mean (auto: mean for length-normalised methods (%s), sum otherwise)" % ", ".join(_length_normalized()))
     p.add_argument("--derivation", choices=["all", "best-vs-rest"], help="how rankings become pairs")
+    p.add_argument("--contexts", help="train only on judgments made in these contexts, comma-separated (e.g. "
+                   "collect: yours, leaving out reward-label, a reward model's synthetic labels); default: all but "
+                   "blind comparisons")
     p.add_argument("--device")
     p.add_argument("--init-adapter", metavar="ADAPTER", help="continue from an adapter (its id in the store or a "
                    "folder): it becomes the reference, and the new adapter starts as its copy")

@@ -224,6 +224,8 @@ def _train_one(args: argparse.Namespace) -> tuple[int, str | None]:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "contexts", None):
+        overrides["contexts"] = [c.strip() for c in args.contexts.split(",") if c.strip()]
     if args.model and "model" not in overrides:
         overrides["model"] = args.model
     with _open(args) as store:

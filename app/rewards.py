@@ -93,6 +93,36 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward_label(args: argparse.Namespace) -> int:
+    from alignment.rewards import service
+    from app.generation import default_model, generate_candidates, get_adapter
+
+    model = args.model or default_model(args.modality)
+    with _open(args) as store:
+        if args.prompts_file:
+            prompts = [line for line in open(args.prompts_file, encoding="utf-8").read().splitlines() if line.strip()]
+        else:
+            prompts = store.judged_prompts(args.modality, model)
+        prompts = prompts[: args.limit] if args.limit else prompts
+        adapter, lock = get_adapter(store, args.modality, model, device=args.device)
+        reward = service.load(store, args.reward, args.modality, adapter, how=args.how)
+        counter = iter(range(10**9))
+
+        def generate(prompt: str):
+            return generate_candidates(store, modality=args.modality, prompt=prompt, n=args.k, model=model,
+                                       seed=args.seed + next(counter) * args.k, device=args.device)
+
+        out = service.label(store, reward, generate, prompts, lock=lock,
+                            progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{len(out['judgments'])} rankings of {args.k} candidates stored by {out['annotator']} "
+              f"(context {out['context']}; {out['candidates']} new candidates). Train on them as on yours; "
+              f"`--contexts collect` leaves them out.")
+    return 0
+
+
 def add_parser(sub, add) -> None:
     """The ``reward`` command group (``add`` is cli's helper that adds a subcommand)."""
     from modalities import registry
@@ -117,6 +147,19 @@ def add_parser(sub, add) -> None:
     p.add_argument("--epochs", type=int, default=300, help="full-batch steps of the head (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+
+    p = add("label", cmd_reward_label, "synthetic labels: generate K candidates per prompt and store the reward "
+            "model's ranking of them as an AI annotator's judgment", parent=rw_sub)
+    p.add_argument("reward", metavar="REWARD", help="a name from `reward list` (or an ensemble A+B)")
+    p.add_argument("--modality", default="image", choices=registry.with_spec())
+    p.add_argument("--model", help="the model that generates (default: the modality's built-in); a learned reward "
+                   "model must have been trained on this model's candidates")
+    p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (default: the prompts you judged)")
+    p.add_argument("--limit", type=int, help="label at most this many prompts")
+    p.add_argument("-k", type=int, default=4, help="candidates per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first candidate (each next one +1)")
+    p.add_argument("--how", default="mean", choices=["mean", "win-share"], help="how an ensemble combines")
+    p.add_argument("--device", help="cpu or cuda")
 
     p = add("score", cmd_reward_score, "score stored candidates with a reward model (or an ensemble A+B)",
             parent=rw_sub)

@@ -32,6 +32,14 @@ class BrowseMixin:
     def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:  # pragma: no cover - Store defines it
         raise NotImplementedError
 
+    def judged_prompts(self, modality: str, model: str) -> list[str]:
+        """Prompts of ``model``'s candidates that someone judged (blind comparisons aside), oldest first."""
+        return [r["text"] for r in self.query(
+            "SELECT p.text, MIN(p.id) AS first FROM prompts p JOIN generations g ON g.prompt_id = p.id"
+            " JOIN judgment_items i ON i.generation_id = g.id JOIN judgments j ON j.id = i.judgment_id"
+            " WHERE g.modality = ? AND g.model = ? AND j.context != ? GROUP BY p.text ORDER BY first",
+            (modality, model, COMPARE_CONTEXT))]
+
     def table_counts(self) -> dict[str, int]:
         """Rows per table."""
         return {t: self.query(f"SELECT COUNT(*) AS n FROM {t}")[0]["n"] for t in TABLES}

@@ -351,7 +351,30 @@ def test_reward_model_from_the_rewards_tab(app, page):
         rec = s.get_reward_model("my-taste")
         assert rec.base_model == "shapes-diffusion" and rec.metrics["votes"] >= 8
         assert (app["data_dir"] / rec.path).is_file()
+    # synthetic labels: the reward model ranks fresh candidates as an AI annotator
+    choose(page, "label-reward", "taste-saturated")
+    fill(page, "label-prompts", IMAGE_PROMPT)
+    fill(page, "label-k", "3")
+    page.click("#label-go")
+    status = wait_text(page, "label-status", "Stored")
+    assert "1 rankings" in status and "reward:taste-saturated" in status, status
+    with store_of(app) as s:
+        rows = s.query("SELECT j.context, a.kind FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
+                       "WHERE a.name = 'reward:taste-saturated'")
+        assert rows == [{"context": "reward-label", "kind": "ai"}]
     shot(page, "2b-rewards")
+
+    # in A/B: the reward model's scores beside each pair, and the least sure pair first
+    tab(page, "Generate & rank")
+    assert "Done 3 of 3" in generate(page, n=3, seed=500, prompt=IMAGE_PROMPT)
+    radio(page, "judge-mode", "A/B")
+    choose(page, "ab-reward", "my-taste@v1")
+    wait_text(page, "ab-label", "my-taste@v1: scores A")
+    page.click("#ab-active input")
+    label = wait_text(page, "ab-label", "least sure pair first")
+    assert "P(A better)" in label, label
+    shot(page, "2c-ab-active")
+    radio(page, "judge-mode", "Best of N")
 
 
 def test_image_train_queue_and_live_plot(app, page):

@@ -246,3 +246,69 @@ def test_a_reward_model_refuses_another_base_model(tmp_path):
 
     with pytest.raises(ValueError, match="reads the features of 'model-a', but the loaded model is 'model-b'"):
         LearnedReward.load(path, Other())
+
+
+# -- synthetic labels --------------------------------------------------------------------------------
+
+def test_ranking_of_groups_equal_scores():
+    assert service.ranking_of([1, 2, 3, 4], [0.2, 0.9, 0.2, -1.0]) == [[2], [1, 3], [4]]
+
+
+def test_reward_label_stores_an_ai_annotators_rankings_that_training_can_leave_out(tmp_path, capsys):
+    data = tmp_path / "data"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red circle on a blue background\n\ntwo large green squares on a white background\n")
+    base = ["--data-dir", str(data)]
+    assert main(["reward", "label", "taste-saturated", "--prompts-file", str(prompts), "-k", "3", *base]) == 0
+    assert "2 rankings of 3 candidates stored by reward:taste-saturated" in capsys.readouterr().out
+    with Store.open(data) as store:
+        rows = store.query("SELECT j.kind, j.context, a.name, a.kind AS akind FROM judgments j "
+                           "JOIN annotators a ON a.id = j.annotator_id")
+        assert rows == [{"kind": "ranking", "context": "reward-label", "name": "reward:taste-saturated",
+                         "akind": "ai"}] * 2
+        groups = store.ranked_groups(modality="image")
+        assert len(groups) == 2 and all(len(g.generation_ids) == 3 for g in groups)
+        # the best-ranked candidate is the most saturated one, by the taste itself
+        taste = programmatic("image")["taste-saturated"]
+        for g in groups:
+            media = [store.media_bytes(x) for x in store.get_generations(list(g.generation_ids))]
+            scores = taste.overall(g.prompt, media)
+            assert scores[0] == max(scores)
+        assert store.ranked_groups(modality="image", contexts=["collect"]) == []
+    # a learned reward model is needed by name; an unknown one is one line
+    assert main(["reward", "label", "nope", "--prompts-file", str(prompts), *base]) == 2
+    assert "no reward model 'nope'" in capsys.readouterr().err
+    # no prompts: none given and none judged for that model
+    empty = tmp_path / "empty"
+    assert main(["reward", "label", "taste-clean", "--data-dir", str(empty)]) == 2
+    assert "no prompts to label" in capsys.readouterr().err
+
+
+# -- active questions --------------------------------------------------------------------------------
+
+class _Fixed:
+    """A reward model with given scores (for checking the selection alone)."""
+
+    kind, modality, dimensions, version = "learned", "image", ("overall",), None
+
+    def __init__(self, name, scores):
+        self.name, self._scores = name, np.asarray(scores, dtype=np.float64)
+
+    def score(self, prompt, media):
+        return {"overall": self._scores[: len(media)]}
+
+    def overall(self, prompt, media):
+        return self.score(prompt, media)["overall"]
+
+
+def test_active_selection_asks_the_least_sure_pair_first():
+    from alignment.rewards import least_sure_first, preference
+
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    order, scores = least_sure_first(pairs, _Fixed("r", [0.0, 1.0, 1.1, 5.0]), "p", [b""] * 4)
+    assert order[0] == (1, 2) and order[-1] == (0, 3) and list(scores) == [0.0, 1.0, 1.1, 5.0]
+    assert preference(1.0, 1.0) == pytest.approx(0.5) and preference(3.0, 0.0) > 0.8
+    # an ensemble: the pair its members split on comes first, even where their mean is sure
+    ens = Ensemble([_Fixed("a", [0.0, 2.0, 1.0]), _Fixed("b", [0.0, -2.0, 1.0])])
+    order, _ = least_sure_first([(0, 2), (0, 1), (1, 2)], ens, "p", [b""] * 3)
+    assert order[0] in {(0, 1), (1, 2)} and order[-1] == (0, 2)

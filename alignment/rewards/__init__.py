@@ -5,8 +5,9 @@ dimension out), the programmatic rewards modalities declare and ensembles; :mod:
 head over the generator's own features on the user's judgments with Bradley-Terry with ties
 (:mod:`.bt`); :mod:`.service` finds reward models by name, trains and stores them.
 """
+from .active import least_sure_first, preference
 from .base import ENSEMBLES, Ensemble, Programmatic, RewardModel, programmatic, win_share
 from .bt import bt_ties_nll, log_outcome_probabilities, preference_probability
 
-__all__ = ["ENSEMBLES", "Ensemble", "Programmatic", "RewardModel", "bt_ties_nll", "log_outcome_probabilities",
+__all__ = ["least_sure_first", "preference", "ENSEMBLES", "Ensemble", "Programmatic", "RewardModel", "bt_ties_nll", "log_outcome_probabilities",
            "preference_probability", "programmatic", "win_share"]

@@ -55,6 +55,16 @@ class Head(nn.Module):
 def fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
              n_out: int = 1) -> Head:
     """A head trained on votes ``p`` (share for candidate ``a[i]`` over ``b[i]``, rows of ``feats``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few thousand multiply-adds a step: threads only add waiting
+    try:
+        return _fit_head(feats, a, b, p, cfg, n_out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
+              n_out: int) -> Head:
     torch.manual_seed(cfg.seed)
     head = Head(feats.shape[1], n_out, cfg.hidden, cfg.dropout)
     used = torch.unique(torch.cat([a, b]))

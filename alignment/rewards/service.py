@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .base import Ensemble, RewardModel, programmatic  # noqa: F401  (programmatic: part of the interface)
 from .learned import HeadConfig, LearnedReward, train_reward_model
@@ -79,6 +79,48 @@ def load(store: Any, name: str, modality: str, adapter: Any | None = None, *, ho
     if adapter is None:
         raise ValueError(f"reward model {record.label} reads the features of {record.base_model}: load that model")
     return LearnedReward.load(Path(store.data_dir) / record.path, adapter)
+
+
+LABEL_CONTEXT = "reward-label"  # the context of judgments a reward model casts (train on them or not: --contexts)
+
+
+def ranking_of(ids: Sequence[int], scores: Sequence[float], tol: float = 1e-9) -> list[list[int]]:
+    """Candidates best first by score, equal scores (within ``tol``) grouped as ties."""
+    order = sorted(zip(ids, scores), key=lambda t: -t[1])
+    groups: list[list[int]] = []
+    last = None
+    for gid, sc in order:
+        if last is not None and abs(sc - last) <= tol:
+            groups[-1].append(gid)
+        else:
+            groups.append([gid])
+        last = sc
+    return groups
+
+
+def label(store: Any, reward: RewardModel, generate: Callable[[str], Sequence[Any]], prompts: Sequence[str], *,
+          lock: Any = None, progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Synthetic labels: for each prompt, ``generate(prompt)`` stores K candidates, ``reward`` ranks them,
+    and the ranking is stored as an AI annotator's judgment (annotator ``reward:NAME@vN``, context
+    :data:`LABEL_CONTEXT`), ready for RankDPO. Returns counts and the judgment ids."""
+    import contextlib
+
+    prompts = [p for p in (q.strip() for q in prompts) if p]
+    if not prompts:
+        raise ValueError("no prompts to label: give some, or judge a few prompts of this model first")
+    judgments, candidates = [], 0
+    for i, prompt in enumerate(prompts):
+        progress(f"prompt {i + 1} of {len(prompts)}: {prompt}")
+        gens = list(generate(prompt))
+        if len(gens) < 2:
+            raise ValueError("labelling ranks two or more candidates per prompt")
+        with lock or contextlib.nullcontext():
+            scores = reward.overall(prompt, [store.media_bytes(g) for g in gens])
+        judgments.append(store.rank(ranking_of([g.id for g in gens], [float(x) for x in scores]),
+                                    annotator=reward.annotator, annotator_kind="ai", context=LABEL_CONTEXT))
+        candidates += len(gens)
+    return {"prompts": len(prompts), "candidates": candidates, "judgments": judgments,
+            "annotator": reward.annotator, "context": LABEL_CONTEXT}
 
 
 def load_file(path: Path, adapter: Any) -> LearnedReward:

@@ -8,14 +8,17 @@ from typing import Any
 
 import gradio as gr
 
+from alignment.rewards import least_sure_first, preference
+from alignment.rewards import service as reward_service
 from app import services
-from app.generation import default_model, generate_candidates
+from app.generation import default_model, generate_candidates, get_adapter
 from modalities import registry
 from storage import Generation
 
 from .common import MAX_N, candidate_slot, err, modality_choices, opt_box, opt_int, render
 
 MODES = ("Best of N", "A/B", "Rank")
+NO_REWARD = "(none)"
 
 SHORTCUTS = """
 **Keyboard** (outside text fields): **1-8** pick that candidate (Best of N) or add it to the ranking (Rank) ·
@@ -55,7 +58,14 @@ class GenerateTab:
             return [gr.update(value=f"All {len(pairs)} pairs judged: generate new candidates for more.")] + empty
         i, j = pairs[k]
         gens = sess["gens"]
-        return ([gr.update(value=f"Pair {k + 1} of {len(pairs)}: #{i + 1} (A) vs #{j + 1} (B)")]
+        label = f"Pair {k + 1} of {len(pairs)}: #{i + 1} (A) vs #{j + 1} (B)"
+        scores = sess.get("reward_scores")
+        if scores and len(scores) == len(gens):
+            label += (f" · {sess['reward']}: scores A {scores[i]:.3g}, B {scores[j]:.3g}"
+                      + (f", P(A better) {preference(scores[i], scores[j]):.0%}" if sess.get("reward_learned") else ""))
+            if sess.get("active"):
+                label += " · least sure pair first"
+        return ([gr.update(value=label)]
                 + render(self.store, gens[i]) + render(self.store, gens[j]))
 
     def rank_view(self, sess: dict) -> str:
@@ -93,7 +103,7 @@ class GenerateTab:
             yield emit(err(e), sess.get("gens", []))
             return
         sess = {"modality": modality, "model": model, "prompt": prompt, "ids": [], "gens": [], "pairs": [],
-                "pair_idx": 0, "order": [], "history": []}
+                "pair_idx": 0, "order": [], "history": [], "reward": sess.get("reward"), "active": sess.get("active")}
         gens: list[Generation] = []
         loading = self.ui.loading
         first = f"Loading `{model}` and generating…" if loading.get(model) != "ready" else "Generating…"
@@ -117,8 +127,52 @@ class GenerateTab:
             done = i + 1 == n
             if done:
                 sess["pairs"] = services.pair_schedule(n)
+                note = self._apply_reward(sess)
+                if note:
+                    yield emit(note, gens)
+                    return
             yield emit(f"{'Done' if done else 'Generating…'} {i + 1} of {n} (seeds {base_seed}–{base_seed + n - 1})",
                        gens)
+
+    # -- reward model hint and active questions -------------------------------------------------
+    def reward_names(self, modality: str) -> list[str]:
+        try:
+            return [NO_REWARD] + [r["name"] for r in reward_service.offered(self.store, modality)]
+        except Exception:  # noqa: BLE001 - no hint offered; judging goes on
+            return [NO_REWARD]
+
+    def _apply_reward(self, sess: dict) -> str | None:
+        """Score the session's candidates with its reward model (a hint beside each pair) and, when
+        active questions are on, put the least sure of the pairs not yet judged first. Returns an error
+        note, or None."""
+        sess.pop("reward_scores", None)
+        name, gens = sess.get("reward"), sess.get("gens") or []
+        if not name or len(gens) < 2:
+            return None
+        try:
+            adapter, lock = get_adapter(self.store, sess["modality"], sess["model"])
+            reward = reward_service.load(self.store, name, sess["modality"], adapter)
+            media = [self.store.media_bytes(g) for g in gens]
+            k = sess.get("pair_idx", 0)
+            with lock:
+                ordered, scores = least_sure_first(sess["pairs"][k:], reward, sess["prompt"], media)
+            sess["reward_scores"] = [float(x) for x in scores]
+            sess["reward_learned"] = reward.kind == "learned"
+            if sess.get("active"):
+                sess["pairs"] = sess["pairs"][:k] + ordered
+        except Exception as e:  # noqa: BLE001 - the hint is optional: say why it is missing
+            return err(e) + " (no reward-model hint for these candidates)"
+        return None
+
+    def set_reward(self, name, active, sess: dict):
+        sess = dict(sess or {})
+        sess["reward"] = None if not name or name == NO_REWARD else name
+        sess["active"] = bool(active)
+        note = self._apply_reward(sess)
+        msg = note or (f"Reward model `{sess['reward']}`: " + ("the least sure pair comes next." if sess["active"]
+                                                             else "its scores show beside each pair.")
+                       if sess["reward"] else "No reward-model hint.")
+        return [msg, sess] + self.ab_view(sess)
 
     # -- judge ----------------------------------------------------------------------------------
     def choose(self, i: int, mode: str, sess: dict):
@@ -248,6 +302,11 @@ class GenerateTab:
                         slot_outputs += [col] + comps
                         choose_btns.append(btn)
         with gr.Column(visible=False) as ab_area:
+            with gr.Row():
+                ab_reward = gr.Dropdown(self.reward_names(mods[0]), value=NO_REWARD, label="Reward model hint",
+                                        elem_id="ab-reward", scale=2)
+                ab_active = gr.Checkbox(False, label="Ask the least sure pair next (active questions)",
+                                        elem_id="ab-active")
             ab_label = gr.Markdown("", elem_id="ab-label")
             with gr.Row():
                 with gr.Column():
@@ -271,6 +330,7 @@ class GenerateTab:
                     + [gr.update(visible=x == m) for x in mods])
 
         modality.change(on_modality, modality, [model, negative, prompt] + rows)
+        modality.change(lambda m: gr.update(choices=self.reward_names(m), value=NO_REWARD), modality, ab_reward)
 
         def on_mode(md):
             labels = {"Best of N": "★ {}", "Rank": "rank {}", "A/B": "{}"}[md]
@@ -278,7 +338,12 @@ class GenerateTab:
                     + [gr.update(value=labels.format(i + 1), visible=md != "A/B") for i in range(MAX_N)])
 
         mode.change(on_mode, mode, [ab_area, rank_area] + choose_btns)
+        mode.change(lambda m, md: gr.update(choices=self.reward_names(m)) if md == "A/B" else gr.update(),
+                    [modality, mode], ab_reward)
         ab_outputs = [ab_label] + left + right
+        for control in (ab_reward, ab_active):
+            control.input(self.set_reward, [ab_reward, ab_active, sess], [status, sess] + ab_outputs,
+                           show_progress="hidden")
         gen_btn.click(self.generate, [modality, model, prompt, negative, n, seed] + fields + [sess],
                       [status, counter, sess] + slot_outputs + ab_outputs + [rank_md], show_progress="minimal")
         for i, btn in enumerate(choose_btns):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from alignment.rewards import service
 from alignment.rewards.learned import HeadConfig
-from app.generation import default_model, device_lock, get_adapter
+from app.generation import default_model, device_lock, generate_candidates, get_adapter
 
 from .common import err, modality_choices, opt_box, opt_float, opt_int
 
@@ -61,6 +61,39 @@ class RewardsTab:
         except Exception as e:  # noqa: BLE001 - shown on the page
             return err(e), self.table(modality)
 
+    def names(self, modality) -> list[str]:
+        try:
+            return [r["name"] for r in service.offered(self.store, modality)]
+        except Exception:  # noqa: BLE001 - an empty list; the table shows the error
+            return []
+
+    def label(self, modality, model, reward_name, prompts_text, k, seed, progress=gr.Progress()):
+        try:
+            if not reward_name:
+                raise ValueError("choose a reward model to label with")
+            model = (model or "").strip() or default_model(modality)
+            k = opt_int(k, "candidates per prompt") or 4
+            if not 2 <= k <= 8:
+                raise ValueError(f"candidates per prompt must be between 2 and 8, got {k}")
+            first = opt_int(seed, "first seed") or 0
+            prompts = [p for p in (prompts_text or "").splitlines() if p.strip()] or \
+                self.store.judged_prompts(modality, model)
+            adapter, lock = get_adapter(self.store, modality, model)
+            reward = service.load(self.store, reward_name, modality, adapter)
+            counter = iter(range(10**9))
+
+            def generate(prompt: str):
+                return generate_candidates(self.store, modality=modality, prompt=prompt, n=k, model=model,
+                                           seed=first + next(counter) * k)
+
+            done = service.label(self.store, reward, generate, prompts, lock=lock,
+                                 progress=lambda m: progress(0.0, desc=m))
+            return (f"Stored **{len(done['judgments'])} rankings** of {k} new candidates each, judged by "
+                    f"`{done['annotator']}` (an AI annotator; context `{done['context']}`). They train like your own "
+                    f"rankings (RankDPO uses them whole); `--contexts collect` on the CLI leaves them out.")
+        except Exception as e:  # noqa: BLE001 - shown on the page
+            return err(e)
+
     def build(self, tab) -> None:
         mods = modality_choices()
         gr.Markdown("A reward model learns your taste from your votes: it reads the model's own features of each "
@@ -81,6 +114,25 @@ class RewardsTab:
         go = gr.Button("Train reward model", variant="primary", elem_id="reward-train")
         status = gr.Markdown("", elem_id="reward-status")
         table = gr.Dataframe(value=self.table(mods[0]), interactive=False, wrap=True, elem_id="reward-table")
-        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs], [status, table])
-        modality.change(lambda m: (gr.update(placeholder=default_model(m)), self.table(m)), modality, [model, table])
-        tab.select(self.table, modality, table)
+        gr.Markdown("### Label with a reward model\nGenerates K candidates for each prompt with the model above, "
+                    "ranks them with the reward model (or an ensemble, `a+b`) and stores each ranking as the reward "
+                    "model's judgment: synthetic data for RankDPO next to your own votes.")
+        with gr.Row():
+            lab_reward = gr.Dropdown(self.names(mods[0]), label="Reward model", allow_custom_value=True,
+                                     elem_id="label-reward")
+            lab_k = opt_box("Candidates per prompt", placeholder="4", elem_id="label-k")
+            lab_seed = opt_box("First seed", placeholder="0", elem_id="label-seed")
+        lab_prompts = gr.Textbox(value="", lines=4, label="Prompts, one per line (empty: the prompts you judged)",
+                                 elem_id="label-prompts")
+        lab_go = gr.Button("Generate and label", elem_id="label-go")
+        lab_status = gr.Markdown("", elem_id="label-status")
+
+        def refresh(m):
+            return self.table(m), gr.update(choices=self.names(m))
+
+        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs], [status, table]).then(
+            refresh, modality, [table, lab_reward])
+        lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed], lab_status)
+        modality.change(lambda m: (gr.update(placeholder=default_model(m)), *refresh(m)), modality,
+                        [model, table, lab_reward])
+        tab.select(refresh, modality, [table, lab_reward])
