@@ -254,13 +254,13 @@ def test_ranking_of_groups_equal_scores():
     assert service.ranking_of([1, 2, 3, 4], [0.2, 0.9, 0.2, -1.0]) == [[2], [1, 3], [4]]
 
 
-def test_reward_label_stores_an_ai_annotators_rankings_that_training_can_leave_out(tmp_path, capsys):
+def test_reward_label_stores_an_ai_annotators_rankings_that_training_can_leave_out(tmp_path, capfd):
     data = tmp_path / "data"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a small red circle on a blue background\n\ntwo large green squares on a white background\n")
     base = ["--data-dir", str(data)]
     assert main(["reward", "label", "taste-saturated", "--prompts-file", str(prompts), "-k", "3", *base]) == 0
-    assert "2 rankings of 3 candidates stored by reward:taste-saturated" in capsys.readouterr().out
+    assert "2 rankings of 3 candidates stored by reward:taste-saturated" in capfd.readouterr().out
     with Store.open(data) as store:
         rows = store.query("SELECT j.kind, j.context, a.name, a.kind AS akind FROM judgments j "
                            "JOIN annotators a ON a.id = j.annotator_id")
@@ -275,13 +275,17 @@ def test_reward_label_stores_an_ai_annotators_rankings_that_training_can_leave_o
             scores = taste.overall(g.prompt, media)
             assert scores[0] == max(scores)
         assert store.ranked_groups(modality="image", contexts=["collect"]) == []
+    # train --contexts collect: the synthetic rankings are left out, so there is nothing to train on
+    assert main(["train", "--method", "rankdpo", "--contexts", "collect", "--steps", "1", *base]) != 0
+    err = capfd.readouterr().err
+    assert "too few rankings for this run: 0" in err and "contexts collect" in err, err
     # a learned reward model is needed by name; an unknown one is one line
     assert main(["reward", "label", "nope", "--prompts-file", str(prompts), *base]) == 2
-    assert "no reward model 'nope'" in capsys.readouterr().err
+    assert "no reward model 'nope'" in capfd.readouterr().err
     # no prompts: none given and none judged for that model
     empty = tmp_path / "empty"
     assert main(["reward", "label", "taste-clean", "--data-dir", str(empty)]) == 2
-    assert "no prompts to label" in capsys.readouterr().err
+    assert "no prompts to label" in capfd.readouterr().err
 
 
 # -- active questions --------------------------------------------------------------------------------
