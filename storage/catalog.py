@@ -143,8 +143,7 @@ class CatalogMixin:
                          version: int | None = None) -> RewardModelRecord:
         """Record a reward model file; ``version`` defaults to the next one of ``name``."""
         _check_modality(modality)
-        if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
-            raise ValueError(f"reward model names are words like 'my-taste' (letters, digits, - _ .); got {name!r}")
+        check_reward_name(name)
         with self.write() as db:
             if version is None:
                 version = int(db.execute("SELECT COALESCE(MAX(version), 0) FROM reward_models WHERE name = ?",
@@ -183,6 +182,15 @@ class CatalogMixin:
         else:
             rows = self.query("SELECT * FROM reward_models ORDER BY name, version")
         return [_reward_model(r) for r in rows]
+
+
+def check_reward_name(name: str) -> None:
+    """A reward model's name is also a folder name: letters, digits, '-', '_' and inner dots only."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*", name):
+        raise ValueError(f"reward model names are words like 'my-taste' (letters, digits, '-', '_', inner dots); "
+                         f"got {name!r}")
 
 
 def _dumps_list(values: tuple[str, ...]) -> str:

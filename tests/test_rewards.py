@@ -214,6 +214,8 @@ def test_reward_cli_trains_lists_scores_and_refuses_bad_input(tmp_path, capsys):
     assert "built-in reward" in capsys.readouterr().err
     assert main(["reward", "train", "a+b", *base]) == 2
     assert "cannot hold '+'" in capsys.readouterr().err
+    assert main(["reward", "train", "../outside", *base]) == 2
+    assert "reward model names are words" in capsys.readouterr().err and not (tmp_path / "outside").exists()
     assert main(["reward", "train", "t", "--modality", "text", *base]) == 2
     assert "no votes on arith-reasoner's text candidates" in capsys.readouterr().err
     assert main(["reward", "score", "nope", str(ids[0]), *base]) == 2

@@ -42,6 +42,9 @@ def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | No
         raise ValueError(f"{name!r} is a built-in reward of {modality}; give the learned one another name")
     if "+" in name or "@" in name:
         raise ValueError(f"reward model names cannot hold '+' or '@' (they join ensembles and versions); got {name!r}")
+    from storage.catalog import check_reward_name
+
+    check_reward_name(name)
     model = model or adapter.model_name
     if model != adapter.model_name:
         raise ValueError(f"the reward model reads the loaded model's features: judgments of {model!r} need "
