@@ -127,6 +127,7 @@ def add_parser(sub, add) -> None:
     """The ``reward`` command group (``add`` is cli's helper that adds a subcommand)."""
     from modalities import registry
 
+    mods = registry.with_spec()
     rw = sub.add_parser("reward", help="reward models: list, train on your votes, score candidates",
                         description="Reward models: the programmatic ones modalities offer, and ones learned from "
                                     "your votes (Bradley-Terry with ties over the generator's own features).")
@@ -138,11 +139,11 @@ def add_parser(sub, add) -> None:
     p = add("train", cmd_reward_train, "train a reward model (its next version) on the votes of a model's candidates",
             parent=rw_sub)
     p.add_argument("name", metavar="NAME", help="the reward model's name (each training adds a version: NAME@v2)")
-    p.add_argument("--modality", default="image", choices=registry.with_spec())
+    p.add_argument("--modality", default=mods[0], choices=mods, help=f"default: {mods[0]}")
     p.add_argument("--model", help="whose candidates' votes, and whose features (default: the modality's built-in)")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold held-out accuracy (default 5)")
     p.add_argument("--noise-level", type=float, help="denoiser features at this noise level, 0 clean .. <1 "
-                   "(default 0.5; text models read clean answers)")
+                   "(default 0.5; models without a denoiser read clean candidates)")
     p.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: linear)")
     p.add_argument("--epochs", type=int, default=300, help="full-batch steps of the head (default 300)")
     p.add_argument("--seed", type=int, default=0)
@@ -151,7 +152,7 @@ def add_parser(sub, add) -> None:
     p = add("label", cmd_reward_label, "synthetic labels: generate K candidates per prompt and store the reward "
             "model's ranking of them as an AI annotator's judgment", parent=rw_sub)
     p.add_argument("reward", metavar="REWARD", help="a name from `reward list` (or an ensemble A+B)")
-    p.add_argument("--modality", default="image", choices=registry.with_spec())
+    p.add_argument("--modality", default=mods[0], choices=mods, help=f"default: {mods[0]}")
     p.add_argument("--model", help="the model that generates (default: the modality's built-in); a learned reward "
                    "model must have been trained on this model's candidates")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (default: the prompts you judged)")

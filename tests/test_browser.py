@@ -374,6 +374,9 @@ def test_reward_model_from_the_rewards_tab(app, page):
     label = wait_text(page, "ab-label", "least sure pair first")
     assert "P(A better)" in label, label
     shot(page, "2c-ab-active")
+    choose(page, "ab-reward", "(none)")
+    wait_text(page, "gen-status", "No reward-model hint")
+    page.click("#ab-active input")
     radio(page, "judge-mode", "Best of N")
 
 

@@ -103,7 +103,9 @@ class GenerateTab:
             yield emit(err(e), sess.get("gens", []))
             return
         sess = {"modality": modality, "model": model, "prompt": prompt, "ids": [], "gens": [], "pairs": [],
-                "pair_idx": 0, "order": [], "history": [], "reward": sess.get("reward"), "active": sess.get("active")}
+                "pair_idx": 0, "order": [], "history": [], "active": sess.get("active"),
+                # the hint's reward model scores one modality: switching modality drops it (the menu resets too)
+                "reward": sess.get("reward") if sess.get("modality") == modality else None}
         gens: list[Generation] = []
         loading = self.ui.loading
         first = f"Loading `{model}` and generating…" if loading.get(model) != "ready" else "Generating…"
@@ -125,14 +127,12 @@ class GenerateTab:
             gens.append(g)
             sess["ids"], sess["gens"] = [x.id for x in gens], gens
             done = i + 1 == n
+            note = None
             if done:
                 sess["pairs"] = services.pair_schedule(n)
                 note = self._apply_reward(sess)
-                if note:
-                    yield emit(note, gens)
-                    return
-            yield emit(f"{'Done' if done else 'Generating…'} {i + 1} of {n} (seeds {base_seed}–{base_seed + n - 1})",
-                       gens)
+            yield emit(f"{'Done' if done else 'Generating…'} {i + 1} of {n} (seeds {base_seed}–{base_seed + n - 1})"
+                       + (f" · {note}" if note else ""), gens)
 
     # -- reward model hint and active questions -------------------------------------------------
     def reward_names(self, modality: str) -> list[str]:

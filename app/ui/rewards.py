@@ -90,16 +90,16 @@ class RewardsTab:
                                  progress=lambda m: progress(0.0, desc=m))
             return (f"Stored **{len(done['judgments'])} rankings** of {k} new candidates each, judged by "
                     f"`{done['annotator']}` (an AI annotator; context `{done['context']}`). They train like your own "
-                    f"rankings (RankDPO uses them whole); `--contexts collect` on the CLI leaves them out.")
+                    f"rankings (listwise methods use them whole); `--contexts collect` on the CLI leaves them out.")
         except Exception as e:  # noqa: BLE001 - shown on the page
             return err(e)
 
     def build(self, tab) -> None:
         mods = modality_choices()
         gr.Markdown("A reward model learns your taste from your votes: it reads the model's own features of each "
-                    "judged candidate (the denoiser's at a noise level for images, the language model's hidden "
-                    "states for text) and fits a small head with Bradley-Terry with ties. Its held-out pair "
-                    "accuracy tells how well it predicts votes it has not seen.")
+                    "judged candidate (a denoiser's at a noise level, a language model's hidden states) and fits "
+                    "a small head with Bradley-Terry with ties. Its held-out pair accuracy tells how well it "
+                    "predicts votes it has not seen.")
         with gr.Row():
             modality = gr.Dropdown(mods, value=mods[0], label="Modality", elem_id="reward-modality")
             model = gr.Textbox(value="", label="Model (whose candidates and features)",
@@ -108,7 +108,7 @@ class RewardsTab:
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 folds = opt_box("Folds (held-out accuracy)", placeholder="5", elem_id="reward-folds")
-                noise = opt_box("Noise level (images, 0..1)", placeholder="0.5", elem_id="reward-noise")
+                noise = opt_box("Noise level (denoisers, 0..1)", placeholder="0.5", elem_id="reward-noise")
                 hidden = opt_box("Hidden units (0: linear)", placeholder="64", elem_id="reward-hidden")
                 epochs = opt_box("Steps", placeholder="300", elem_id="reward-epochs")
         go = gr.Button("Train reward model", variant="primary", elem_id="reward-train")
@@ -116,7 +116,7 @@ class RewardsTab:
         table = gr.Dataframe(value=self.table(mods[0]), interactive=False, wrap=True, elem_id="reward-table")
         gr.Markdown("### Label with a reward model\nGenerates K candidates for each prompt with the model above, "
                     "ranks them with the reward model (or an ensemble, `a+b`) and stores each ranking as the reward "
-                    "model's judgment: synthetic data for RankDPO next to your own votes.")
+                    "model's judgment: synthetic rankings for listwise methods, next to your own votes.")
         with gr.Row():
             lab_reward = gr.Dropdown(self.names(mods[0]), label="Reward model", allow_custom_value=True,
                                      elem_id="label-reward")
