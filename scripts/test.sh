@@ -21,7 +21,12 @@ fi
 cd "$ROOT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 set +e
-"${PALATE_VENV:-$ROOT/.venv}/bin/python" -m pytest "$@"
+# One worker per core, at most 4 (pytest-xdist; tests/conftest.py gives each one thread; a worker
+# peaks at 2-3 GB), a module's tests on one worker so they share its fixtures.
+# PALATE_TEST_WORKERS=N sets the number; 0 runs in this process (for --pdb, -x).
+CORES="$(nproc 2>/dev/null || echo 2)"
+WORKERS="${PALATE_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}"
+"${PALATE_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --dist loadscope "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

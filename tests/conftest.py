@@ -13,6 +13,12 @@ import pytest
 # Tests never reach a model hub (there is no network where CI runs).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker and the apps and
+# trainers it starts compute on one thread: two workers already fill two cores, and more
+# threads than cores only add waiting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 # Timeouts that only catch a hang: a loaded machine (CI with 2 cores, other jobs) is slow, and slow
