@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class TrainConfig:
     lora_targets: list[str] | None = None  # module names LoRA wraps (None: the adapter's per-architecture default)
     derivation: str = "all"  # rankings -> pairs: all or best-vs-rest
     contexts: list[str] | None = None  # train only on judgments made in these contexts (None: all)
+    dimension: str = "overall"  # train on the judgments about this dimension (the modality declares them)
     seed: int = 0
     checkpoint_every: int = 50
     max_grad_norm: float = 1.0
@@ -77,6 +79,8 @@ class TrainConfig:
         if self.contexts is not None and "compare" in self.contexts:  # storage.store.COMPARE_CONTEXT
             raise ValueError("the blind base-vs-tuned comparisons (context 'compare') are evaluations, "
                              "not training data")
+        if not isinstance(self.dimension, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.dimension):
+            raise ValueError(f"dimension must be a dimension name such as overall or style, not {self.dimension!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.optimizer not in ("auto", "adamw", "adamw8bit"):

@@ -81,7 +81,8 @@ def build_examples(store, cfg: TrainConfig, data_model: str | None) -> list[dict
 
     spec = get_loss(cfg.method)
     if spec.listwise:
-        groups = store.ranked_groups(modality=cfg.modality, model=data_model, min_size=2, contexts=cfg.contexts)
+        groups = store.ranked_groups(modality=cfg.modality, model=data_model, min_size=2, contexts=cfg.contexts,
+                                     dimension=cfg.dimension)
         if not groups:
             return []
         k = Counter(len(g.generation_ids) for g in groups).most_common(1)[0][0]
@@ -94,7 +95,7 @@ def build_examples(store, cfg: TrainConfig, data_model: str | None) -> list[dict
                         "ranks": [r if r is not None else worst for r in g.ranks]})
         return out
     pairs = store.preference_pairs(modality=cfg.modality, model=data_model, derivation=cfg.derivation,
-                                   contexts=cfg.contexts)
+                                   contexts=cfg.contexts, dimension=cfg.dimension)
     return [{"prompt": p.prompt, "generation_ids": [p.winner_id, p.loser_id], "label": p.label, "ranks": None}
             for p in pairs]
 

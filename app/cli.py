@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language models: an answer's score is the sum of its tokens' log-probabilities or their "
                         "mean (auto: mean for length-normalised methods (%s), sum otherwise)" % ", ".join(_length_normalized()))
     p.add_argument("--derivation", choices=["all", "best-vs-rest"], help="how rankings become pairs")
+    p.add_argument("--dimension", help="train on the judgments about this dimension (default: overall; "
+                   + "; ".join(f"{m}: {', '.join(registry.spec(m).dimensions)}" for m in mods) + ")")
     p.add_argument("--contexts", help="train only on judgments made in these contexts, comma-separated (e.g. "
                    "collect: yours, leaving out reward-label, a reward model's synthetic labels); default: all but "
                    "blind comparisons")
@@ -193,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m app vote 12 13 --choice a --strength 0.8 --annotator my-judge --ai\n"
             "  python -m app vote --ranking 14 12=13 15       # 14 best, 12 and 13 tied, then 15\n"
             "  python -m app vote --ranking 14 --unranked 12 13   # partial ranking\n"
+            "  python -m app vote 12 13 --choice b --dimension style   # about style only\n"
             "  python -m app vote --undo                      # delete your last judgment\n"
             "Voting on the same pair again is allowed: it is stored as a repeat vote and counts in soft labels."
         ),
@@ -205,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unranked", nargs="+", type=_id, metavar="ID", help="candidates shown but not ranked")
     p.add_argument("--annotator", default="you", help="who judged (default: you)")
     p.add_argument("--ai", action="store_true", help="the annotator is an AI judge, not a person")
+    p.add_argument("--dimension", default="overall", help="what the judgment is about (default: overall; "
+                   + "; ".join(f"{m}: {', '.join(registry.spec(m).dimensions)}" for m in mods) + ")")
     p.add_argument("--delete", type=_id, metavar="JUDGMENT_ID", help="delete one judgment")
     p.add_argument("--undo", action="store_true", help="delete the annotator's most recent judgment")
 
@@ -217,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=registry.with_spec(),
                    help="default: the media modality for pickapic, text answers for trl-*")
     p.add_argument("--model", help="only candidates of this model")
+    p.add_argument("--dimension", default="overall", metavar="DIMENSION",
+                   help="the judgments about this dimension (default: overall, what other tools expect); all: "
+                        "every dimension, with a dimension column (Palate reads it back on import)")
     p.add_argument("--prompt-style", default="auto", choices=["auto", "conversational", "templated"],
                    help="TRL formats: conversational (prompt and answers as chat messages; TRL applies the model's "
                         "chat template), templated (the prompt as the model saw it, template applied), or auto: "

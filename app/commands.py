@@ -219,7 +219,7 @@ def _train_one(args: argparse.Namespace) -> tuple[int, str | None]:
     options = _settings_given(args, args.modality, "train_options")
     if options:
         overrides["modality_options"] = {**overrides.get("modality_options", {}), **options}
-    for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "device",
+    for key in ("steps", "lr", "beta", "batch_size", "grad_accum", "lora_rank", "seed", "derivation", "dimension", "device",
                 "init_adapter", "mixed_precision", "optimizer", "cache_reference", "score_reduction"):
         value = getattr(args, key)
         if value is not None:
@@ -309,13 +309,16 @@ def cmd_vote(args: argparse.Namespace) -> int:
             store.delete_judgment(jid)
             print(f"deleted judgment {jid}")
             return 0
+        from app.services import check_dimension
+
         if args.ranking:
             if args.ids or args.choice or args.strength is not None:
                 raise ValueError("--ranking takes the ids itself; do not combine it with A B, --choice or --strength")
             groups = [_parse_rank_token(t) for t in args.ranking]
+            check_dimension(store, groups[0][0], args.dimension)
             jid = store.rank(
                 [g[0] if len(g) == 1 else g for g in groups], unranked=args.unranked or [],
-                annotator=args.annotator, annotator_kind=annotator_kind,
+                annotator=args.annotator, annotator_kind=annotator_kind, dimension=args.dimension,
             )
             kind = "ranking"
         else:
@@ -324,9 +327,10 @@ def cmd_vote(args: argparse.Namespace) -> int:
                     "a pairwise vote takes two generation ids and --choice, e.g. `vote 12 13 --choice a`; "
                     "a ranking takes --ranking ID ID ... (best first)"
                 )
+            check_dimension(store, args.ids[0], args.dimension)
             jid = store.vote(
                 args.ids[0], args.ids[1], args.choice, annotator=args.annotator, annotator_kind=annotator_kind,
-                strength=args.strength,
+                strength=args.strength, dimension=args.dimension,
             )
             kind = "vote"
     if args.json:
@@ -341,7 +345,8 @@ def cmd_export_dataset(args: argparse.Namespace) -> int:
 
     with _open(args) as store:
         report = export_dataset(store, args.out, fmt=args.format, modality=args.modality, model=args.model,
-                                prompt_style=args.prompt_style)
+                                prompt_style=args.prompt_style,
+                                dimension=None if args.dimension == "all" else args.dimension)
     if args.json:
         _print_json(asdict(report))
     else:
@@ -383,6 +388,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             store, args.file, fmt=args.format, annotator=args.annotator,
             annotator_kind="ai" if args.ai else ("human" if args.annotator else None), force=args.force,
             modalities=registry.media_families(),
+            dimensions={m: registry.spec(m).dimensions for m in registry.with_spec()},
         )
     if args.json:
         _print_json(asdict(report))

@@ -44,13 +44,14 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
         print(f"[{time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     with _open(args) as store:
-        if not store.votes(modality=args.modality, model=model):
+        if not store.votes(modality=args.modality, model=model, dimension=None):
             raise ValueError(f"no votes on {model}'s {args.modality} candidates yet: judge some first")
         progress(f"loading {model}")
         adapter, lock = get_adapter(store, args.modality, model, device=args.device)
         with lock:
             record, metrics = service.train(store, adapter, modality=args.modality, name=args.name, model=model,
-                                            folds=args.folds, noise_level=args.noise_level, cfg=cfg, progress=progress)
+                                            folds=args.folds, noise_level=args.noise_level, cfg=cfg,
+                                            dimensions=_dimensions(args.dimensions), progress=progress)
     if args.json:
         _print_json({"name": record.name, "version": record.version, "path": record.path, "metrics": metrics})
     else:
@@ -59,7 +60,22 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
               f"({metrics['ties']} ties); held-out pair accuracy "
               + ("n/a" if acc is None else f"{acc:.1%}") + f" ({metrics['folds']}-fold, {metrics['heldout_votes']} "
               f"decided votes); on its training votes {metrics['train_accuracy']:.1%}; file {record.path}")
+        if len(record.dimensions) > 1:
+            print("per dimension: " + per_dimension_text(metrics))
     return 0
+
+
+def _dimensions(text: str | None) -> list[str] | None:
+    return [d.strip() for d in text.split(",") if d.strip()] if text else None
+
+
+def per_dimension_text(metrics: dict) -> str:
+    """``overall 80% of 20 held-out votes, style n/a of 3, ...`` from a reward model's metrics."""
+    parts = []
+    for d, m in metrics.get("per_dimension", {}).items():
+        acc = m["heldout_accuracy"]
+        parts.append(f"{d} {'n/a' if acc is None else f'{acc:.0%}'} of {m['heldout_votes']} held-out votes")
+    return ", ".join(parts)
 
 
 def cmd_reward_score(args: argparse.Namespace) -> int:
@@ -112,10 +128,15 @@ def cmd_reward_label(args: argparse.Namespace) -> int:
             return generate_candidates(store, modality=args.modality, prompt=prompt, n=args.k, model=model,
                                        seed=args.seed + next(counter) * args.k, device=args.device)
 
-        out = service.label(store, reward, generate, prompts, lock=lock,
+        out = service.label(store, reward, generate, prompts, lock=lock, soft=args.soft,
                             progress=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         _print_json(out)
+    elif args.soft:
+        print(f"{len(out['judgments'])} soft pairwise votes on {out['candidates']} new candidates "
+              f"({out['prompts']} prompts x {args.k}) stored by {out['annotator']} (context {out['context']}): "
+              f"their strength is the reward model's preference probability, iREPO's soft labels. "
+              f"`--contexts collect` leaves them out of training.")
     else:
         print(f"{len(out['judgments'])} rankings of {args.k} candidates stored by {out['annotator']} "
               f"(context {out['context']}; {out['candidates']} new candidates). Train on them as on yours; "
@@ -144,6 +165,8 @@ def add_parser(sub, add) -> None:
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold held-out accuracy (default 5)")
     p.add_argument("--noise-level", type=float, help="denoiser features at this noise level, 0 clean .. <1 "
                    "(default 0.5; models without a denoiser read clean candidates)")
+    p.add_argument("--dimensions", metavar="D1,D2", help="the dimensions to learn, one head each (default: every "
+                   "dimension you have votes about)")
     p.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: linear)")
     p.add_argument("--epochs", type=int, default=300, help="full-batch steps of the head (default 300)")
     p.add_argument("--seed", type=int, default=0)
@@ -160,6 +183,9 @@ def add_parser(sub, add) -> None:
     p.add_argument("-k", type=int, default=4, help="candidates per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first candidate (each next one +1)")
     p.add_argument("--how", default="mean", choices=["mean", "win-share"], help="how an ensemble combines")
+    p.add_argument("--soft", action="store_true", help="instead of a ranking, a soft pairwise vote on every pair: "
+                   "the reward model's preference probability (an ensemble's: the share of its members that agree), "
+                   "for iREPO")
     p.add_argument("--device", help="cpu or cuda")
 
     p = add("score", cmd_reward_score, "score stored candidates with a reward model (or an ensemble A+B)",

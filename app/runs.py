@@ -67,6 +67,8 @@ def create_run(store: Store, *, modality: str, method: str, settings: dict[str, 
     if source is not None:
         overrides.setdefault("modality_source", source)
     cfg = TrainConfig.from_dict({"modality": modality, "method": method, "data_dir": str(store.data_dir), **overrides})
+    if modality in registry.with_spec():
+        registry.spec(modality).check_dimension(cfg.dimension)
     run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict(),
                            parent_adapter_id=parent.id if parent else None)
     run_dir = store.data_dir / "runs" / f"run-{run.id:04d}"

@@ -25,28 +25,48 @@ CHOICES = ("a", "b", "tie", "both-bad")
 # ---------------------------------------------------------------------------
 
 
-def pick_best(store: Store, candidate_ids: Sequence[int], best: int) -> int:
+def dimensions(modality: str) -> tuple[str, ...]:
+    """What ``modality``'s judgments may be about (its spec's ``dimensions``; ``overall`` first)."""
+    from modalities import registry
+    from modalities.spec import DEFAULT_DIMENSIONS
+
+    return registry.spec(modality).dimensions if modality in registry.with_spec() else DEFAULT_DIMENSIONS
+
+
+def check_dimension(store: Store, generation_id: int, dimension: str) -> str:
+    """``dimension`` if the modality of ``generation_id`` declares it, else a ValueError listing those it does."""
+    modality = store.get_generation(generation_id).modality
+    if dimension not in dimensions(modality):
+        raise ValueError(f"{modality} judgments are about {', '.join(dimensions(modality))}; not {dimension!r}")
+    return dimension
+
+
+def pick_best(store: Store, candidate_ids: Sequence[int], best: int, *, dimension: str = "overall") -> int:
     """Best of N: a partial ranking, the pick first and the others unranked."""
     if best not in candidate_ids:
         raise ValueError(f"candidate {best} is not one of the candidates shown")
     others = [g for g in candidate_ids if g != best]
     if not others:
         raise ValueError("best of N needs at least two candidates")
-    return store.rank([best], unranked=others, annotator=ANNOTATOR)
+    check_dimension(store, best, dimension)
+    return store.rank([best], unranked=others, annotator=ANNOTATOR, dimension=dimension)
 
 
-def vote(store: Store, a: int, b: int, choice: str) -> int:
+def vote(store: Store, a: int, b: int, choice: str, *, dimension: str = "overall") -> int:
+    """A pairwise vote about ``dimension`` (overall unless said)."""
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {', '.join(CHOICES)}")
-    return store.vote(a, b, choice, annotator=ANNOTATOR)
+    check_dimension(store, a, dimension)
+    return store.vote(a, b, choice, annotator=ANNOTATOR, dimension=dimension)
 
 
-def rank(store: Store, order: Sequence[int], shown: Sequence[int]) -> int:
+def rank(store: Store, order: Sequence[int], shown: Sequence[int], *, dimension: str = "overall") -> int:
     """A full (or partial) ranking, best first; candidates shown but not clicked are unranked."""
     if len(order) < 1:
         raise ValueError("click the candidates best first before saving the ranking")
     unranked = [g for g in shown if g not in order]
-    return store.rank(list(order), unranked=unranked, annotator=ANNOTATOR)
+    check_dimension(store, order[0], dimension)
+    return store.rank(list(order), unranked=unranked, annotator=ANNOTATOR, dimension=dimension)
 
 
 def undo(store: Store, judgment_id: int | None = None) -> int:
@@ -234,15 +254,20 @@ def export_adapter(store: Store, adapter_id: int, fmt: str, out: str | Path | No
 
 
 def export_dataset(store: Store, out: str | Path, *, fmt: str, modality: str | None = None,
-                   model: str | None = None, prompt_style: str = "auto"):
+                   model: str | None = None, prompt_style: str = "auto", dimension: str | None = "overall"):
     """A dataset export (see ``storage.exchange``), with the modality's prompt renderer so text
-    exports can write the prompt each model saw."""
+    exports can write the prompt each model saw. ``dimension``: the judgments about it (None: every
+    dimension, in a ``dimension`` column)."""
     from modalities import registry
     from storage.exchange import default_modality, export_dataset as export
 
     modality = modality or default_modality(fmt)
     renderer = registry.get(modality).prompt_renderer() if modality in registry.available() else None
-    return export(store, out, fmt=fmt, modality=modality, model=model, prompt_style=prompt_style, renderer=renderer)
+    if dimension is not None:
+        if dimension not in dimensions(modality):
+            raise ValueError(f"{modality} judgments are about {', '.join(dimensions(modality))}; not {dimension!r}")
+    return export(store, out, fmt=fmt, modality=modality, model=model, prompt_style=prompt_style, renderer=renderer,
+                  dimension=dimension)
 
 
 def zip_folder(path: Path) -> Path:

@@ -8,6 +8,7 @@ model is loaded. Adding a modality is one folder with a spec and an adapter, plu
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -80,6 +81,10 @@ class Setting:
         return value
 
 
+#: what a judgment is about unless a modality declares its own list (overall always first)
+DEFAULT_DIMENSIONS: tuple[str, ...] = ("overall", "prompt", "quality", "style")
+
+
 @dataclass(frozen=True)
 class Reward:
     """A programmatic reward a modality offers (its world's judge or a simulated taste): ``score`` names
@@ -116,7 +121,9 @@ class ModalitySpec:
     - ``load_options``: boolean options of loading (e.g. ``trust_remote_code``), off by default;
     - ``train_options``: options of training this modality's models (a run's ``modality_options``,
       passed to ``ModalityAdapter.configure_training``), e.g. how flow models draw training times;
-    - ``rewards``: programmatic rewards of its world (:class:`Reward`), offered next to learned ones.
+    - ``rewards``: programmatic rewards of its world (:class:`Reward`), offered next to learned ones;
+    - ``dimensions``: what a judgment of its candidates may be about, ``overall`` first (the A/B view
+      offers them as per-dimension votes; training reads one at a time, ``overall`` by default).
     """
 
     name: str
@@ -136,6 +143,7 @@ class ModalitySpec:
     load_options: tuple[Setting, ...] = ()
     train_options: tuple[Setting, ...] = ()
     rewards: tuple[Reward, ...] = ()
+    dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -150,6 +158,23 @@ class ModalitySpec:
         names = [s.name for s in self.settings]
         if len(set(names)) != len(names):
             raise ValueError(f"modality {self.name}: settings named twice: {names}")
+        if not self.dimensions or self.dimensions[0] != "overall" or len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError(f"modality {self.name}: dimensions start with 'overall' and name each once, "
+                             f"got {self.dimensions!r}")
+        for d in self.dimensions:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", d):
+                raise ValueError(f"modality {self.name}: dimension {d!r} is not a lower-case identifier")
+        for r in self.rewards:
+            if r.dimension not in self.dimensions:
+                raise ValueError(f"modality {self.name}: reward {r.name} is about {r.dimension!r}, which is not "
+                                 f"one of its dimensions ({', '.join(self.dimensions)})")
+
+    def check_dimension(self, dimension: str) -> str:
+        """``dimension`` if this modality's judgments may be about it, else a ValueError that lists them."""
+        if dimension not in self.dimensions:
+            raise ValueError(f"{self.label} judgments are about {', '.join(self.dimensions)}; "
+                             f"not {dimension!r}")
+        return dimension
 
     def setting(self, name: str) -> Setting:
         for s in self.settings:

@@ -19,12 +19,13 @@ from .errors import (
 )
 from .paths import ENV_VAR, default_data_dir, resolve_data_dir
 from .schema import MODALITIES, SCHEMA_VERSION
-from .records import RewardModelRecord
+from .records import DEFAULT_DIMENSION, RewardModelRecord, check_dimension
 from .store import Adapter, Generation, Judgment, PreferencePair, RankedGroup, Run, SoftLabel, Store
 
 __all__ = [
     "Adapter",
     "AlreadyImportedError",
+    "DEFAULT_DIMENSION",
     "DataDirError",
     "DiskFullError",
     "ENV_VAR",
@@ -47,6 +48,7 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownIdError",
+    "check_dimension",
     "default_data_dir",
     "resolve_data_dir",
 ]

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 from . import derive, pickapic, trl
 from .errors import AlreadyImportedError, ImportFormatError, file_write_failure
 from .media import StoredMedia, sha256_file, sniff_mime
+from .records import DEFAULT_DIMENSION, check_dimension
 from .store import COMPARE_CONTEXT, Store, now_iso
 
 ExportFormat = Literal["pickapic", "trl-jsonl", "trl-parquet"]
@@ -79,32 +80,39 @@ class _ExportVote:
     annotator_kind: str
     created_at: str
     judgment_id: int = 0
+    dimension: str = DEFAULT_DIMENSION
 
 
-def _export_votes(store: Store, modality: str, model: str | None) -> Iterator[_ExportVote]:
+def _export_votes(store: Store, modality: str, model: str | None,
+                  dimension: str | None = DEFAULT_DIMENSION) -> Iterator[_ExportVote]:
+    """The votes on ``modality``'s candidates about ``dimension`` (None: every dimension)."""
     gen_ok = store._eligible_generations(modality, model)
+    dim_sql, dim_params = ("", []) if dimension is None else (" AND dimension = ?", [check_dimension(dimension)])
     for r in store.query(
-        "SELECT judgment_id, generation_a, generation_b, choice, strength, annotator, annotator_kind, created_at"
-        " FROM pairwise_votes WHERE context != ? ORDER BY judgment_id", (COMPARE_CONTEXT,)  # blind compare: not data
+        "SELECT judgment_id, generation_a, generation_b, choice, strength, annotator, annotator_kind, created_at,"
+        f" dimension FROM pairwise_votes WHERE context != ?{dim_sql} ORDER BY judgment_id",
+        [COMPARE_CONTEXT, *dim_params],  # blind compare: not data
     ):
         if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
             yield _ExportVote(
                 r["generation_a"], r["generation_b"], r["choice"], r["strength"], r["annotator"],
-                r["annotator_kind"], r["created_at"], r["judgment_id"],
+                r["annotator_kind"], r["created_at"], r["judgment_id"], r["dimension"],
             )
     meta = {
         r["id"]: r
         for r in store.query(
-            "SELECT j.id, j.created_at, a.name, a.kind FROM judgments j JOIN annotators a ON a.id = j.annotator_id"
-            " WHERE j.kind = 'ranking'"
+            "SELECT j.id, j.created_at, j.dimension, a.name, a.kind FROM judgments j"
+            " JOIN annotators a ON a.id = j.annotator_id WHERE j.kind = 'ranking'"
         )
     }
     for jid, ranks in store._rankings("", []):
-        ranks = {g: r for g, r in ranks.items() if g in gen_ok}
         m = meta[jid]
+        if dimension is not None and m["dimension"] != dimension:
+            continue
+        ranks = {g: r for g, r in ranks.items() if g in gen_ok}
         for v in derive.ranking_to_votes(ranks, "all", jid):
             choice = "a" if v.p == 1.0 else "tie"
-            yield _ExportVote(v.x, v.y, choice, None, m["name"], m["kind"], m["created_at"], jid)
+            yield _ExportVote(v.x, v.y, choice, None, m["name"], m["kind"], m["created_at"], jid, m["dimension"])
 
 
 def default_modality(fmt: str) -> str:
@@ -121,8 +129,11 @@ def export_dataset(
     model: str | None = None,
     prompt_style: str = "auto",
     renderer: PromptRenderer | None = None,
+    dimension: str | None = DEFAULT_DIMENSION,
 ) -> ExchangeReport:
-    """Write the votes of ``modality`` (and ``model``) to ``out``.
+    """Write the votes of ``modality`` (and ``model``) about ``dimension`` to ``out``. The default,
+    ``overall``, writes the columns other tools expect; None writes every dimension and adds a
+    ``dimension`` column, which :func:`import_dataset` reads back.
 
     TRL formats: ``prompt_style`` ``conversational`` (messages; TRL applies the chat template),
     ``templated`` (the prompt rendered by ``renderer``, the models' own chat templates) or ``auto``
@@ -144,7 +155,7 @@ def export_dataset(
     out = Path(out)
     report = ExchangeReport(str(out), fmt)
     with store.read():  # one snapshot: votes and rankings from the same moment
-        votes = list(_export_votes(store, modality, model))
+        votes = list(_export_votes(store, modality, model, dimension))
         gens = {g.id: g for g in store.get_generations(sorted({i for v in votes for i in (v.a, v.b)}))}
 
     def media(gid: int) -> bytes:
@@ -154,6 +165,15 @@ def export_dataset(
         rows, schema = _trl_rows(votes, gens, media, report, prompt_style, renderer)
     else:
         rows, schema = _pickapic_rows(votes, gens, media, report, modality)
+    if dimension is None:  # every dimension: say which each row is about
+        import pyarrow as pa
+
+        for r in rows:
+            r["dimension"] = r.pop("_dimension")
+        schema = schema.append(pa.field("dimension", pa.string()))
+    else:
+        for r in rows:
+            r.pop("_dimension")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
@@ -189,7 +209,7 @@ def _pickapic_rows(votes, gens, media, report: ExchangeReport, modality: str):
             prefix=prefix, caption=ga.prompt, media_0=media(v.a), media_1=media(v.b), gen_0=ga, gen_1=gb,
             choice=choice, annotator=v.annotator, annotator_kind=v.annotator_kind, created_at=v.created_at,
             modality=modality,
-        ))
+        ) | {"_dimension": v.dimension})
     rows.sort(key=lambda r: (r["created_at"], r["caption"], r["image_0_uid"], r["image_1_uid"], r["label_0"],
                              r["annotator"]))
     return pickapic.finish(rows), pickapic.schema(prefix)
@@ -233,6 +253,7 @@ def _trl_rows(votes, gens, media, report: ExchangeReport, prompt_style: str, ren
                 "annotator": v.annotator,
                 "annotator_kind": v.annotator_kind,
                 "created_at": v.created_at,
+                "_dimension": v.dimension,
             }
         )
     rows.sort(key=lambda r: (r["created_at"], json.dumps(r["prompt"]), json.dumps(r["chosen"]),
@@ -374,6 +395,7 @@ def import_dataset(
     annotator_kind: str | None = None,
     force: bool = False,
     modalities: Mapping[str, str] | None = None,
+    dimensions: Mapping[str, Sequence[str]] | None = None,
 ) -> ExchangeReport:
     """Import a Pick-a-Pic-style or TRL-style file into the store.
 
@@ -382,6 +404,8 @@ def import_dataset(
     ``annotator``/``annotator_kind`` override the file's annotator columns.
     ``modalities`` (name -> MIME family, e.g. the registry's): rows of other
     modalities are refused, and media is checked against its modality's family.
+    A ``dimension`` column (an export of every dimension) is kept, rows without one are about
+    ``overall``; ``dimensions`` (modality -> the dimensions it declares): rows about another are refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -429,6 +453,9 @@ def import_dataset(
             vote = convert(row, fmt)
             if modalities is not None and vote.modality not in modalities:
                 raise ValueError(f"modality {vote.modality!r} is not one this app has ({', '.join(sorted(modalities))})")
+            if dimensions is not None and vote.modality in dimensions and vote.dimension not in dimensions[vote.modality]:
+                raise ValueError(f"dimension {vote.dimension!r} is not one of {vote.modality}'s "
+                                 f"({', '.join(dimensions[vote.modality])})")
         except (KeyError, TypeError, ValueError) as e:
             raise ImportFormatError(f"{path}, row {n}: {e}") from None
         report.rows += 1
@@ -498,6 +525,11 @@ class _ImportVote:
     annotator: str | None
     annotator_kind: str | None
     created_at: str | None
+    dimension: str = DEFAULT_DIMENSION
+
+
+def _dimension(row: dict[str, Any]) -> str:
+    return check_dimension(_opt_str(row, "dimension") or DEFAULT_DIMENSION)
 
 
 def _opt_str(row: dict[str, Any], key: str) -> str | None:
@@ -583,6 +615,7 @@ def _pickapic_row(row: dict[str, Any], fmt: str) -> _ImportVote:
         annotator=annotator,
         annotator_kind=_annotator_kind(row),
         created_at=pickapic.iso_from_timestamp(row.get("created_at")),
+        dimension=_dimension(row),
     )
 
 
@@ -610,6 +643,7 @@ def _trl_row(row: dict[str, Any], fmt: str) -> _ImportVote:
         annotator=_opt_str(row, "annotator"),
         annotator_kind=_annotator_kind(row),
         created_at=_opt_str(row, "created_at"),
+        dimension=_dimension(row),
     )
 
 
@@ -638,11 +672,13 @@ def _find_generation(store: Store, prompt_id: int, modality: str, c: _Candidate,
 
 
 def _vote_key(prompt: str, a: tuple, b: tuple, choice: str, strength: float | None, annotator: str,
-              annotator_kind: str, created_at: str | None) -> str:
+              annotator_kind: str, created_at: str | None, dimension: str = DEFAULT_DIMENSION) -> str:
     """What makes two votes "the same vote" across stores: the candidates by
-    content (sha256, model, seed), the verdict, who, and when (None when the
-    file did not say)."""
-    blob = json.dumps([prompt, list(a), list(b), choice, strength, annotator, annotator_kind, created_at])
+    content (sha256, model, seed), the verdict, who, when (None when the
+    file did not say) and what about (the dimension; keys of overall votes are
+    those of stores made before dimensions existed)."""
+    fields = [prompt, list(a), list(b), choice, strength, annotator, annotator_kind, created_at]
+    blob = json.dumps(fields if dimension == DEFAULT_DIMENSION else [*fields, dimension])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -659,11 +695,11 @@ def _existing_vote_keys(store: Store) -> Counter:
             )
         }
         for modality in [r["modality"] for r in store.query("SELECT DISTINCT modality FROM generations")]:
-            for v in _export_votes(store, modality, None):
+            for v in _export_votes(store, modality, None, dimension=None):
                 ga, gb = gens[v.a], gens[v.b]
                 keys[_vote_key(
                     ga["text"], (ga["media_sha256"], ga["model"], ga["seed"]), (gb["media_sha256"], gb["model"], gb["seed"]),
-                    v.choice, v.strength, v.annotator, v.annotator_kind, v.created_at,
+                    v.choice, v.strength, v.annotator, v.annotator_kind, v.created_at, v.dimension,
                 )] += 1
         for r in store.query("SELECT import_key FROM judgments WHERE import_key IS NOT NULL"):
             keys[r["import_key"]] += 1
@@ -686,7 +722,7 @@ def _store_vote(
     ann_kind = annotator_kind or v.annotator_kind or "human"
     sha_a, sha_b = sha256_bytes(v.a.media), sha256_bytes(v.b.media)
     key = _vote_key(v.prompt, (sha_a, v.a.model, v.a.seed), (sha_b, v.b.model, v.b.seed), v.choice, v.strength,
-                    ann, ann_kind, v.created_at)
+                    ann, ann_kind, v.created_at, v.dimension)
     if existing[key] > 0:
         existing[key] -= 1
         report.skip("already in the store")
@@ -708,7 +744,7 @@ def _store_vote(
         return
     jid = store.vote(
         ids[0], ids[1], v.choice, annotator=ann, annotator_kind=ann_kind, strength=v.strength,
-        context="import", created_at=created_at, import_id=import_id,
+        context="import", created_at=created_at, import_id=import_id, dimension=v.dimension,
     )
     if v.created_at is None:  # remember the row itself, so importing it again is recognised
         store.db.execute("UPDATE judgments SET import_key = ? WHERE id = ?", (key, jid))

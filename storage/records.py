@@ -56,6 +56,7 @@ class Judgment:
     created_at: str
     generation_ids: tuple[int, ...]  # by position (A, B for pairwise)
     ranks: tuple[int | None, ...]  # by position; rankings only
+    dimension: str = "overall"  # what the judgment is about (overall, prompt, quality, style, ...)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,18 @@ def check_modality(modality: str) -> None:
     if not isinstance(modality, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", modality):
         raise ValueError(f"unknown modality {modality!r}: modality names are lower-case identifiers such as "
                          f"{', '.join(MODALITIES)}")
+
+
+DEFAULT_DIMENSION = "overall"
+
+
+def check_dimension(dimension: str) -> str:
+    """A judgment's dimension is a lower-case identifier (which ones a modality offers is its spec's
+    business: ``ModalitySpec.dimensions``)."""
+    if not isinstance(dimension, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", dimension):
+        raise ValueError(f"dimension {dimension!r} is not a dimension name (lower-case identifiers such as "
+                         "overall, prompt, quality, style)")
+    return dimension
 
 
 def sql_filters(*, alias: str, **values: Any) -> tuple[str, list[Any]]:

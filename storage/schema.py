@@ -267,6 +267,45 @@ def _0006_reward_models(db: sqlite_utils.Database) -> None:
     )
 
 
+DIMENSION_CHECK = "CHECK (dimension GLOB '[a-z]*' AND dimension NOT GLOB '*[^a-z0-9_]*')"
+
+
+def _0007_dimensions(db: sqlite_utils.Database) -> None:
+    """A judgment may say which dimension of the candidates it is about (overall, prompt, quality,
+    style, or one a modality declares, such as motion); every judgment made before is "overall".
+    The read-only views gain the column."""
+    _execute_statements(
+        db,
+        f"""
+        ALTER TABLE judgments ADD COLUMN dimension TEXT NOT NULL DEFAULT 'overall' {DIMENSION_CHECK};
+        CREATE INDEX idx_judgments_dimension ON judgments(dimension);
+        DROP VIEW pairwise_votes;
+        DROP VIEW ranking_items;
+        CREATE VIEW pairwise_votes AS
+        SELECT j.id AS judgment_id, j.prompt_id, p.text AS prompt,
+               a.generation_id AS generation_a, b.generation_id AS generation_b,
+               j.choice, j.strength, ann.kind AS annotator_kind, ann.name AS annotator,
+               j.context, j.created_at, j.dimension
+        FROM judgments j
+        JOIN prompts p ON p.id = j.prompt_id
+        JOIN annotators ann ON ann.id = j.annotator_id
+        JOIN judgment_items a ON a.judgment_id = j.id AND a.position = 0
+        JOIN judgment_items b ON b.judgment_id = j.id AND b.position = 1
+        WHERE j.kind = 'pairwise';
+
+        CREATE VIEW ranking_items AS
+        SELECT j.id AS judgment_id, j.prompt_id, p.text AS prompt, i.position,
+               i.generation_id, i.rank, ann.kind AS annotator_kind, ann.name AS annotator,
+               j.created_at, j.dimension
+        FROM judgments j
+        JOIN prompts p ON p.id = j.prompt_id
+        JOIN annotators ann ON ann.id = j.annotator_id
+        JOIN judgment_items i ON i.judgment_id = j.id
+        WHERE j.kind = 'ranking';
+        """
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -280,6 +319,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0004_run_progress", _0004_run_progress),
     Migration("0005_any_modality", _0005_any_modality),
     Migration("0006_reward_models", _0006_reward_models),
+    Migration("0007_dimensions", _0007_dimensions),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

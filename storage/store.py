@@ -44,6 +44,7 @@ from .errors import (
 from .media import MediaStore, StoredMedia, check_media
 from .paths import DB_FILENAME, ensure_writable_dir, resolve_data_dir
 from .records import (  # noqa: F401  (the row types are part of the store's interface)
+    DEFAULT_DIMENSION,
     Adapter,
     Generation,
     Judgment,
@@ -53,6 +54,7 @@ from .records import (  # noqa: F401  (the row types are part of the store's int
     SoftLabel,
     _dumps,
     _generation,
+    check_dimension,
     check_modality as _check_modality,
     now_iso,
     sql_filters as _filters,
@@ -475,14 +477,17 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
         context: str = "collect",
         created_at: str | None = None,
         import_id: int | None = None,
+        dimension: str = DEFAULT_DIMENSION,
     ) -> int:
         """Record a pairwise judgment between generations ``a`` and ``b``.
 
         ``choice``: ``a``, ``b``, ``tie`` or ``both_bad`` (``both-bad`` also
         accepted). ``strength``, optional, is the probability that A is
         preferred (a soft label, e.g. an AI judge's confidence); it must agree
-        with ``choice``. Returns the judgment id.
+        with ``choice``. ``dimension``: what the vote is about (``overall`` unless
+        said). Returns the judgment id.
         """
+        _dimension(dimension)
         norm = CHOICE_ALIASES.get(str(choice).strip().lower())
         if norm is None:
             raise InvalidJudgmentError(f"unknown choice {choice!r}; use one of a, b, tie, both-bad")
@@ -505,8 +510,8 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
             ann = self.annotator_id(annotator, annotator_kind)
             cur = db.execute(
                 "INSERT INTO judgments (kind, prompt_id, annotator_id, choice, strength, context, created_at,"
-                " import_id) VALUES ('pairwise', ?, ?, ?, ?, ?, ?, ?)",
-                (ga.prompt_id, ann, norm, strength, context, created_at or now_iso(), import_id),
+                " import_id, dimension) VALUES ('pairwise', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ga.prompt_id, ann, norm, strength, context, created_at or now_iso(), import_id, dimension),
             )
             jid = int(cur.lastrowid)
             db.execute(
@@ -524,11 +529,13 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
         annotator_kind: str = "human",
         context: str = "collect",
         created_at: str | None = None,
+        dimension: str = DEFAULT_DIMENSION,
     ) -> int:
         """Record a ranking, best first. An element may be a list of ids the
         user ranked equal. ``unranked``: candidates shown but not ranked (a
         partial ranking; they count as worse than every ranked one).
-        Returns the judgment id."""
+        ``dimension``: what the ranking is about. Returns the judgment id."""
+        _dimension(dimension)
         ranks: dict[int, int | None] = {}
         order: list[int] = []
         for rank, group in enumerate(ranking, start=1):
@@ -556,9 +563,9 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
             _check_comparable(gens)
             ann = self.annotator_id(annotator, annotator_kind)
             cur = db.execute(
-                "INSERT INTO judgments (kind, prompt_id, annotator_id, context, created_at)"
-                " VALUES ('ranking', ?, ?, ?, ?)",
-                (gens[0].prompt_id, ann, context, created_at or now_iso()),
+                "INSERT INTO judgments (kind, prompt_id, annotator_id, context, created_at, dimension)"
+                " VALUES ('ranking', ?, ?, ?, ?, ?)",
+                (gens[0].prompt_id, ann, context, created_at or now_iso(), dimension),
             )
             jid = int(cur.lastrowid)
             for pos, g in enumerate(order):
@@ -592,6 +599,7 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
             created_at=r["created_at"],
             generation_ids=tuple(i["generation_id"] for i in items),
             ranks=tuple(i["rank"] for i in items),
+            dimension=r["dimension"],
         )
 
     def delete_judgment(self, judgment_id: int) -> None:
@@ -698,6 +706,13 @@ def _configure(conn: sqlite3.Connection, db_path: Path) -> None:
             f"{db_path}: SQLite refused WAL mode (got {mode!r}); network file systems do not support it: "
             "put the data directory on a local disk"
         )
+
+
+def _dimension(dimension: str) -> None:
+    try:
+        check_dimension(dimension)
+    except ValueError as e:
+        raise InvalidJudgmentError(str(e)) from None
 
 
 def _check_comparable(gens: Sequence[Generation]) -> None:

@@ -7,7 +7,15 @@ from typing import Any, Iterator, Sequence
 
 from . import derive
 from .browse import COMPARE_CONTEXT
-from .records import PreferencePair, RankedGroup, SoftLabel, check_modality as _check_modality, sql_filters as _filters
+from .records import (
+    DEFAULT_DIMENSION,
+    PreferencePair,
+    RankedGroup,
+    SoftLabel,
+    check_dimension,
+    check_modality as _check_modality,
+    sql_filters as _filters,
+)
 from .schema import CHOICES
 
 
@@ -23,19 +31,22 @@ class TrainingViewsMixin:
         model: str | None = None,
         derivation: derive.Derivation = "all",
         contexts: Sequence[str] | None = None,
+        dimension: str | None = DEFAULT_DIMENSION,
     ) -> list[derive.Vote]:
         """Every vote on a pair of candidates of ``modality`` (and ``model``),
-        from pairwise judgments and derived from rankings."""
+        from pairwise judgments and derived from rankings, about ``dimension``
+        (None: every dimension)."""
         _check_modality(modality)
         derive._check_derivation(derivation)
         with self.read():
-            return self._votes(modality, model, derivation, contexts)
+            return self._votes(modality, model, derivation, contexts, dimension)
 
     def _votes(
-        self, modality: str, model: str | None, derivation: derive.Derivation, contexts: Sequence[str] | None
+        self, modality: str, model: str | None, derivation: derive.Derivation, contexts: Sequence[str] | None,
+        dimension: str | None = DEFAULT_DIMENSION,
     ) -> list[derive.Vote]:
         gen_ok = self._eligible_generations(modality, model)
-        ctx_sql, ctx_params = _context_filter(contexts)
+        ctx_sql, ctx_params = _context_filter(contexts, dimension)
         out: list[derive.Vote] = []
         for r in self.query(
             "SELECT judgment_id, generation_a, generation_b, choice, strength FROM pairwise_votes j"
@@ -61,6 +72,7 @@ class TrainingViewsMixin:
         derivation: derive.Derivation = "all",
         aggregate: bool = True,
         contexts: Sequence[str] | None = None,
+        dimension: str | None = DEFAULT_DIMENSION,
     ) -> list[PreferencePair]:
         """Training pairs (winner first) for a modality and model.
 
@@ -69,9 +81,11 @@ class TrainingViewsMixin:
         whose votes balance out (ties, split votes) are left out.
         ``aggregate=False``: one pair per decisive vote, repeats included.
         Ties and both-bad judgments never become pairs; they stay in the store.
+        Only judgments about ``dimension`` count (None: every dimension).
         """
         with self.read():
-            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
+            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts,
+                               dimension=dimension)
             return self._pairs(votes, aggregate)
 
     def _pairs(self, votes: list[derive.Vote], aggregate: bool) -> list[PreferencePair]:
@@ -101,11 +115,13 @@ class TrainingViewsMixin:
         min_votes: int = 2,
         derivation: derive.Derivation = "all",
         contexts: Sequence[str] | None = None,
+        dimension: str | None = DEFAULT_DIMENSION,
     ) -> list[SoftLabel]:
         """Pairs judged at least ``min_votes`` times, with the share of votes
         for the smaller id (ties count half; both-bad is not a vote)."""
         with self.read():
-            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts)
+            votes = self.votes(modality=modality, model=model, derivation=derivation, contexts=contexts,
+                               dimension=dimension)
             agg = [a for a in derive.aggregate_votes(votes) if a.n_votes >= min_votes]
             prompts = self._prompts_of([a.x for a in agg])
         return [SoftLabel(prompts[a.x][0], prompts[a.x][1], a.x, a.y, a.p_x, a.n_votes, a.judgment_ids) for a in agg]
@@ -117,17 +133,20 @@ class TrainingViewsMixin:
         model: str | None = None,
         min_size: int = 2,
         contexts: Sequence[str] | None = None,
+        dimension: str | None = DEFAULT_DIMENSION,
     ) -> list[RankedGroup]:
-        """Rankings of K >= ``min_size`` candidates, best first, for listwise losses."""
+        """Rankings of K >= ``min_size`` candidates, best first, for listwise losses (those about
+        ``dimension``; None: every dimension)."""
         _check_modality(modality)
         with self.read():
-            return self._ranked_groups(modality, model, min_size, contexts)
+            return self._ranked_groups(modality, model, min_size, contexts, dimension)
 
     def _ranked_groups(
-        self, modality: str, model: str | None, min_size: int, contexts: Sequence[str] | None
+        self, modality: str, model: str | None, min_size: int, contexts: Sequence[str] | None,
+        dimension: str | None = DEFAULT_DIMENSION,
     ) -> list[RankedGroup]:
         gen_ok = self._eligible_generations(modality, model)
-        ctx_sql, ctx_params = _context_filter(contexts)
+        ctx_sql, ctx_params = _context_filter(contexts, dimension)
         groups = []
         for jid, ranks in self._rankings(ctx_sql, ctx_params):
             ranks = {g: r for g, r in ranks.items() if g in gen_ok}
@@ -177,8 +196,8 @@ class TrainingViewsMixin:
     # -- stats -------------------------------------------------------------
     def stats(self, *, modality: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
         """Counts per (modality, model): prompts, generations, judgments by
-        kind and choice, derived training pairs, and agreement on pairs judged
-        more than once."""
+        kind, choice and dimension, derived training pairs (overall), and agreement on
+        pairs judged more than once (overall)."""
         with self.read():
             return self._stats(modality, model)
 
@@ -193,15 +212,19 @@ class TrainingViewsMixin:
         for grp in groups:
             gen_ok = self._eligible_generations(grp["modality"], grp["model"])
             choices = {c: 0 for c in CHOICES}
-            for r in self.query("SELECT generation_a, generation_b, choice FROM pairwise_votes WHERE context != ?",
-                                (COMPARE_CONTEXT,)):
+            by_dimension: dict[str, int] = {}
+            for r in self.query("SELECT generation_a, generation_b, choice, dimension FROM pairwise_votes"
+                                " WHERE context != ?", (COMPARE_CONTEXT,)):
                 if r["generation_a"] in gen_ok and r["generation_b"] in gen_ok:
                     choices[r["choice"]] += 1
-            rankings = sum(
-                1
-                for _, ranks in self._rankings("", [])
-                if sum(1 for g in ranks if g in gen_ok) >= 2
-            )
+                    by_dimension[r["dimension"]] = by_dimension.get(r["dimension"], 0) + 1
+            ranking_dimension = {r["id"]: r["dimension"]
+                                 for r in self.query("SELECT id, dimension FROM judgments WHERE kind = 'ranking'")}
+            rankings = 0
+            for jid, ranks in self._rankings("", []):
+                if sum(1 for g in ranks if g in gen_ok) >= 2:
+                    rankings += 1
+                    by_dimension[ranking_dimension[jid]] = by_dimension.get(ranking_dimension[jid], 0) + 1
             votes = self.votes(modality=grp["modality"], model=grp["model"])
             agg = derive.aggregate_votes(votes)
             repeated = [a for a in agg if a.n_votes >= 2]
@@ -216,6 +239,7 @@ class TrainingViewsMixin:
                     "pairwise_votes": sum(choices.values()),
                     "choices": {k.replace("_", "-"): v for k, v in choices.items()},
                     "rankings": rankings,
+                    "judgments_by_dimension": dict(sorted(by_dimension.items())),
                     "training_pairs": len(pairs),
                     "pairs_judged_twice_or_more": len(repeated),
                     "agreement": agree,
@@ -225,13 +249,18 @@ class TrainingViewsMixin:
 
 
 
-def _context_filter(contexts: Sequence[str] | None) -> tuple[str, list[Any]]:
-    """SQL restricting judgments (aliased ``j``) to the given contexts. None: every context
-    but the blind comparisons of base and tuned models (``compare``), which are evaluations,
-    never training data."""
+def _context_filter(contexts: Sequence[str] | None, dimension: str | None = None) -> tuple[str, list[Any]]:
+    """SQL restricting judgments (aliased ``j``) to the given contexts and dimension. Contexts None:
+    every context but the blind comparisons of base and tuned models (``compare``), which are
+    evaluations, never training data. Dimension None: every dimension."""
     if contexts is None:
-        return " AND j.context != ?", [COMPARE_CONTEXT]
-    return f" AND j.context IN ({','.join('?' * len(contexts))})", list(contexts)
+        sql, params = " AND j.context != ?", [COMPARE_CONTEXT]
+    else:
+        sql, params = f" AND j.context IN ({','.join('?' * len(contexts))})", list(contexts)
+    if dimension is not None:
+        sql += " AND j.dimension = ?"
+        params.append(check_dimension(dimension))
+    return sql, params
 
 
 def _agreement(votes: Sequence[derive.Vote], repeated: set[tuple[int, int]]) -> float | None:

@@ -362,6 +362,17 @@ def test_reward_model_from_the_rewards_tab(app, page):
         rows = s.query("SELECT j.context, a.kind FROM judgments j JOIN annotators a ON a.id = j.annotator_id "
                        "WHERE a.name = 'reward:taste-saturated'")
         assert rows == [{"context": "reward-label", "kind": "ai"}]
+    # soft labels for iREPO: a vote on each pair, its strength the learned model's preference probability
+    page.click("#label-soft input")
+    choose(page, "label-reward", "my-taste@v1")
+    page.click("#label-go")
+    status = wait_text(page, "label-status", "soft votes")
+    assert "3 soft votes" in status and "reward:my-taste@v1" in status, status
+    with store_of(app) as s:
+        soft = s.query("SELECT strength, context FROM pairwise_votes WHERE annotator = 'reward:my-taste@v1'")
+        assert len(soft) == 3 and {r["context"] for r in soft} == {"reward-label"}
+        assert all(0.0 < r["strength"] < 1.0 for r in soft), soft  # probabilities, not hard votes
+    page.click("#label-soft input")
     shot(page, "2b-rewards")
 
     # in A/B: the reward model's scores beside each pair, and the least sure pair first
@@ -374,6 +385,23 @@ def test_reward_model_from_the_rewards_tab(app, page):
     label = wait_text(page, "ab-label", "least sure pair first")
     assert "P(A better)" in label, label
     shot(page, "2c-ab-active")
+    # per-dimension votes: the pair stays while its dimensions are judged; the overall buttons move on
+    page.click("#ab-per-dim input")
+    page.wait_for_selector("#ab-dim-style-a", state="visible")
+    assert page.locator("#ab-dim-quality-b").is_visible()
+    act(page, "gen-status", lambda: page.click("#ab-dim-style-a"))
+    assert "Stored: style" in text(page, "gen-status")
+    act(page, "gen-status", lambda: page.click("#ab-dim-quality-b"))
+    assert text(page, "ab-label") == label  # still the same pair
+    act(page, "gen-status", lambda: page.click("#ab-a"))
+    assert text(page, "ab-label") != label  # the overall vote moved on
+    with store_of(app) as s:
+        last = s.query("SELECT dimension, choice FROM judgments ORDER BY id DESC LIMIT 3")
+        assert last == [{"dimension": "overall", "choice": "a"}, {"dimension": "quality", "choice": "b"},
+                        {"dimension": "style", "choice": "a"}], last
+    shot(page, "2d-ab-dimensions")
+    page.click("#ab-per-dim input")
+    page.wait_for_selector("#ab-dim-style-a", state="hidden")
     choose(page, "ab-reward", "(none)")
     wait_text(page, "gen-status", "No reward-model hint")
     page.click("#ab-active input")

@@ -281,6 +281,26 @@ def test_reward_label_stores_an_ai_annotators_rankings_that_training_can_leave_o
     assert main(["train", "--method", "rankdpo", "--contexts", "collect", "--steps", "1", *base]) != 0
     err = capfd.readouterr().err
     assert "too few rankings for this run: 0" in err and "contexts collect" in err, err
+    # soft labels: every pair of the K gets a vote whose strength is the ensemble's share of agreeing members
+    one = tmp_path / "one.txt"
+    one.write_text("a small red circle on a blue background\n")
+    assert main(["reward", "label", "taste-saturated+taste-large+taste-clean", "--soft", "--prompts-file", str(one),
+                 "-k", "3", "--seed", "100", *base]) == 0
+    assert "3 soft pairwise votes" in capfd.readouterr().out
+    with Store.open(data) as store:
+        rows = store.query("SELECT generation_a, generation_b, choice, strength, annotator FROM pairwise_votes")
+        assert len(rows) == 3 and {r["annotator"] for r in rows} == {"reward:taste-saturated+taste-large+taste-clean"}
+        members = [programmatic("image")[n] for n in ("taste-saturated", "taste-large", "taste-clean")]
+        for r in rows:
+            a, b = store.get_generations([r["generation_a"], r["generation_b"]])
+            media = [store.media_bytes(a), store.media_bytes(b)]
+            share = np.mean([float(m.overall(a.prompt, media)[0] > m.overall(a.prompt, media)[1])
+                             + 0.5 * float(m.overall(a.prompt, media)[0] == m.overall(a.prompt, media)[1])
+                             for m in members])
+            assert r["strength"] == pytest.approx(share)
+            assert r["choice"] == ("a" if share > 0.5 else "b" if share < 0.5 else "tie")
+        soft = store.preference_pairs(modality="image", contexts=["reward-label"])
+        assert {round(p.label, 6) for p in soft} <= {round(x, 6) for x in (2 / 3, 5 / 6, 1.0)}
     # a learned reward model is needed by name; an unknown one is one line
     assert main(["reward", "label", "nope", "--prompts-file", str(prompts), *base]) == 2
     assert "no reward model 'nope'" in capfd.readouterr().err

@@ -22,6 +22,19 @@ def preference(ra: float, rb: float, theta: float = DEFAULT_THETA) -> float:
     return pa + 0.5 * (1.0 - pa - pb)
 
 
+def soft_preferences(reward: RewardModel, prompt: str, media: Sequence[bytes]) -> np.ndarray:
+    """[N, N] P(candidate i preferred over j), ties counting half: for an ensemble the share of its
+    members that prefer i (empirical AI-annotator preferences, what iREPO regresses on); for a learned
+    reward model its Bradley-Terry-with-ties probability; for a programmatic reward 1, 0 or 1/2."""
+    if isinstance(reward, Ensemble):
+        table = np.stack([np.asarray(m.overall(prompt, media), dtype=np.float64) for m in reward.members])
+        return (table[:, :, None] > table[:, None, :]).mean(0) + 0.5 * (table[:, :, None] == table[:, None, :]).mean(0)
+    r = np.asarray(reward.overall(prompt, media), dtype=np.float64)
+    if reward.kind == "learned":
+        return np.array([[preference(a, b) for b in r] for a in r])
+    return (r[:, None] > r[None, :]) + 0.5 * (r[:, None] == r[None, :])
+
+
 def uncertainty(pair: tuple[int, int], scores: np.ndarray, member_scores: np.ndarray | None = None) -> tuple[float, float]:
     """Sort key, smallest = least sure: (how far the ensemble's members are from a split vote, how far
     apart the two scores are). Without members only the second part counts."""

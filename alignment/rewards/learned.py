@@ -53,18 +53,23 @@ class Head(nn.Module):
 
 
 def fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
-             n_out: int = 1) -> Head:
-    """A head trained on votes ``p`` (share for candidate ``a[i]`` over ``b[i]``, rows of ``feats``)."""
+             n_out: int = 1, dim: torch.Tensor | None = None) -> Head:
+    """A head trained on votes ``p`` (share for candidate ``a[i]`` over ``b[i]``, rows of ``feats``),
+    vote ``i`` about output ``dim[i]`` of the head (default: all about output 0)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a few thousand multiply-adds a step: threads only add waiting
     try:
-        return _fit_head(feats, a, b, p, cfg, n_out)
+        return _fit_head(feats, a, b, p, cfg, n_out, _dims(dim, a))
     finally:
         torch.set_num_threads(threads)
 
 
+def _dims(dim: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(a) if dim is None else dim
+
+
 def _fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
-              n_out: int) -> Head:
+              n_out: int, dim: torch.Tensor) -> Head:
     torch.manual_seed(cfg.seed)
     head = Head(feats.shape[1], n_out, cfg.hidden, cfg.dropout)
     used = torch.unique(torch.cat([a, b]))
@@ -73,8 +78,8 @@ def _fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Te
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     head.train()
     for _ in range(cfg.epochs):
-        r = head(feats)[:, 0]
-        loss = bt_ties_nll(r[a], r[b], p, cfg.theta)
+        r = head(feats)
+        loss = bt_ties_nll(r[a, dim], r[b, dim], p, cfg.theta)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -82,20 +87,31 @@ def _fit_head(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Te
     return head
 
 
-def pair_accuracy(head: Head, feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> tuple[int, int]:
-    """(right, decisive votes): a decisive vote is right when the head ranks its winner higher."""
+def _right(head: Head, feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor,
+           dim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(right, decisive) masks over the votes: a decisive vote is right when its winner scores higher."""
     with torch.no_grad():
-        r = head(feats)[:, 0]
+        r = head(feats)
     decisive = (p - 0.5).abs() > TIE_EPS
-    right = ((r[a] > r[b]) == (p > 0.5)) & decisive
+    return ((r[a, dim] > r[b, dim]) == (p > 0.5)) & decisive, decisive
+
+
+def pair_accuracy(head: Head, feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor,
+                  dim: torch.Tensor | None = None) -> tuple[int, int]:
+    """(right, decisive votes): a decisive vote is right when the head ranks its winner higher."""
+    right, decisive = _right(head, feats, a, b, p, _dims(dim, a))
     return int(right.sum()), int(decisive.sum())
 
 
 def kfold_accuracy(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
-                   folds: int) -> dict[str, Any]:
-    """Held-out pair accuracy by ``folds``-fold cross-validation over distinct pairs."""
-    keys = sorted({(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist())})
-    decisive_keys = {(min(x, y), max(x, y)) for x, y, q in zip(a.tolist(), b.tolist(), p.tolist()) if abs(q - 0.5) > TIE_EPS}
+                   folds: int, dim: torch.Tensor | None = None, dimensions: Sequence[str] = ("overall",)
+                   ) -> dict[str, Any]:
+    """Held-out pair accuracy by ``folds``-fold cross-validation over distinct (pair, dimension) keys:
+    over every vote, and for each dimension (``per_dimension``)."""
+    dim = _dims(dim, a)
+    key = [(min(x, y), max(x, y), d) for x, y, d in zip(a.tolist(), b.tolist(), dim.tolist())]
+    keys = sorted(set(key))
+    decisive_keys = {k for k, q in zip(key, p.tolist()) if abs(q - 0.5) > TIE_EPS}
     if folds < 2:
         raise ValueError(f"folds must be 2 or more, got {folds}")
     if len(decisive_keys) < folds:
@@ -103,27 +119,38 @@ def kfold_accuracy(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: tor
                          f"held-out accuracy: cast more votes, or use fewer folds (--folds)")
     random.Random(cfg.seed).shuffle(keys)
     fold_of = {k: i % folds for i, k in enumerate(keys)}
-    vote_fold = torch.tensor([fold_of[(min(x, y), max(x, y))] for x, y in zip(a.tolist(), b.tolist())])
-    right = total = 0
+    vote_fold = torch.tensor([fold_of[k] for k in key])
+    right_all = torch.zeros(len(key), dtype=torch.bool)
+    tested = torch.zeros(len(key), dtype=torch.bool)
     per_fold = []
     for f in range(folds):
         train, test = vote_fold != f, vote_fold == f
         if not bool(train.any()) or not bool(test.any()):
             continue
-        head = fit_head(feats, a[train], b[train], p[train], cfg)
-        r, n = pair_accuracy(head, feats, a[test], b[test], p[test])
-        right, total = right + r, total + n
-        if n:
-            per_fold.append(r / n)
-    return {"heldout_accuracy": right / total if total else None, "heldout_votes": total, "folds": folds,
-            "fold_accuracies": per_fold}
+        head = fit_head(feats, a[train], b[train], p[train], cfg, len(dimensions), dim[train])
+        right, decisive = _right(head, feats, a[test], b[test], p[test], dim[test])
+        right_all[test] = right
+        tested[test] = decisive
+        if int(decisive.sum()):
+            per_fold.append(int(right.sum()) / int(decisive.sum()))
+    total = int(tested.sum())
+    per_dimension = {}
+    for i, d in enumerate(dimensions):
+        mask = tested & (dim == i)
+        n = int(mask.sum())
+        per_dimension[d] = {"heldout_accuracy": int((right_all & mask).sum()) / n if n else None, "heldout_votes": n,
+                            "votes": int((dim == i).sum())}
+    return {"heldout_accuracy": int(right_all.sum()) / total if total else None, "heldout_votes": total,
+            "folds": folds, "fold_accuracies": per_fold, "per_dimension": per_dimension}
 
 
-def data_hash(votes: Sequence[Any]) -> str:
-    """What the reward model was trained on: its votes (candidates, share, judgment), in order."""
+def data_hash(votes: Sequence[Any], dimensions: Sequence[str] | None = None) -> str:
+    """What the reward model was trained on: its votes (candidates, share, judgment, and the dimension
+    when not overall), in order."""
     h = hashlib.sha256()
-    for v in votes:
-        h.update(f"{v.x},{v.y},{v.p:.9f},{v.judgment_id}\n".encode())
+    for i, v in enumerate(votes):
+        d = "overall" if dimensions is None else dimensions[i]
+        h.update((f"{v.x},{v.y},{v.p:.9f},{v.judgment_id}" + ("" if d == "overall" else f",{d}") + "\n").encode())
     return h.hexdigest()[:16]
 
 
@@ -207,12 +234,19 @@ class LearnedReward(RewardModel):
 
 def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes: Sequence[Any], *,
                        name: str, modality: str, folds: int = 5, noise_level: float | None = None,
-                       cfg: HeadConfig = HeadConfig(),
+                       cfg: HeadConfig = HeadConfig(), vote_dimensions: Sequence[str] | None = None,
                        progress: Callable[[str], None] = lambda _m: None) -> tuple[LearnedReward, dict[str, Any]]:
     """Train a reward model on ``votes`` (storage ``Vote``s over the candidates in ``media``:
-    id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics."""
+    id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics.
+    ``vote_dimensions``: the dimension each vote is about (default: all overall); the head has one
+    output per dimension, in order of first appearance with overall first."""
     if not votes:
         raise ValueError("no votes to learn from: judge some candidates first")
+    vote_dimensions = list(vote_dimensions) if vote_dimensions is not None else ["overall"] * len(votes)
+    if len(vote_dimensions) != len(votes):
+        raise ValueError(f"{len(vote_dimensions)} dimensions for {len(votes)} votes")
+    dimensions = sorted(set(vote_dimensions), key=lambda d: (d != "overall", vote_dimensions.index(d)))
+    dim = torch.tensor([dimensions.index(d) for d in vote_dimensions])
     if noise_level is None:
         noise_level = 0.5 if getattr(adapter, "score_kind", None) is not None and \
             str(getattr(adapter.score_kind, "value", adapter.score_kind)) in ("diffusion", "flow") else 0.0
@@ -227,17 +261,17 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
     a = torch.tensor([index[v.x] for v in votes])
     b = torch.tensor([index[v.y] for v in votes])
     p = torch.tensor([float(v.p) for v in votes])
-    progress(f"{folds}-fold held-out accuracy on {len(votes)} votes")
-    metrics = kfold_accuracy(feats, a, b, p, cfg, folds)
+    progress(f"{folds}-fold held-out accuracy on {len(votes)} votes about {', '.join(dimensions)}")
+    metrics = kfold_accuracy(feats, a, b, p, cfg, folds, dim, dimensions)
     progress("training on every vote")
-    head = fit_head(feats, a, b, p, cfg)
-    r, n = pair_accuracy(head, feats, a, b, p)
+    head = fit_head(feats, a, b, p, cfg, len(dimensions), dim)
+    r, n = pair_accuracy(head, feats, a, b, p, dim)
     metrics.update(train_accuracy=r / n if n else None, votes=len(votes), candidates=len(ids),
                    ties=int(((p - 0.5).abs() <= TIE_EPS).sum()))
     meta = {"name": name, "modality": modality, "base_model": getattr(adapter, "model_name", None),
             "base_revision": getattr(adapter, "revision", None), "backbone": "own-features",
-            "noise_level": noise_level, "feature_seed": cfg.seed, "dimensions": ["overall"],
+            "noise_level": noise_level, "feature_seed": cfg.seed, "dimensions": dimensions,
             "theta": cfg.theta, "head": {"hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
                                          "weight_decay": cfg.weight_decay},
-            "data_hash": data_hash(votes), "metrics": metrics}
+            "data_hash": data_hash(votes, vote_dimensions), "metrics": metrics}
     return LearnedReward(adapter, head, meta), metrics

@@ -35,9 +35,11 @@ def offered(store: Any, modality: str) -> list[dict[str, Any]]:
 
 def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | None = None, folds: int = 5,
           noise_level: float | None = None, cfg: HeadConfig = HeadConfig(),
+          dimensions: Sequence[str] | None = None,
           progress: Callable[[str], None] = lambda _m: None) -> tuple[Any, dict[str, Any]]:
     """Train reward model ``name`` (its next version) on the judgments of ``model``'s candidates (default:
-    the loaded model's) and record it; returns (record, metrics)."""
+    the loaded model's) and record it; returns (record, metrics). ``dimensions``: those to learn, one
+    head each (default: every dimension of the modality that has votes)."""
     if name in programmatic(modality):
         raise ValueError(f"{name!r} is a built-in reward of {modality}; give the learned one another name")
     if "+" in name or "@" in name:
@@ -45,17 +47,29 @@ def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | No
     from storage.catalog import check_reward_name
 
     check_reward_name(name)
+    from modalities import registry
+
+    declared = registry.spec(modality).dimensions
+    for d in dimensions or ():
+        if d not in declared:
+            raise ValueError(f"{modality} judgments are about {', '.join(declared)}; not {d!r}")
+    dimensions = list(dimensions or declared)
     model = model or adapter.model_name
     if model != adapter.model_name:
         raise ValueError(f"the reward model reads the loaded model's features: judgments of {model!r} need "
                          f"{model!r} loaded, not {adapter.model_name!r}")
-    votes = store.votes(modality=modality, model=model)
+    votes, vote_dimensions = [], []
+    for d in dimensions:  # one head per dimension the user has judged
+        about = store.votes(modality=modality, model=model, dimension=d)
+        votes += about
+        vote_dimensions += [d] * len(about)
     if not votes:
         raise ValueError(f"no votes on {model}'s {modality} candidates yet: judge some first")
     ids = sorted({g for v in votes for g in (v.x, v.y)})
     media = {g.id: (g.prompt, store.media_bytes(g)) for g in store.get_generations(ids)}
     reward, metrics = train_reward_model(adapter, media, votes, name=name, modality=modality, folds=folds,
-                                         noise_level=noise_level, cfg=cfg, progress=progress)
+                                         noise_level=noise_level, cfg=cfg, vote_dimensions=vote_dimensions,
+                                         progress=progress)
     version = store.next_reward_version(name)
     reward.meta["version"] = reward.version = version
     rel = Path("rewards") / name / f"v{version}.safetensors"
@@ -102,11 +116,16 @@ def ranking_of(ids: Sequence[int], scores: Sequence[float], tol: float = 1e-9) -
 
 
 def label(store: Any, reward: RewardModel, generate: Callable[[str], Sequence[Any]], prompts: Sequence[str], *,
-          lock: Any = None, progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Synthetic labels: for each prompt, ``generate(prompt)`` stores K candidates, ``reward`` ranks them,
-    and the ranking is stored as an AI annotator's judgment (annotator ``reward:NAME@vN``, context
-    :data:`LABEL_CONTEXT`), ready for RankDPO. Returns counts and the judgment ids."""
+          lock: Any = None, soft: bool = False,
+          progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Synthetic labels: for each prompt, ``generate(prompt)`` stores K candidates and ``reward`` judges
+    them as an AI annotator (annotator ``reward:NAME@vN``, context :data:`LABEL_CONTEXT`): one ranking
+    of the K, ready for RankDPO; or with ``soft`` a pairwise vote on each of the K(K-1)/2 pairs whose
+    strength is the reward model's preference probability (an ensemble's: the share of its members
+    that agree), the soft labels iREPO regresses on. Returns counts and the judgment ids."""
     import contextlib
+
+    from .active import soft_preferences
 
     prompts = [p for p in (q.strip() for q in prompts) if p]
     if not prompts:
@@ -117,12 +136,25 @@ def label(store: Any, reward: RewardModel, generate: Callable[[str], Sequence[An
         gens = list(generate(prompt))
         if len(gens) < 2:
             raise ValueError("labelling ranks two or more candidates per prompt")
+        media = [store.media_bytes(g) for g in gens]
         with lock or contextlib.nullcontext():
-            scores = reward.overall(prompt, [store.media_bytes(g) for g in gens])
-        judgments.append(store.rank(ranking_of([g.id for g in gens], [float(x) for x in scores]),
-                                    annotator=reward.annotator, annotator_kind="ai", context=LABEL_CONTEXT))
+            if soft:
+                pref = soft_preferences(reward, prompt, media)
+            else:
+                scores = reward.overall(prompt, media)
+        if soft:
+            for a in range(len(gens)):
+                for b in range(a + 1, len(gens)):
+                    p = float(pref[a, b])
+                    choice = "a" if p > 0.5 else "b" if p < 0.5 else "tie"
+                    judgments.append(store.vote(gens[a].id, gens[b].id, choice, strength=p,
+                                                annotator=reward.annotator, annotator_kind="ai",
+                                                context=LABEL_CONTEXT))
+        else:
+            judgments.append(store.rank(ranking_of([g.id for g in gens], [float(x) for x in scores]),
+                                        annotator=reward.annotator, annotator_kind="ai", context=LABEL_CONTEXT))
         candidates += len(gens)
-    return {"prompts": len(prompts), "candidates": candidates, "judgments": judgments,
+    return {"prompts": len(prompts), "candidates": candidates, "judgments": judgments, "soft": soft,
             "annotator": reward.annotator, "context": LABEL_CONTEXT}
 
 

@@ -244,6 +244,23 @@ class GenerateTab:
             return [err(e), self.counter(sess), sess] + self.ab_view(sess)
         return [msg, self.counter(sess), sess] + self.ab_view(sess)
 
+    def ab_dimension(self, dimension: str, choice: str, sess: dict):
+        """A vote about one dimension of the pair shown (per-dimension votes); the pair stays, so its
+        other dimensions can be judged too, until the overall buttons (or skip) move on."""
+        sess = dict(sess or {})
+        try:
+            pairs, k = sess.get("pairs", []), sess.get("pair_idx", 0)
+            if not pairs or k >= len(pairs):
+                raise ValueError("there is no pair to judge: generate candidates first")
+            i, j = pairs[k]
+            jid = services.vote(self.store, sess["ids"][i], sess["ids"][j], choice, dimension=dimension)
+            sess["history"] = sess.get("history", []) + [{"jid": jid, "pair_idx": k}]
+            said = {"a": f"#{i + 1} better", "b": f"#{j + 1} better", "tie": "tie"}[choice]
+            msg = f"Stored: {dimension}, {said} (judgment {jid}); judge other dimensions or the overall vote."
+        except Exception as e:
+            return [err(e), self.counter(sess), sess]
+        return [msg, self.counter(sess), sess]
+
     def undo(self, sess: dict):
         sess = dict(sess or {})
         try:
@@ -308,6 +325,16 @@ class GenerateTab:
                 ab_active = gr.Checkbox(False, label="Ask the least sure pair next (active questions)",
                                         elem_id="ab-active")
             ab_label = gr.Markdown("", elem_id="ab-label")
+            dims = [d for d in dict.fromkeys(d for m in mods for d in registry.spec(m).dimensions) if d != "overall"]
+            ab_per_dim = gr.Checkbox(False, label="Vote per dimension (" + ", ".join(dims) + "; the buttons below "
+                                     "the pair are the overall vote)", elem_id="ab-per-dim")
+            dim_rows, dim_btns = [], []
+            for d in dims:
+                with gr.Row(visible=False, elem_id=f"ab-dim-{d}") as row:
+                    gr.Markdown(f"**{d}**", elem_classes=["dim-label"])
+                    for c, lbl in (("a", "A"), ("b", "B"), ("tie", "tie")):
+                        dim_btns.append((d, c, gr.Button(f"{d}: {lbl}", elem_id=f"ab-dim-{d}-{c}", size="sm")))
+                dim_rows.append((d, row))
             with gr.Row():
                 with gr.Column():
                     left = candidate_slot("ab", "a", "ab-text")
@@ -331,6 +358,16 @@ class GenerateTab:
 
         modality.change(on_modality, modality, [model, negative, prompt] + rows)
         modality.change(lambda m: gr.update(choices=self.reward_names(m), value=NO_REWARD), modality, ab_reward)
+
+        def dim_visibility(m, on):
+            declared = registry.spec(m).dimensions
+            return [gr.update(visible=bool(on) and d in declared) for d, _ in dim_rows]
+
+        for trigger in (modality, ab_per_dim):
+            trigger.change(dim_visibility, [modality, ab_per_dim], [row for _, row in dim_rows])
+        for d, c, btn in dim_btns:
+            btn.click(lambda s, d=d, c=c: self.ab_dimension(d, c, s), sess, [status, counter, sess],
+                      show_progress="hidden")
 
         def on_mode(md):
             labels = {"Best of N": "★ {}", "Rank": "rank {}", "A/B": "{}"}[md]

@@ -57,6 +57,10 @@ class RewardsTab:
                        f"candidates: held-out pair accuracy **{'n/a' if acc is None else f'{acc:.1%}'}** "
                        f"({m['folds']}-fold over distinct pairs, {m['heldout_votes']} decided votes); "
                        f"{m['train_accuracy']:.1%} on its training votes. File: `{record.path}`.")
+            if len(record.dimensions) > 1:
+                from app.rewards import per_dimension_text
+
+                summary += f" Per dimension: {per_dimension_text(m)}."
             return summary + "\n\n```\n" + "\n".join(lines) + "\n```", self.table(modality)
         except Exception as e:  # noqa: BLE001 - shown on the page
             return err(e), self.table(modality)
@@ -67,7 +71,7 @@ class RewardsTab:
         except Exception:  # noqa: BLE001 - an empty list; the table shows the error
             return []
 
-    def label(self, modality, model, reward_name, prompts_text, k, seed, progress=gr.Progress()):
+    def label(self, modality, model, reward_name, prompts_text, k, seed, soft=False, progress=gr.Progress()):
         try:
             if not reward_name:
                 raise ValueError("choose a reward model to label with")
@@ -86,8 +90,13 @@ class RewardsTab:
                 return generate_candidates(self.store, modality=modality, prompt=prompt, n=k, model=model,
                                            seed=first + next(counter) * k)
 
-            done = service.label(self.store, reward, generate, prompts, lock=lock,
+            done = service.label(self.store, reward, generate, prompts, lock=lock, soft=bool(soft),
                                  progress=lambda m: progress(0.0, desc=m))
+            if soft:
+                return (f"Stored **{len(done['judgments'])} soft votes** (every pair of {k} new candidates for "
+                        f"{done['prompts']} prompts), judged by `{done['annotator']}` (an AI annotator; context "
+                        f"`{done['context']}`): each vote's strength is the reward model's preference probability, "
+                        f"the soft labels iREPO trains on.")
             return (f"Stored **{len(done['judgments'])} rankings** of {k} new candidates each, judged by "
                     f"`{done['annotator']}` (an AI annotator; context `{done['context']}`). They train like your own "
                     f"rankings (listwise methods use them whole); `--contexts collect` on the CLI leaves them out.")
@@ -122,6 +131,8 @@ class RewardsTab:
                                      elem_id="label-reward")
             lab_k = opt_box("Candidates per prompt", placeholder="4", elem_id="label-k")
             lab_seed = opt_box("First seed", placeholder="0", elem_id="label-seed")
+            lab_soft = gr.Checkbox(False, label="Soft pairwise votes (preference probabilities, for iREPO) "
+                                   "instead of rankings", elem_id="label-soft")
         lab_prompts = gr.Textbox(value="", lines=4, label="Prompts, one per line (empty: the prompts you judged)",
                                  elem_id="label-prompts")
         lab_go = gr.Button("Generate and label", elem_id="label-go")
@@ -132,7 +143,7 @@ class RewardsTab:
 
         go.click(self.train, [modality, model, name, folds, noise, hidden, epochs], [status, table]).then(
             refresh, modality, [table, lab_reward])
-        lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed], lab_status)
+        lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed, lab_soft], lab_status)
         modality.change(lambda m: (gr.update(placeholder=default_model(m)), *refresh(m)), modality,
                         [model, table, lab_reward])
         tab.select(refresh, modality, [table, lab_reward])

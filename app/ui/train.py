@@ -37,7 +37,7 @@ class TrainTab:
         self.options = [(m, s) for m in modality_choices() for s in registry.spec(m).train_options]
 
     def submit(self, modality, method, steps, lr, beta, rank, batch, accum, seed, derivation, model, init, valcount,
-               nll=None, score_reduction="auto", nll_per_token=False, *option_values):
+               dimension="overall", nll=None, score_reduction="auto", nll_per_token=False, *option_values):
         try:
             if method not in methods(modality):
                 raise ValueError(f"{method} is not a method for {modality}; choose one of {', '.join(methods(modality))}")
@@ -45,7 +45,7 @@ class TrainTab:
                         "lora_rank": opt_int(rank), "batch_size": opt_int(batch), "grad_accum": opt_int(accum),
                         "seed": opt_int(seed), "derivation": derivation or None,
                         "model": (model or "").strip() or None, "init_adapter": (str(init).strip() or None) if init
-                        else None, "validation_count": opt_int(valcount)}
+                        else None, "validation_count": opt_int(valcount), "dimension": dimension or "overall"}
             nll = opt_float(nll, "NLL weight")
             if nll and takes_nll(method):
                 settings["loss_kwargs"] = {"nll": nll}
@@ -60,9 +60,11 @@ class TrainTab:
             if settings["lora_rank"] is not None:
                 settings["lora_alpha"] = float(settings["lora_rank"])
             model_name = settings["model"] or default_model(modality)
-            pairs = self.store.preference_pairs(modality=modality, model=model_name)
+            registry.spec(modality).check_dimension(settings["dimension"])
+            pairs = self.store.preference_pairs(modality=modality, model=model_name, dimension=settings["dimension"])
             if not pairs:
-                raise ValueError(f"no training pairs for `{model_name}` yet: judge some candidates first")
+                about = "" if settings["dimension"] == "overall" else f" about {settings['dimension']}"
+                raise ValueError(f"no training pairs{about} for `{model_name}` yet: judge some candidates first")
             run = self.queue.submit(modality=modality, method=method, settings=settings)
             ahead = [r.id for r in self.store.list_runs() if r.id < run.id and r.status in ("queued", "running")]
             where = (f"queued behind run {ahead[0]}" + (f" and {len(ahead) - 1} more" if len(ahead) > 1 else "")
@@ -156,6 +158,9 @@ class TrainTab:
                 t_model = gr.Textbox(label="Base model (empty: the built-in one)")
                 t_init = gr.Textbox(label="Continue from adapter (id or folder)")
                 t_val = opt_box("Validation prompts (default 4)")
+                t_dim = gr.Dropdown(list(registry.spec(mods[0]).dimensions), value="overall",
+                                    label="Judgments about", info="train on the votes about this dimension",
+                                    elem_id="train-dimension")
             with gr.Row(visible=takes_nll(first)) as lm_row:
                 t_nll = opt_box("NLL weight on the chosen answer (0 = off)", elem_id="train-nll")
                 t_reduce = gr.Dropdown(
@@ -209,10 +214,11 @@ class TrainTab:
         t_mod.change(on_mod, t_mod, [t_method, t_lr, t_beta, t_preset, lm_row, t_about])
         t_mod.change(lambda m: [gr.update(visible=x == m and bool(registry.spec(x).train_options)) for x in mods],
                      t_mod, option_rows)
+        t_mod.change(lambda m: gr.update(choices=list(registry.spec(m).dimensions), value="overall"), t_mod, t_dim)
         t_method.input(on_method, t_method, [t_lr, t_beta, lm_row, t_about])
         t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
-                                  t_deriv, t_model, t_init, t_val, t_nll, t_reduce, t_nll_tok] + option_fields,
+                                  t_deriv, t_model, t_init, t_val, t_dim, t_nll, t_reduce, t_nll_tok] + option_fields,
                     [t_msg, run_sel])
         view_out = [run_sel, prog, loss_plot, acc_plot, margin_plot, log, runs]
         run_sel.change(self.run_view, run_sel, view_out, show_progress="hidden")
