@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -46,12 +47,16 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
     with _open(args) as store:
         if not store.votes(modality=args.modality, model=model, dimension=None):
             raise ValueError(f"no votes on {model}'s {args.modality} candidates yet: judge some first")
-        progress(f"loading {model}")
-        adapter, lock = get_adapter(store, args.modality, model, device=args.device)
+        if args.backbone:  # a pretrained encoder reads the candidates: the generator stays unloaded
+            adapter, lock = None, contextlib.nullcontext()
+        else:
+            progress(f"loading {model}")
+            adapter, lock = get_adapter(store, args.modality, model, device=args.device)
         with lock:
             record, metrics = service.train(store, adapter, modality=args.modality, name=args.name, model=model,
                                             folds=args.folds, noise_level=args.noise_level, cfg=cfg,
-                                            dimensions=_dimensions(args.dimensions), progress=progress)
+                                            dimensions=_dimensions(args.dimensions), backbone=args.backbone,
+                                            device=args.device, progress=progress)
     if args.json:
         _print_json({"name": record.name, "version": record.version, "path": record.path, "metrics": metrics})
     else:
@@ -85,7 +90,7 @@ def cmd_reward_score(args: argparse.Namespace) -> int:
     with _open(args) as store:
         modality, model = _modality_of(store, args.generation_ids)
         gens = store.get_generations(args.generation_ids)
-        needs_model = any(p for p in args.reward.split("+") if p and p not in service.programmatic(modality))
+        needs_model = service.needs_model(store, args.reward, modality)
         adapter, lock = get_adapter(store, modality, model, device=args.device) if needs_model else (None, None)
         reward = service.load(store, args.reward, modality, adapter, how=args.how)
         by_prompt: dict[str, list] = {}
@@ -167,6 +172,8 @@ def add_parser(sub, add) -> None:
                    "(default 0.5; models without a denoiser read clean candidates)")
     p.add_argument("--dimensions", metavar="D1,D2", help="the dimensions to learn, one head each (default: every "
                    "dimension you have votes about)")
+    p.add_argument("--backbone", metavar="ENCODER", help="read a pretrained encoder's features instead of the model's "
+                   "own: a CLIP or PickScore, SigLIP (images) or CLAP (audio) hub id or local folder")
     p.add_argument("--hidden", type=int, default=64, help="hidden units of the head (0: linear)")
     p.add_argument("--epochs", type=int, default=300, help="full-batch steps of the head (default 300)")
     p.add_argument("--seed", type=int, default=0)

@@ -161,6 +161,7 @@ class LearnedReward(RewardModel):
     adapter: Any
     head: Head
     meta: dict[str, Any] = field(default_factory=dict)
+    encoder: Any = None  # a pretrained encoder (modalities.encoders) when the backbone is one
     kind = "learned"
 
     def __post_init__(self) -> None:
@@ -174,6 +175,8 @@ class LearnedReward(RewardModel):
         return float(self.meta.get("noise_level", 0.0))
 
     def features(self, prompts: Sequence[str], media: Sequence[bytes]) -> torch.Tensor:
+        if self.encoder is not None:
+            return encoder_features(self.encoder, prompts, media)
         return self.adapter.reward_features(list(prompts), list(media), noise_level=self.noise_level,
                                             seed=int(self.meta.get("feature_seed", 0)))
 
@@ -215,31 +218,61 @@ class LearnedReward(RewardModel):
                              f"{meta.get('format')!r}, expected {FORMAT!r})")
         return {**json.loads(meta["palate"]), "_hidden": int(meta["hidden"])}
 
+    @property
+    def reads_media(self) -> bool:
+        """True when the backbone is a pretrained encoder (it scores any model's candidates)."""
+        return self.encoder is not None
+
     @classmethod
-    def load(cls, path: Path, adapter: Any) -> "LearnedReward":
+    def load(cls, path: Path, adapter: Any, device: str | None = None) -> "LearnedReward":
         from safetensors.torch import load_file
 
         meta = cls.read_meta(path)
         hidden = meta.pop("_hidden")
+        encoder = None
+        if str(meta.get("backbone", "")).startswith(ENCODER_PREFIX):
+            from modalities import encoders
+
+            encoder = encoders.load(meta["backbone"][len(ENCODER_PREFIX):], device)
+            revision = meta.get("encoder_revision")
+            if revision and encoder.revision and revision != encoder.revision:
+                raise ValueError(f"reward model {meta.get('name')!r} was trained on encoder {encoder.source} at "
+                                 f"revision {revision}; that folder now holds {encoder.revision}: train it again")
+            adapter = None
         loaded = getattr(adapter, "model_name", None)
-        if meta.get("base_model") and loaded and loaded != meta["base_model"]:
+        if encoder is None and adapter is None:
+            raise ValueError(f"reward model {meta.get('name')!r} reads the features of {meta.get('base_model')!r}: "
+                             "load that model")
+        if encoder is None and meta.get("base_model") and loaded and loaded != meta["base_model"]:
             raise ValueError(f"reward model {meta.get('name')!r} reads the features of {meta['base_model']!r}, but "
                              f"the loaded model is {loaded!r}: train a reward model on this model's judgments")
         state = load_file(str(path))
         head = Head(state["mean"].shape[0], len(meta.get("dimensions", ("overall",))), hidden)
         head.load_state_dict(state)
         head.eval()
-        return cls(adapter, head, meta)
+        return cls(adapter, head, meta, encoder)
+
+
+ENCODER_PREFIX = "encoder:"  # a reward model's backbone: "own-features", or "encoder:" + the encoder's hub id or folder
+
+
+def encoder_features(encoder: Any, prompts: Sequence[str], media: Sequence[bytes], batch: int = 16) -> torch.Tensor:
+    """A pretrained encoder's features, ``batch`` candidates at a time."""
+    parts = [encoder.features(list(prompts[i:i + batch]), list(media[i:i + batch])) for i in range(0, len(media), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes: Sequence[Any], *,
                        name: str, modality: str, folds: int = 5, noise_level: float | None = None,
                        cfg: HeadConfig = HeadConfig(), vote_dimensions: Sequence[str] | None = None,
+                       encoder: Any = None, base_model: str | None = None,
                        progress: Callable[[str], None] = lambda _m: None) -> tuple[LearnedReward, dict[str, Any]]:
     """Train a reward model on ``votes`` (storage ``Vote``s over the candidates in ``media``:
     id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics.
     ``vote_dimensions``: the dimension each vote is about (default: all overall); the head has one
-    output per dimension, in order of first appearance with overall first."""
+    output per dimension, in order of first appearance with overall first. ``encoder``: read a
+    pretrained encoder's features of the candidates instead of ``adapter``'s (``base_model`` then
+    names whose candidates the votes are about)."""
     if not votes:
         raise ValueError("no votes to learn from: judge some candidates first")
     vote_dimensions = list(vote_dimensions) if vote_dimensions is not None else ["overall"] * len(votes)
@@ -247,17 +280,23 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
         raise ValueError(f"{len(vote_dimensions)} dimensions for {len(votes)} votes")
     dimensions = sorted(set(vote_dimensions), key=lambda d: (d != "overall", vote_dimensions.index(d)))
     dim = torch.tensor([dimensions.index(d) for d in vote_dimensions])
-    if noise_level is None:
+    if encoder is not None:
+        noise_level = 0.0
+    elif noise_level is None:
         noise_level = 0.5 if getattr(adapter, "score_kind", None) is not None and \
             str(getattr(adapter.score_kind, "value", adapter.score_kind)) in ("diffusion", "flow") else 0.0
     ids = sorted({g for v in votes for g in (v.x, v.y)})
     index = {g: i for i, g in enumerate(ids)}
-    progress(f"reading features of {len(ids)} candidates (noise level {noise_level:g})")
-    try:
-        feats = adapter.reward_features([media[g][0] for g in ids], [media[g][1] for g in ids],
-                                        noise_level=noise_level, seed=cfg.seed)
-    except NotImplementedError as e:
-        raise ValueError(f"this {modality} model has no backbone a reward model can read: {e}") from None
+    if encoder is not None:
+        progress(f"reading {encoder.source}'s features of {len(ids)} candidates")
+        feats = encoder_features(encoder, [media[g][0] for g in ids], [media[g][1] for g in ids])
+    else:
+        progress(f"reading features of {len(ids)} candidates (noise level {noise_level:g})")
+        try:
+            feats = adapter.reward_features([media[g][0] for g in ids], [media[g][1] for g in ids],
+                                            noise_level=noise_level, seed=cfg.seed)
+        except NotImplementedError as e:
+            raise ValueError(f"this {modality} model has no backbone a reward model can read: {e}") from None
     a = torch.tensor([index[v.x] for v in votes])
     b = torch.tensor([index[v.y] for v in votes])
     p = torch.tensor([float(v.p) for v in votes])
@@ -268,10 +307,12 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
     r, n = pair_accuracy(head, feats, a, b, p, dim)
     metrics.update(train_accuracy=r / n if n else None, votes=len(votes), candidates=len(ids),
                    ties=int(((p - 0.5).abs() <= TIE_EPS).sum()))
-    meta = {"name": name, "modality": modality, "base_model": getattr(adapter, "model_name", None),
-            "base_revision": getattr(adapter, "revision", None), "backbone": "own-features",
+    meta = {"name": name, "modality": modality, "base_model": base_model or getattr(adapter, "model_name", None),
+            "base_revision": None if encoder is not None else getattr(adapter, "revision", None),
+            "backbone": "own-features" if encoder is None else ENCODER_PREFIX + encoder.source,
+            "encoder_revision": getattr(encoder, "revision", None),
             "noise_level": noise_level, "feature_seed": cfg.seed, "dimensions": dimensions,
             "theta": cfg.theta, "head": {"hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
                                          "weight_decay": cfg.weight_decay},
             "data_hash": data_hash(votes, vote_dimensions), "metrics": metrics}
-    return LearnedReward(adapter, head, meta), metrics
+    return LearnedReward(None if encoder is not None else adapter, head, meta, encoder), metrics

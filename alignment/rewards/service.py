@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .base import Ensemble, RewardModel, programmatic  # noqa: F401  (programmatic: part of the interface)
-from .learned import HeadConfig, LearnedReward, train_reward_model
+from .learned import ENCODER_PREFIX, HeadConfig, LearnedReward, train_reward_model
 
 _VERSIONED = re.compile(r"(?P<name>.+)@v(?P<version>\d+)")
 
@@ -28,18 +28,21 @@ def offered(store: Any, modality: str) -> list[dict[str, Any]]:
     for rec in store.list_reward_models(modality=modality):
         acc = rec.metrics.get("heldout_accuracy")
         rows.append({"name": rec.label, "kind": "learned", "dimensions": list(rec.dimensions),
-                     "about": f"on {rec.base_model}, {rec.metrics.get('votes', '?')} votes, held-out accuracy "
-                              + ("n/a" if acc is None else f"{acc:.0%}")})
+                     "about": (f"{rec.backbone[len(ENCODER_PREFIX):]} features of " if reads_media(rec) else "on ")
+                              + f"{rec.base_model}'s candidates, {rec.metrics.get('votes', '?')} votes, held-out "
+                              "accuracy " + ("n/a" if acc is None else f"{acc:.0%}")})
     return rows
 
 
 def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | None = None, folds: int = 5,
           noise_level: float | None = None, cfg: HeadConfig = HeadConfig(),
-          dimensions: Sequence[str] | None = None,
+          dimensions: Sequence[str] | None = None, backbone: str | None = None, device: str | None = None,
           progress: Callable[[str], None] = lambda _m: None) -> tuple[Any, dict[str, Any]]:
     """Train reward model ``name`` (its next version) on the judgments of ``model``'s candidates (default:
     the loaded model's) and record it; returns (record, metrics). ``dimensions``: those to learn, one
-    head each (default: every dimension of the modality that has votes)."""
+    head each (default: every dimension of the modality that has votes). ``backbone``: None reads the
+    loaded model's own features (``adapter``); else a pretrained encoder's hub id or folder (CLIP,
+    SigLIP, CLAP; ``adapter`` may then be None)."""
     if name in programmatic(modality):
         raise ValueError(f"{name!r} is a built-in reward of {modality}; give the learned one another name")
     if "+" in name or "@" in name:
@@ -49,13 +52,22 @@ def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | No
     check_reward_name(name)
     from modalities import registry
 
-    declared = registry.spec(modality).dimensions
+    spec = registry.spec(modality)
+    declared = spec.dimensions
     for d in dimensions or ():
         if d not in declared:
             raise ValueError(f"{modality} judgments are about {', '.join(declared)}; not {d!r}")
     dimensions = list(dimensions or declared)
+    encoder = None
+    if backbone:
+        from modalities import encoders
+
+        encoder = encoders.load(backbone, device)
+        encoder.check_reads(spec.media, spec.label)
+    if adapter is None and encoder is None:
+        raise ValueError("a reward model on the model's own features needs that model loaded")
     model = model or adapter.model_name
-    if model != adapter.model_name:
+    if encoder is None and model != adapter.model_name:
         raise ValueError(f"the reward model reads the loaded model's features: judgments of {model!r} need "
                          f"{model!r} loaded, not {adapter.model_name!r}")
     votes, vote_dimensions = [], []
@@ -69,13 +81,13 @@ def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | No
     media = {g.id: (g.prompt, store.media_bytes(g)) for g in store.get_generations(ids)}
     reward, metrics = train_reward_model(adapter, media, votes, name=name, modality=modality, folds=folds,
                                          noise_level=noise_level, cfg=cfg, vote_dimensions=vote_dimensions,
-                                         progress=progress)
+                                         encoder=encoder, base_model=model, progress=progress)
     version = store.next_reward_version(name)
     reward.meta["version"] = reward.version = version
     rel = Path("rewards") / name / f"v{version}.safetensors"
     reward.save(Path(store.data_dir) / rel)
-    record = store.add_reward_model(name=name, modality=modality, base_model=adapter.model_name,
-                                    base_revision=getattr(adapter, "revision", None), backbone=reward.meta["backbone"],
+    record = store.add_reward_model(name=name, modality=modality, base_model=model,
+                                    base_revision=reward.meta["base_revision"], backbone=reward.meta["backbone"],
                                     dimensions=reward.dimensions, path=str(rel), data_hash=reward.meta["data_hash"],
                                     metrics=metrics, version=version)
     return record, metrics
@@ -93,9 +105,28 @@ def load(store: Any, name: str, modality: str, adapter: Any | None = None, *, ho
     record = store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(name)
     if record.modality != modality:
         raise ValueError(f"reward model {record.label} scores {record.modality}, not {modality}")
-    if adapter is None:
+    if adapter is None and not reads_media(record):
         raise ValueError(f"reward model {record.label} reads the features of {record.base_model}: load that model")
     return LearnedReward.load(Path(store.data_dir) / record.path, adapter)
+
+
+def reads_media(record: Any) -> bool:
+    """Whether a stored reward model reads a pretrained encoder's features of the candidates (any
+    model's), rather than one model's own."""
+    return str(record.backbone).startswith(ENCODER_PREFIX)
+
+
+def needs_model(store: Any, name: str, modality: str) -> bool:
+    """Whether the reward model(s) named need the generating model loaded (their own-feature backbone)."""
+    builtin = programmatic(modality)
+    for part in (p for p in name.split("+") if p):
+        if part in builtin:
+            continue
+        m = _VERSIONED.fullmatch(part)
+        record = store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(part)
+        if not reads_media(record):
+            return True
+    return False
 
 
 LABEL_CONTEXT = "reward-label"  # the context of judgments a reward model casts (train on them or not: --contexts)

@@ -5,6 +5,7 @@ Bradley-Terry with ties (``alignment.rewards``); it takes seconds to a minute, s
 than in the run queue, never while a training run holds the GPU."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import gradio as gr
@@ -30,7 +31,7 @@ class RewardsTab:
         return pd.DataFrame([{"name": r["name"], "kind": r["kind"], "dimensions": ", ".join(r["dimensions"]),
                               "about": r["about"]} for r in rows], columns=["name", "kind", "dimensions", "about"])
 
-    def train(self, modality, model, name, folds, noise, hidden, epochs, progress=gr.Progress()):
+    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone="", progress=gr.Progress()):
         lines: list[str] = []
         t0 = time.monotonic()
 
@@ -45,13 +46,18 @@ class RewardsTab:
             model = (model or "").strip() or default_model(modality)
             cfg = HeadConfig(hidden=opt_int(hidden, "hidden units") if str(hidden).strip() else 64,
                              epochs=opt_int(epochs, "steps") or 300)
-            note(f"loading {model}")
+            backbone = (backbone or "").strip() or None
             with device_lock(None):
-                adapter, lock = get_adapter(self.store, modality, model)
+                if backbone:  # a pretrained encoder reads the candidates; the generator is not needed
+                    adapter, lock = None, contextlib.nullcontext()
+                    note(f"loading encoder {backbone}")
+                else:
+                    note(f"loading {model}")
+                    adapter, lock = get_adapter(self.store, modality, model)
                 with lock:
                     record, m = service.train(self.store, adapter, modality=modality, name=name, model=model,
                                               folds=opt_int(folds, "folds") or 5, noise_level=opt_float(noise, "noise level"),
-                                              cfg=cfg, progress=note)
+                                              cfg=cfg, backbone=backbone, progress=note)
             acc = m["heldout_accuracy"]
             summary = (f"**{record.label}** trained on {m['votes']} votes ({m['ties']} ties) over {m['candidates']} "
                        f"candidates: held-out pair accuracy **{'n/a' if acc is None else f'{acc:.1%}'}** "
@@ -120,6 +126,8 @@ class RewardsTab:
                 noise = opt_box("Noise level (denoisers, 0..1)", placeholder="0.5", elem_id="reward-noise")
                 hidden = opt_box("Hidden units (0: linear)", placeholder="64", elem_id="reward-hidden")
                 epochs = opt_box("Steps", placeholder="300", elem_id="reward-epochs")
+            backbone = gr.Textbox(value="", label="Backbone: a pretrained encoder (CLIP or PickScore, SigLIP, CLAP: hub "
+                                  "id or local folder); empty: the model's own features", elem_id="reward-backbone")
         go = gr.Button("Train reward model", variant="primary", elem_id="reward-train")
         status = gr.Markdown("", elem_id="reward-status")
         table = gr.Dataframe(value=self.table(mods[0]), interactive=False, wrap=True, elem_id="reward-table")
@@ -141,7 +149,7 @@ class RewardsTab:
         def refresh(m):
             return self.table(m), gr.update(choices=self.names(m))
 
-        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs], [status, table]).then(
+        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs, backbone], [status, table]).then(
             refresh, modality, [table, lab_reward])
         lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed, lab_soft], lab_status)
         modality.change(lambda m: (gr.update(placeholder=default_model(m)), *refresh(m)), modality,
