@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 
 from .commands import _open, _print_json, _table
 
@@ -33,32 +31,41 @@ def cmd_reward_list(args: argparse.Namespace) -> int:
 
 
 def cmd_reward_train(args: argparse.Namespace) -> int:
-    from alignment.rewards import service
-    from alignment.rewards.learned import HeadConfig
-    from app.generation import default_model, get_adapter
+    """A reward model's training as a run (the same the app queues): its directory and record are
+    written here, then ``python -m alignment.rewards.run RUN_DIR`` trains it in the foreground."""
+    import subprocess
 
-    model = args.model or default_model(args.modality)
-    cfg = HeadConfig(hidden=args.hidden, epochs=args.epochs, seed=args.seed)
-    start = time.monotonic()
+    from app.runs import create_reward_run, record_trainer_exit, train_command
 
-    def progress(msg: str) -> None:
-        print(f"[{time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    settings = {"modality": args.modality, "model": args.model, "name": args.name, "folds": args.folds,
+                "noise_level": args.noise_level, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
+                "dimensions": _dimensions(args.dimensions), "backbone": args.backbone, "device": args.device}
     with _open(args) as store:
-        if not store.votes(modality=args.modality, model=model, dimension=None):
-            raise ValueError(f"no votes on {model}'s {args.modality} candidates yet: judge some first")
-        if args.backbone:  # a pretrained encoder reads the candidates: the generator stays unloaded
-            adapter, lock = None, contextlib.nullcontext()
-        else:
-            progress(f"loading {model}")
-            adapter, lock = get_adapter(store, args.modality, model, device=args.device)
-        with lock:
-            record, metrics = service.train(store, adapter, modality=args.modality, name=args.name, model=model,
-                                            folds=args.folds, noise_level=args.noise_level, cfg=cfg,
-                                            dimensions=_dimensions(args.dimensions), backbone=args.backbone,
-                                            device=args.device, progress=progress)
+        run, run_dir = create_reward_run(store, settings)
+    print(f"run {run.id}: {run_dir}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(train_command(run_dir), stdout=2)  # progress on stderr; stdout is the result
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # the trainer got the same Ctrl-C: it stops between steps
+            continue
+    with _open(args) as store:
+        if code != 0:
+            note = record_trainer_exit(store, run.id, code)
+            run = store.get_run(run.id)
+            why = note or run.error or f"exit status {code}"
+            print(f"error: run {run.id} {run.status}: {why} (resume: python -m alignment.rewards.run {run_dir})",
+                  file=sys.stderr)
+            return 130 if code == 130 else 1
+        run = store.get_run(run.id)
+        label = run.last_metrics["reward_model"]
+        name, _, version = label.partition("@v")
+        record = store.get_reward_model(name, int(version))
+    metrics = record.metrics
     if args.json:
-        _print_json({"name": record.name, "version": record.version, "path": record.path, "metrics": metrics})
+        _print_json({"name": record.name, "version": record.version, "path": record.path, "run_id": run.id,
+                     "metrics": metrics})
     else:
         acc = metrics["heldout_accuracy"]
         print(f"reward model {record.label}: {metrics['votes']} votes on {metrics['candidates']} candidates "

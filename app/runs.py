@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,7 +79,60 @@ def create_run(store: Store, *, modality: str, method: str, settings: dict[str, 
     return run, run_dir
 
 
+def create_reward_run(store: Store, settings: dict[str, Any]) -> tuple[Run, Path]:
+    """A queued run that trains a reward model (``alignment.rewards.run``) from ``settings``: name,
+    modality, model (default: the modality's built-in), folds, noise_level, hidden, epochs, seed,
+    dimensions, backbone, device. What can be checked before it starts is checked here."""
+    from alignment.rewards.run import METHOD, RewardRunConfig
+    from modalities import registry
+    from storage.catalog import check_reward_name
+
+    settings = {k: v for k, v in settings.items() if v is not None}
+    modality = settings.get("modality")
+    if modality not in registry.with_spec():
+        raise ValueError(f"unknown modality {modality!r}; use one of {', '.join(registry.with_spec())}")
+    name = str(settings.get("name") or "").strip()
+    if not name:
+        raise ValueError("name the reward model first (e.g. my-taste)")
+    if "+" in name or "@" in name:
+        raise ValueError(f"reward model names cannot hold '+' or '@' (they join ensembles and versions); got {name!r}")
+    check_reward_name(name)
+    spec = registry.spec(modality)
+    for d in settings.get("dimensions") or ():
+        spec.check_dimension(d)
+    if settings.get("model") is None:
+        from app.generation import default_model
+
+        settings["model"] = default_model(modality)
+    from alignment.rewards import programmatic
+
+    if name in programmatic(modality):
+        raise ValueError(f"{name!r} is a built-in reward of {modality}; give the learned one another name")
+    folds = int(settings.get("folds", 5))
+    if folds < 2:
+        raise ValueError(f"folds must be 2 or more, got {folds}")
+    decided = {(min(v.x, v.y), max(v.x, v.y), d) for d in settings.get("dimensions") or spec.dimensions
+               for v in store.votes(modality=modality, model=settings["model"], dimension=d) if abs(v.p - 0.5) > 1e-9}
+    if not store.votes(modality=modality, model=settings["model"], dimension=None):
+        raise ValueError(f"no votes on {settings['model']}'s {modality} candidates yet: judge some first")
+    if len(decided) < folds:
+        raise ValueError(f"{len(decided)} decided pair(s) (ties aside) are fewer than the {folds} folds of the "
+                         "held-out accuracy: cast more votes, or use fewer folds")
+    cfg = RewardRunConfig(data_dir=str(store.data_dir), modality_source=registry.source(modality),
+                          **{k: v for k, v in settings.items() if k != "name"}, name=name)
+    run = store.create_run(modality=modality, method=METHOD, base_model=cfg.model, config=asdict(cfg), name=name)
+    run_dir = store.data_dir / "runs" / f"run-{run.id:04d}"
+    cfg.run_id = run.id
+    cfg.save(run_dir)
+    run = store.update_run(run.id, run_dir=str(run_dir), config=asdict(cfg))
+    return run, run_dir
+
+
 def train_command(run_dir: Path) -> list[str]:
+    from alignment.rewards.run import SPEC
+
+    if (Path(run_dir) / SPEC).exists():  # a reward model's run: it resumes by itself (features kept)
+        return [sys.executable, "-m", "alignment.rewards.run", str(run_dir)]
     cmd = [sys.executable, "-m", "alignment.train", str(run_dir)]
     if (Path(run_dir) / CHECKPOINT).exists():
         cmd.append("--resume")
@@ -236,6 +290,14 @@ class RunQueue:
         self.wake()
         return run
 
+    def submit_reward(self, settings: dict[str, Any]) -> Run:
+        """Queue a reward model's training (see :func:`create_reward_run`)."""
+        with Store.open(self.data_dir) as store:
+            run, run_dir = create_reward_run(store, settings)
+        (run_dir / QUEUE_MARKER).write_text("")
+        self.wake()
+        return run
+
     def cancel(self, run_id: int) -> str:
         with self._lock, Store.open(self.data_dir) as store:
             run = store.get_run(run_id)
@@ -268,11 +330,17 @@ class RunQueue:
                 raise ValueError(f"run {run_id} is {run.status}; only a cancelled or failed run can be resumed")
             if self.running_run() == run_id or pid_alive(run.pid):
                 raise ValueError(f"run {run_id} is still stopping; resume it in a moment")
-            if not run.run_dir or not (Path(run.run_dir) / "config.json").exists():
+            from alignment.rewards.run import SPEC
+
+            if not run.run_dir or not any((Path(run.run_dir) / f).exists() for f in ("config.json", SPEC)):
                 raise ValueError(f"run {run_id} has no run directory to resume from")
             (Path(run.run_dir) / QUEUE_MARKER).write_text("")
             store.update_run(run_id, status="queued", error=None, exit_code=None, finished_at=None, pid=None)
         self.wake()
+        from alignment.rewards.run import FEATURES
+
+        if (Path(run.run_dir) / FEATURES).exists():
+            return f"run {run_id} queued again (reads its candidates' features back)"
         has_checkpoint = (Path(run.run_dir) / CHECKPOINT).exists()
         return f"run {run_id} queued again" + (" (continues from its checkpoint)" if has_checkpoint else
                                                 " (no checkpoint yet: starts from step 0)")

@@ -35,6 +35,8 @@ def dimensions(modality: str) -> tuple[str, ...]:
 
 def check_dimension(store: Store, generation_id: int, dimension: str) -> str:
     """``dimension`` if the modality of ``generation_id`` declares it, else a ValueError listing those it does."""
+    if dimension == "overall":  # every modality's first dimension
+        return dimension
     modality = store.get_generation(generation_id).modality
     if dimension not in dimensions(modality):
         raise ValueError(f"{modality} judgments are about {', '.join(dimensions(modality))}; not {dimension!r}")

@@ -351,6 +351,10 @@ def test_reward_model_from_the_rewards_tab(app, page):
         rec = s.get_reward_model("my-taste")
         assert rec.base_model == "shapes-diffusion" and rec.metrics["votes"] >= 8
         assert (app["data_dir"] / rec.path).is_file()
+        # it trained as a run of the queue (the Train tab lists it, with cancel and resume)
+        (run,) = [r for r in s.list_runs() if r.method == "reward-model"]
+        assert run.status == "completed" and run.last_metrics["reward_model"] == "my-taste@v1"
+        assert run.step == run.total_steps == 6
     # synthetic labels: the reward model ranks fresh candidates as an AI annotator
     choose(page, "label-reward", "taste-saturated")
     fill(page, "label-prompts", IMAGE_PROMPT)
@@ -469,7 +473,7 @@ def test_image_blind_compare_win_rate(app, page):
 
 def test_adapters_export_and_delete(app, page):
     tab(page, "Adapters")
-    wait_text(page, "adapters-table", "run1-diffusion-dpo", 30)
+    wait_text(page, "adapters-table", "-diffusion-dpo", 30)  # run 1 trained the reward model
     choose(page, "adapter-select", "1")
     wait_text(page, "adapter-info", "Adapter 1")
     for fmt in ("diffusers", "kohya"):

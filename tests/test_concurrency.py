@@ -17,14 +17,15 @@ from tests.conftest import ROOT, add_images
 
 WRITER = textwrap.dedent(
     """
-    import sys, time
+    import pathlib, sys, time
     from storage import Store
     data_dir, a, b, c, n, who = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-    start = float(sys.argv[7]) if len(sys.argv) > 7 else None
+    together = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     pause = float(sys.argv[8]) if len(sys.argv) > 8 else 0.0
     s = Store.open(data_dir)
-    if start:
-        while time.time() < start:
+    if together:  # a barrier: start writing when all the writers are ready (a loaded machine starts them slowly)
+        pathlib.Path(data_dir, f"ready-{who}").touch()
+        while len(list(pathlib.Path(data_dir).glob("ready-*"))) < together:
             time.sleep(0.001)
     for i in range(n):
         if i % 5 == 4:
@@ -39,10 +40,10 @@ WRITER = textwrap.dedent(
 )
 
 
-def _writer(data_dir, ids, n, who, start=None, pause=0.0):
+def _writer(data_dir, ids, n, who, together=0, pause=0.0):
     args = [sys.executable, "-c", WRITER, str(data_dir), *map(str, ids), str(n), who]
-    if start is not None:
-        args += [repr(start), repr(pause)]
+    if together:
+        args += [str(together), repr(pause)]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -88,8 +89,7 @@ def test_two_processes_write_at_once(data_dir):
     with Store.open(data_dir) as s:
         ids = [g.id for g in add_images(s, "p", 3)]
     n = 150
-    start = time.time() + 1.5  # both begin writing at the same instant
-    procs = [_writer(data_dir, ids, n, who, start) for who in ("app", "trainer")]  # tight loops, no pauses
+    procs = [_writer(data_dir, ids, n, who, together=2) for who in ("app", "trainer")]  # tight loops, no pauses
     outs = [p.communicate(timeout=1800) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err

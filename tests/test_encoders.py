@@ -123,3 +123,48 @@ def test_a_reward_model_on_a_clip_backbone_trains_without_the_generator(tmp_path
     assert main(["reward", "score", "cli-clip", *(str(g.id) for g in gens[:3]), "--json", *base]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["generation"] for r in rows] == [g.id for g in gens[:3]] and all("overall" in r for r in rows)
+
+
+def test_a_reward_model_trains_as_a_queued_run_that_stops_and_resumes(tmp_path, encoders):
+    """A reward model's training is a run: progress in its record, stopped between steps (as a cancel
+    does), resumed by the queue reading the candidates' features back, the reward model recorded."""
+    import subprocess
+    import time
+
+    from alignment.rewards.run import FEATURES
+    from app import runs
+    from tests.conftest import SLOW
+
+    data = tmp_path / "data"
+    store, _ = _judged_store(data)
+    with store:
+        run, run_dir = runs.create_reward_run(store, {"modality": "image", "model": "gen", "name": "queued", "folds": 4,
+                                                      "backbone": str(encoders["clip"])})
+        assert run.method == "reward-model" and run.status == "queued"
+        with pytest.raises(ValueError, match="fewer than the 40 folds"):
+            runs.create_reward_run(store, {"modality": "image", "model": "gen", "name": "q", "folds": 40})
+        with pytest.raises(ValueError, match="not 'motion'"):
+            runs.create_reward_run(store, {"modality": "image", "model": "gen", "name": "q", "dimensions": ["motion"]})
+    cmd = runs.train_command(run_dir)
+    assert cmd[1:3] == ["-m", "alignment.rewards.run"]
+    stopped = subprocess.run([*cmd, "--stop-after", "2"], capture_output=True, text=True, timeout=SLOW)
+    assert stopped.returncode == 130, stopped.stderr
+    with Store.open(data) as s:
+        r = s.get_run(run.id)
+        assert (r.status, r.step, r.total_steps) == ("cancelled", 2, 5) and "resume" in r.error
+        assert s.list_reward_models() == [] and (run_dir / FEATURES).is_file()
+        q = runs.RunQueue(data, poll=0.05).start()
+        try:
+            assert "reads its candidates' features back" in q.resume(run.id)
+            deadline = time.monotonic() + SLOW
+            while s.get_run(run.id).status in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            q.stop()
+        r = s.get_run(run.id)
+        assert r.status == "completed" and r.step == 5 and r.last_metrics["reward_model"] == "queued@v1", r.error
+        assert "read the features of 8 candidates back" in runs.log_tail(run_dir, 50)
+        (rec,) = s.list_reward_models()
+        assert rec.label == "queued@v1" and rec.metrics["votes"] == 28
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5] and lines[-1]["phase"] == "final fit"

@@ -104,8 +104,8 @@ def pair_accuracy(head: Head, feats: torch.Tensor, a: torch.Tensor, b: torch.Ten
 
 
 def kfold_accuracy(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
-                   folds: int, dim: torch.Tensor | None = None, dimensions: Sequence[str] = ("overall",)
-                   ) -> dict[str, Any]:
+                   folds: int, dim: torch.Tensor | None = None, dimensions: Sequence[str] = ("overall",),
+                   on_fold: Callable[[int, float | None], None] = lambda _f, _acc: None) -> dict[str, Any]:
     """Held-out pair accuracy by ``folds``-fold cross-validation over distinct (pair, dimension) keys:
     over every vote, and for each dimension (``per_dimension``)."""
     dim = _dims(dim, a)
@@ -131,8 +131,10 @@ def kfold_accuracy(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: tor
         right, decisive = _right(head, feats, a[test], b[test], p[test], dim[test])
         right_all[test] = right
         tested[test] = decisive
-        if int(decisive.sum()):
-            per_fold.append(int(right.sum()) / int(decisive.sum()))
+        acc = int(right.sum()) / int(decisive.sum()) if int(decisive.sum()) else None
+        if acc is not None:
+            per_fold.append(acc)
+        on_fold(f, acc)
     total = int(tested.sum())
     per_dimension = {}
     for i, d in enumerate(dimensions):
@@ -265,14 +267,17 @@ def encoder_features(encoder: Any, prompts: Sequence[str], media: Sequence[bytes
 def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes: Sequence[Any], *,
                        name: str, modality: str, folds: int = 5, noise_level: float | None = None,
                        cfg: HeadConfig = HeadConfig(), vote_dimensions: Sequence[str] | None = None,
-                       encoder: Any = None, base_model: str | None = None,
+                       encoder: Any = None, base_model: str | None = None, features_cache: Path | None = None,
+                       on_fold: Callable[[int, float | None], None] = lambda _f, _acc: None,
                        progress: Callable[[str], None] = lambda _m: None) -> tuple[LearnedReward, dict[str, Any]]:
     """Train a reward model on ``votes`` (storage ``Vote``s over the candidates in ``media``:
     id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics.
     ``vote_dimensions``: the dimension each vote is about (default: all overall); the head has one
     output per dimension, in order of first appearance with overall first. ``encoder``: read a
     pretrained encoder's features of the candidates instead of ``adapter``'s (``base_model`` then
-    names whose candidates the votes are about)."""
+    names whose candidates the votes are about). ``features_cache``: a file that keeps the features
+    (a resumed run reads them back instead of computing them again); ``on_fold(fold, accuracy)`` is
+    called after each fold of the held-out accuracy and with fold ``folds`` after the final fit."""
     if not votes:
         raise ValueError("no votes to learn from: judge some candidates first")
     vote_dimensions = list(vote_dimensions) if vote_dimensions is not None else ["overall"] * len(votes)
@@ -287,7 +292,11 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
             str(getattr(adapter.score_kind, "value", adapter.score_kind)) in ("diffusion", "flow") else 0.0
     ids = sorted({g for v in votes for g in (v.x, v.y)})
     index = {g: i for i, g in enumerate(ids)}
-    if encoder is not None:
+    backbone = "own-features" if encoder is None else ENCODER_PREFIX + encoder.source
+    feats = _cached_features(features_cache, ids, backbone, noise_level, cfg.seed)
+    if feats is not None:
+        progress(f"read the features of {len(ids)} candidates back from {features_cache.name}")
+    elif encoder is not None:
         progress(f"reading {encoder.source}'s features of {len(ids)} candidates")
         feats = encoder_features(encoder, [media[g][0] for g in ids], [media[g][1] for g in ids])
     else:
@@ -297,22 +306,51 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
                                             noise_level=noise_level, seed=cfg.seed)
         except NotImplementedError as e:
             raise ValueError(f"this {modality} model has no backbone a reward model can read: {e}") from None
+    if features_cache is not None:
+        _save_features(features_cache, feats, ids, backbone, noise_level, cfg.seed)
     a = torch.tensor([index[v.x] for v in votes])
     b = torch.tensor([index[v.y] for v in votes])
     p = torch.tensor([float(v.p) for v in votes])
     progress(f"{folds}-fold held-out accuracy on {len(votes)} votes about {', '.join(dimensions)}")
-    metrics = kfold_accuracy(feats, a, b, p, cfg, folds, dim, dimensions)
+    metrics = kfold_accuracy(feats, a, b, p, cfg, folds, dim, dimensions, on_fold)
     progress("training on every vote")
     head = fit_head(feats, a, b, p, cfg, len(dimensions), dim)
     r, n = pair_accuracy(head, feats, a, b, p, dim)
+    on_fold(folds, r / n if n else None)
     metrics.update(train_accuracy=r / n if n else None, votes=len(votes), candidates=len(ids),
                    ties=int(((p - 0.5).abs() <= TIE_EPS).sum()))
     meta = {"name": name, "modality": modality, "base_model": base_model or getattr(adapter, "model_name", None),
             "base_revision": None if encoder is not None else getattr(adapter, "revision", None),
-            "backbone": "own-features" if encoder is None else ENCODER_PREFIX + encoder.source,
+            "backbone": backbone,
             "encoder_revision": getattr(encoder, "revision", None),
             "noise_level": noise_level, "feature_seed": cfg.seed, "dimensions": dimensions,
             "theta": cfg.theta, "head": {"hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
                                          "weight_decay": cfg.weight_decay},
             "data_hash": data_hash(votes, vote_dimensions), "metrics": metrics}
     return LearnedReward(None if encoder is not None else adapter, head, meta, encoder), metrics
+
+
+def _cached_features(path: Path | None, ids: Sequence[int], backbone: str, noise_level: float,
+                     seed: int) -> torch.Tensor | None:
+    """The features saved at ``path`` if they are of these candidates, read the same way; else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            key = json.dumps({"ids": list(ids), "backbone": backbone, "noise_level": noise_level, "seed": seed})
+            return f.get_tensor("features") if meta.get("key") == key else None
+    except Exception:  # noqa: BLE001 - a damaged cache is computed again
+        return None
+
+
+def _save_features(path: Path, feats: torch.Tensor, ids: Sequence[int], backbone: str, noise_level: float,
+                   seed: int) -> None:
+    from safetensors.torch import save_file
+
+    key = json.dumps({"ids": list(ids), "backbone": backbone, "noise_level": noise_level, "seed": seed})
+    tmp = Path(path).with_suffix(".tmp")
+    save_file({"features": feats.contiguous()}, str(tmp), metadata={"key": key})
+    tmp.replace(path)

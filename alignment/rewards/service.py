@@ -37,12 +37,13 @@ def offered(store: Any, modality: str) -> list[dict[str, Any]]:
 def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | None = None, folds: int = 5,
           noise_level: float | None = None, cfg: HeadConfig = HeadConfig(),
           dimensions: Sequence[str] | None = None, backbone: str | None = None, device: str | None = None,
-          progress: Callable[[str], None] = lambda _m: None) -> tuple[Any, dict[str, Any]]:
+          progress: Callable[[str], None] = lambda _m: None, **hooks: Any) -> tuple[Any, dict[str, Any]]:
     """Train reward model ``name`` (its next version) on the judgments of ``model``'s candidates (default:
     the loaded model's) and record it; returns (record, metrics). ``dimensions``: those to learn, one
     head each (default: every dimension of the modality that has votes). ``backbone``: None reads the
     loaded model's own features (``adapter``); else a pretrained encoder's hub id or folder (CLIP,
-    SigLIP, CLAP; ``adapter`` may then be None)."""
+    SigLIP, CLAP; ``adapter`` may then be None). ``hooks``: ``features_cache`` and ``on_fold`` of
+    :func:`~alignment.rewards.learned.train_reward_model` (a queued run uses them)."""
     if name in programmatic(modality):
         raise ValueError(f"{name!r} is a built-in reward of {modality}; give the learned one another name")
     if "+" in name or "@" in name:
@@ -81,7 +82,7 @@ def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | No
     media = {g.id: (g.prompt, store.media_bytes(g)) for g in store.get_generations(ids)}
     reward, metrics = train_reward_model(adapter, media, votes, name=name, modality=modality, folds=folds,
                                          noise_level=noise_level, cfg=cfg, vote_dimensions=vote_dimensions,
-                                         encoder=encoder, base_model=model, progress=progress)
+                                         encoder=encoder, base_model=model, progress=progress, **hooks)
     version = store.next_reward_version(name)
     reward.meta["version"] = reward.version = version
     rel = Path("rewards") / name / f"v{version}.safetensors"

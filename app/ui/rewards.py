@@ -1,19 +1,17 @@
 """Rewards: reward models learned from your votes (and the programmatic ones a modality offers).
 
-Training reads the loaded model's own features of every judged candidate and fits a small head with
-Bradley-Terry with ties (``alignment.rewards``); it takes seconds to a minute, so it runs here rather
-than in the run queue, never while a training run holds the GPU."""
+Training is a run of the queue (``alignment.rewards.run``: the Train tab lists it, cancels and resumes
+it): it reads the model's own features of every judged candidate (or a pretrained encoder's) and fits
+a small head per dimension with Bradley-Terry with ties (``alignment.rewards``); this tab follows it."""
 from __future__ import annotations
 
-import contextlib
 import time
 
 import gradio as gr
 import pandas as pd
 
 from alignment.rewards import service
-from alignment.rewards.learned import HeadConfig
-from app.generation import default_model, device_lock, generate_candidates, get_adapter
+from app.generation import default_model, generate_candidates, get_adapter
 
 from .common import err, modality_choices, opt_box, opt_float, opt_int
 
@@ -31,45 +29,47 @@ class RewardsTab:
         return pd.DataFrame([{"name": r["name"], "kind": r["kind"], "dimensions": ", ".join(r["dimensions"]),
                               "about": r["about"]} for r in rows], columns=["name", "kind", "dimensions", "about"])
 
-    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone="", progress=gr.Progress()):
-        lines: list[str] = []
-        t0 = time.monotonic()
-
-        def note(msg: str) -> None:
-            lines.append(f"{time.monotonic() - t0:5.1f}s {msg}")
-            progress(0.0, desc=msg)
-
+    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone=""):
+        """Queue the reward model's training as a run (the Train tab lists it, with cancel and resume) and
+        follow it here until it ends."""
         try:
-            name = (name or "").strip()
-            if not name:
-                raise ValueError("name the reward model first (e.g. my-taste)")
-            model = (model or "").strip() or default_model(modality)
-            cfg = HeadConfig(hidden=opt_int(hidden, "hidden units") if str(hidden).strip() else 64,
-                             epochs=opt_int(epochs, "steps") or 300)
-            backbone = (backbone or "").strip() or None
-            with device_lock(None):
-                if backbone:  # a pretrained encoder reads the candidates; the generator is not needed
-                    adapter, lock = None, contextlib.nullcontext()
-                    note(f"loading encoder {backbone}")
-                else:
-                    note(f"loading {model}")
-                    adapter, lock = get_adapter(self.store, modality, model)
-                with lock:
-                    record, m = service.train(self.store, adapter, modality=modality, name=name, model=model,
-                                              folds=opt_int(folds, "folds") or 5, noise_level=opt_float(noise, "noise level"),
-                                              cfg=cfg, backbone=backbone, progress=note)
-            acc = m["heldout_accuracy"]
-            summary = (f"**{record.label}** trained on {m['votes']} votes ({m['ties']} ties) over {m['candidates']} "
-                       f"candidates: held-out pair accuracy **{'n/a' if acc is None else f'{acc:.1%}'}** "
-                       f"({m['folds']}-fold over distinct pairs, {m['heldout_votes']} decided votes); "
-                       f"{m['train_accuracy']:.1%} on its training votes. File: `{record.path}`.")
-            if len(record.dimensions) > 1:
-                from app.rewards import per_dimension_text
-
-                summary += f" Per dimension: {per_dimension_text(m)}."
-            return summary + "\n\n```\n" + "\n".join(lines) + "\n```", self.table(modality)
+            settings = {"modality": modality, "model": (model or "").strip() or None, "name": (name or "").strip(),
+                        "folds": opt_int(folds, "folds") or 5, "noise_level": opt_float(noise, "noise level"),
+                        "hidden": opt_int(hidden, "hidden units") if str(hidden or "").strip() else 64,
+                        "epochs": opt_int(epochs, "steps") or 300, "backbone": (backbone or "").strip() or None}
+            run = self.ui.queue.submit_reward(settings)
         except Exception as e:  # noqa: BLE001 - shown on the page
-            return err(e), self.table(modality)
+            yield err(e), self.table(modality)
+            return
+        shown = None
+        while True:
+            run = self.store.get_run(run.id)
+            if run.status == "completed":
+                break
+            if run.status in ("failed", "cancelled"):
+                yield err(ValueError(f"run {run.id} {run.status}: {run.error}")), self.table(modality)
+                return
+            m = run.last_metrics or {}
+            line = (f"Run {run.id} ({run.status}): step {run.step or 0} of {run.total_steps or '?'}"
+                    + (f", {m['phase']}" if m.get("phase") else "") + " — cancel or resume it in the Train tab.")
+            if line != shown:
+                shown = line
+                yield line, gr.update()
+            time.sleep(0.5)
+        m = run.last_metrics
+        name, _, version = m["reward_model"].partition("@v")
+        record = self.store.get_reward_model(name, int(version))
+        m = record.metrics
+        acc = m["heldout_accuracy"]
+        summary = (f"**{record.label}** trained on {m['votes']} votes ({m['ties']} ties) over {m['candidates']} "
+                   f"candidates: held-out pair accuracy **{'n/a' if acc is None else f'{acc:.1%}'}** "
+                   f"({m['folds']}-fold over distinct pairs, {m['heldout_votes']} decided votes); "
+                   f"{m['train_accuracy']:.1%} on its training votes. File: `{record.path}` (run {run.id}).")
+        if len(record.dimensions) > 1:
+            from app.rewards import per_dimension_text
+
+            summary += f" Per dimension: {per_dimension_text(m)}."
+        yield summary, self.table(modality)
 
     def names(self, modality) -> list[str]:
         try:
