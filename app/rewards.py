@@ -132,6 +132,7 @@ def cmd_reward_label(args: argparse.Namespace) -> int:
         else:
             prompts = store.judged_prompts(args.modality, model)
         prompts = prompts[: args.limit] if args.limit else prompts
+        prompts = service.prompts_with_variations(args.modality, prompts, args.variations, args.seed)
         adapter, lock = get_adapter(store, args.modality, model, device=args.device)
         reward = service.load(store, args.reward, args.modality, adapter, how=args.how)
         counter = iter(range(10**9))
@@ -194,6 +195,8 @@ def add_parser(sub, add) -> None:
                    "model must have been trained on this model's candidates")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (default: the prompts you judged)")
     p.add_argument("--limit", type=int, help="label at most this many prompts")
+    p.add_argument("--variations", type=int, default=0, metavar="N", help="also label N variations of each prompt "
+                   "(new prompts like it, e.g. one attribute changed; the modality makes them)")
     p.add_argument("-k", type=int, default=4, help="candidates per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first candidate (each next one +1)")
     p.add_argument("--how", default="mean", choices=["mean", "win-share"], help="how an ensemble combines")

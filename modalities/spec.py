@@ -123,7 +123,9 @@ class ModalitySpec:
       passed to ``ModalityAdapter.configure_training``), e.g. how flow models draw training times;
     - ``rewards``: programmatic rewards of its world (:class:`Reward`), offered next to learned ones;
     - ``dimensions``: what a judgment of its candidates may be about, ``overall`` first (the A/B view
-      offers them as per-dimension votes; training reads one at a time, ``overall`` by default).
+      offers them as per-dimension votes; training reads one at a time, ``overall`` by default);
+    - ``variations``: ``"module:function"`` of ``(prompts, n, seed) -> new prompts`` like them (labelling
+      with a reward model widens the user's prompts with them), or None.
     """
 
     name: str
@@ -144,6 +146,7 @@ class ModalitySpec:
     train_options: tuple[Setting, ...] = ()
     rewards: tuple[Reward, ...] = ()
     dimensions: tuple[str, ...] = DEFAULT_DIMENSIONS
+    variations: str | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:

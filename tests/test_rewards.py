@@ -338,3 +338,35 @@ def test_active_selection_asks_the_least_sure_pair_first():
     ens = Ensemble([_Fixed("a", [0.0, 2.0, 1.0]), _Fixed("b", [0.0, -2.0, 1.0])])
     order, _ = least_sure_first([(0, 2), (0, 1), (1, 2)], ens, "p", [b""] * 3)
     assert order[0] in {(0, 1), (1, 2)} and order[-1] == (0, 2)
+
+
+# -- prompt variations for labelling ---------------------------------------------------------------
+
+def test_prompt_variations_change_one_attribute_or_the_numbers(tmp_path, capfd):
+    from modalities.image.shapes import parse_prompt
+
+    prompts = ["two small red circles on a blue background", "a large green square on a white background on the left"]
+    out = service.prompts_with_variations("image", prompts + ["a photo of a cat"], 3, seed=1)
+    assert out[:3] == prompts + ["a photo of a cat"] and len(out) == 3 + 6 and len(set(out)) == len(out)
+    for varied in out[3:]:
+        spec = parse_prompt(varied)
+        assert spec is not None
+        diffs = [min(sum(a != b for a, b in zip(spec.__dict__.values(), parse_prompt(p).__dict__.values()))
+                     for p in prompts)]
+        assert diffs == [1], varied
+    text = service.prompts_with_variations("text", ["What is 12 + 7 * 3?", "Say hi."], 2, seed=0)
+    assert text[:2] == ["What is 12 + 7 * 3?", "Say hi."] and len(text) == 4
+    import re as _re
+
+    assert all(_re.fullmatch(r"What is \d\d \+ \d \* \d\?", t) for t in text[2:]), text
+    assert service.prompts_with_variations("image", prompts, 0) == prompts
+    # labelling the judged prompts and their variations from the CLI
+    one = tmp_path / "one.txt"
+    one.write_text(prompts[0] + "\n")
+    data = tmp_path / "data"
+    assert main(["reward", "label", "taste-saturated", "--prompts-file", str(one), "--variations", "1", "-k", "2",
+                 "--data-dir", str(data)]) == 0
+    assert "2 rankings of 2 candidates" in capfd.readouterr().out
+    with Store.open(data) as store:
+        labelled = {g.prompt for g in store.list_generations(modality="image")}
+        assert prompts[0] in labelled and len(labelled) == 2

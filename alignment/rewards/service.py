@@ -130,6 +130,23 @@ def needs_model(store: Any, name: str, modality: str) -> bool:
     return False
 
 
+def prompts_with_variations(modality: str, prompts: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """``prompts`` followed by ``n`` variations of each (the modality's ``variations``: new prompts like
+    them, e.g. one attribute changed), for labelling beyond the prompts the user judged."""
+    prompts = [p for p in (q.strip() for q in prompts) if p]
+    if n <= 0:
+        return prompts
+    from modalities import registry
+
+    target = registry.spec(modality).variations
+    if target is None:
+        raise ValueError(f"{modality} offers no prompt variations; give a prompt list instead")
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return prompts + list(getattr(importlib.import_module(module), attr)(prompts, n, seed))
+
+
 LABEL_CONTEXT = "reward-label"  # the context of judgments a reward model casts (train on them or not: --contexts)
 
 

@@ -77,7 +77,8 @@ class RewardsTab:
         except Exception:  # noqa: BLE001 - an empty list; the table shows the error
             return []
 
-    def label(self, modality, model, reward_name, prompts_text, k, seed, soft=False, progress=gr.Progress()):
+    def label(self, modality, model, reward_name, prompts_text, k, seed, soft=False, variations="",
+              progress=gr.Progress()):
         try:
             if not reward_name:
                 raise ValueError("choose a reward model to label with")
@@ -88,6 +89,10 @@ class RewardsTab:
             first = opt_int(seed, "first seed") or 0
             prompts = [p for p in (prompts_text or "").splitlines() if p.strip()] or \
                 self.store.judged_prompts(modality, model)
+            n_var = opt_int(variations, "variations per prompt") or 0
+            if not 0 <= n_var <= 20:
+                raise ValueError(f"variations per prompt must be between 0 and 20, got {n_var}")
+            prompts = service.prompts_with_variations(modality, prompts, n_var, first)
             adapter, lock = get_adapter(self.store, modality, model)
             reward = service.load(self.store, reward_name, modality, adapter)
             counter = iter(range(10**9))
@@ -139,6 +144,7 @@ class RewardsTab:
                                      elem_id="label-reward")
             lab_k = opt_box("Candidates per prompt", placeholder="4", elem_id="label-k")
             lab_seed = opt_box("First seed", placeholder="0", elem_id="label-seed")
+            lab_var = opt_box("Variations per prompt", placeholder="0", elem_id="label-variations")
             lab_soft = gr.Checkbox(False, label="Soft pairwise votes (preference probabilities, for iREPO) "
                                    "instead of rankings", elem_id="label-soft")
         lab_prompts = gr.Textbox(value="", lines=4, label="Prompts, one per line (empty: the prompts you judged)",
@@ -151,7 +157,8 @@ class RewardsTab:
 
         go.click(self.train, [modality, model, name, folds, noise, hidden, epochs, backbone], [status, table]).then(
             refresh, modality, [table, lab_reward])
-        lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed, lab_soft], lab_status)
+        lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed, lab_soft, lab_var],
+                     lab_status)
         modality.change(lambda m: (gr.update(placeholder=default_model(m)), *refresh(m)), modality,
                         [model, table, lab_reward])
         tab.select(refresh, modality, [table, lab_reward])

@@ -30,6 +30,7 @@ SPEC = ModalitySpec(
                 "(default, as their own trainers do), shifted (the scheduler's shifted density) or uniform",
                 choices=("logit-normal", "shifted", "uniform")),
     ),
+    variations="modalities.image.shapes:variations",
     rewards=(
         Reward("shapes-judge", "the shapes world's judge: share of the prompt's attributes in the image",
                "modalities.image.rewards:adherence", dimension="prompt"),
@@ -40,5 +41,9 @@ SPEC = ModalitySpec(
         Reward("taste-large", "a simulated user who likes big shapes", "modalities.image.rewards:large"),
         Reward("taste-clean", "a simulated user who likes flat, noise-free backgrounds",
                "modalities.image.rewards:clean"),
+        Reward("taste-muted", "a simulated user who likes soft, muted colours (the opposite of taste-saturated)",
+               "modalities.image.rewards:muted"),
+        Reward("taste-small", "a simulated user who likes small shapes (the opposite of taste-large)",
+               "modalities.image.rewards:small"),
     ),
 )

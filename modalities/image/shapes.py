@@ -16,7 +16,8 @@ adherence (see ../shared/DESIGN.md, "Built-in default models").
   components for the shapes).
 - :data:`TASTES` are simulated users with a consistent preference that is not
   prompt adherence: saturated colours, centred composition, large shapes,
-  clean backgrounds.
+  clean backgrounds, and two who want the opposite of two of those (muted
+  colours, small shapes; :data:`OPPOSITES`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -124,6 +125,35 @@ def sample_spec(rng: random.Random) -> Spec:
     background = rng.choice([b for b in BACKGROUNDS if b != colour])
     position = rng.choice(POSITIONS) if count == 1 and rng.random() < 0.5 else None
     return Spec(count, rng.choice(SIZES), colour, rng.choice(SHAPES), background, position)
+
+
+def variations(prompts: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` new prompts for each shapes-world prompt of ``prompts``, each with one attribute changed
+    (count, size, colour, shape, background or position), none of them already in ``prompts``; prompts
+    outside the world's grammar have none."""
+    rng = random.Random(seed)
+    seen, out = set(prompts), []
+    for prompt in prompts:
+        spec = parse_prompt(prompt)
+        if spec is None:
+            continue
+        made = 0
+        for _ in range(50 * n):
+            if made == n:
+                break
+            attr = rng.choice(["count", "size", "colour", "shape", "background", "position"])
+            values = {"count": COUNTS, "size": SIZES, "colour": SHAPE_COLOURS, "shape": SHAPES,
+                      "background": BACKGROUNDS, "position": (None, *POSITIONS)}[attr]
+            try:
+                varied = Spec(**{**spec.__dict__, attr: rng.choice(values)})
+            except ValueError:  # e.g. a colour equal to the background, a position for two shapes
+                continue
+            text = prompt_of(varied)
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
+                made += 1
+    return out
 
 
 def vocabulary() -> list[str]:
@@ -534,12 +564,19 @@ TASTES: dict[str, Taste] = {
         Taste("centered", "likes the shapes gathered at the centre of the image", _centredness, 0.03),
         Taste("large", "likes big shapes", _largeness, 0.005),
         Taste("clean", "likes flat, noise-free backgrounds", _cleanliness, 0.005),
+        # two users who want the opposite of two above (one person's adapter is theirs, not a generic "better")
+        Taste("muted", "likes soft, muted colours", lambda img: -_saturation(img), 0.05),
+        Taste("small", "likes small shapes", lambda img: -_largeness(img), 0.005),
     )
 }
+#: tastes that want the opposite of each other
+OPPOSITES = {"saturated": "muted", "muted": "saturated", "large": "small", "small": "large"}
 
 def true_taste_value(taste: str, spec: Spec, truth: dict) -> float:
     """What a taste is meant to measure, from a render's ground truth."""
     style: Style = truth["style"]
+    if taste in OPPOSITES and taste not in ("saturated", "large"):
+        return -true_taste_value(OPPOSITES[taste], spec, truth)
     if taste == "saturated":
         return style.saturation
     if taste == "clean":
@@ -553,4 +590,4 @@ def true_taste_value(taste: str, spec: Spec, truth: dict) -> float:
 
 
 # How far apart two renders must be in the true value for a taste to be held to it.
-TASTE_MARGINS = {"saturated": 0.15, "clean": 0.02, "large": 0.02, "centered": 0.08}
+TASTE_MARGINS = {"saturated": 0.15, "clean": 0.02, "large": 0.02, "centered": 0.08, "muted": 0.15, "small": 0.02}

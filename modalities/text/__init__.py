@@ -33,6 +33,7 @@ SPEC = ModalitySpec(
     ),
     load_options=(Setting("trust_remote_code", bool, "run code a model ships with (auto_map); off unless you "
                           "have read that code", default=False),),
+    variations="modalities.text.prompts:variations",
     rewards=(
         Reward("arith-correct", "the arithmetic world's judge: 1 for a right final answer (expression prompts)",
                "modalities.text.rewards:correct", dimension="prompt"),

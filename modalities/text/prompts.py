@@ -1,7 +1,9 @@
 """The prompt a text model saw, for exports: tokenizers only, loaded once per model."""
 from __future__ import annotations
 
-from typing import Any
+import random
+import re
+from typing import Any, Sequence
 
 from .adapter import ModelLoadError, render_prompt, resolve_model
 
@@ -33,3 +35,26 @@ class TokenizerPrompts:
 
     def render(self, model: str, prompt: str) -> str:
         return render_prompt(self._tokenizer(model), prompt)
+
+
+def variations(prompts: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` new prompts for each prompt of ``prompts`` that holds numbers: the same words with every number
+    replaced by another of as many digits (an arithmetic question stays one, with other values); none of
+    them already in ``prompts``. Prompts without numbers have none."""
+    rng = random.Random(seed)
+    seen, out = set(prompts), []
+    number = re.compile(r"\d+")
+    for prompt in prompts:
+        if not number.search(prompt):
+            continue
+        made = 0
+        for _ in range(50 * n):
+            if made == n:
+                break
+            text = number.sub(lambda m: str(rng.randrange(10 ** (len(m[0]) - 1) if len(m[0]) > 1 else 0,
+                                                          10 ** len(m[0]))), prompt)
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
+                made += 1
+    return out
