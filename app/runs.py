@@ -162,7 +162,8 @@ def record_trainer_exit(store: Store, run_id: int, code: int | None, last_output
 
 
 def pid_alive(pid: int | None) -> bool:
-    """Whether ``pid`` is a live (not zombie) ``alignment.train`` process."""
+    """Whether ``pid`` is a live (not zombie) trainer: ``alignment.train`` (an adapter) or
+    ``alignment.rewards.run`` (a reward model)."""
     if not pid:
         return False
     try:
@@ -172,7 +173,8 @@ def pid_alive(pid: int | None) -> bool:
     proc = Path(f"/proc/{int(pid)}")
     if proc.exists():  # Linux: rule out a recycled pid and a zombie
         try:
-            if "alignment.train" not in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "alignment.train" not in cmdline and "alignment.rewards.run" not in cmdline:
                 return False
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
             return state != "Z"

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -172,14 +174,17 @@ def test_queue_runs_one_at_a_time_and_records_a_silent_crash(store, data_dir, mo
 
 def test_cancel_a_queued_run_and_a_started_one(store, data_dir, monkeypatch):
     # a stand-in trainer that takes a second to "checkpoint" on SIGTERM, then exits without recording anything
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(130)))\ntime.sleep(60)")
-    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", code, "alignment.train"])
+    code = ("import pathlib, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(130)))\n"
+            "pathlib.Path(sys.argv[2], 'ready').touch()\ntime.sleep(60)")  # ready: its handler is in place
+    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", code, "alignment.train",
+                                                                str(run_dir)])
+    ready = lambda run: (Path(store.get_run(run.id).run_dir) / "ready").exists()  # noqa: E731
     q = runs.RunQueue(data_dir, poll=0.05).start()
     try:
         a = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
         b = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
-        _wait(lambda: q.running_run() == a.id and runs.pid_alive(store.get_run(a.id).pid))
+        _wait(lambda: q.running_run() == a.id and runs.pid_alive(store.get_run(a.id).pid) and ready(a))
         assert q.cancel(b.id) == f"run {b.id} removed from the queue"
         assert store.get_run(b.id).status == "cancelled"
         assert "stopping" in q.cancel(a.id)
@@ -190,7 +195,7 @@ def test_cancel_a_queued_run_and_a_started_one(store, data_dir, monkeypatch):
             q.cancel(a.id)
         # a trainer marks its run cancelled a moment before its process exits: resume waits for the exit
         c = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
-        _wait(lambda: q.running_run() == c.id and runs.pid_alive(store.get_run(c.id).pid))
+        _wait(lambda: q.running_run() == c.id and runs.pid_alive(store.get_run(c.id).pid) and ready(c))
         q.cancel(c.id)
         store.update_run(c.id, status="cancelled", error="stopped at step 0; resume with --resume")
         with pytest.raises(ValueError, match="still stopping"):
@@ -296,14 +301,16 @@ def test_an_adopted_run_frees_the_gpu_when_it_completes(store, data_dir):
 
 
 def test_a_trainer_that_ignores_cancel_is_killed_by_a_second_one_later(store, data_dir, monkeypatch):
-    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
-    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", code, "alignment.train"])
+    code = ("import pathlib, signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "pathlib.Path(sys.argv[2], 'ready').touch()\ntime.sleep(60)")
+    monkeypatch.setattr(runs, "train_command", lambda run_dir: [sys.executable, "-c", code, "alignment.train",
+                                                                str(run_dir)])
     monkeypatch.setattr(runs, "KILL_AFTER_S", 0.5)
     q = runs.RunQueue(data_dir, poll=0.05).start()
     try:
         a = q.submit(modality="image", method="diffusion-dpo", settings={"model": "m", "steps": 2})
-        _wait(lambda: q.running_run() == a.id and runs.pid_alive(store.get_run(a.id).pid))
-        time.sleep(0.3)  # let the stand-in install its handler
+        _wait(lambda: q.running_run() == a.id and runs.pid_alive(store.get_run(a.id).pid)
+              and (Path(store.get_run(a.id).run_dir) / "ready").exists())  # its handler is in place
         assert "stopping" in q.cancel(a.id)
         assert q.cancel(a.id) == f"run {a.id} is already stopping"
         time.sleep(0.6)
@@ -311,3 +318,20 @@ def test_a_trainer_that_ignores_cancel_is_killed_by_a_second_one_later(store, da
         _wait(lambda: store.get_run(a.id).status == "cancelled")
     finally:
         q.stop()
+
+
+def test_pid_alive_knows_both_trainers():
+    """A reward model's run (alignment.rewards.run) is watched, cancelled and reconciled like an adapter's."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", name])
+             for name in ("alignment.train", "alignment.rewards.run", "something.else")]
+    try:
+        deadline = time.time() + 600
+        while not all(b"time.sleep(60)" in Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in procs):  # exec'd
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert [runs.pid_alive(p.pid) for p in procs] == [True, True, False]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert not runs.pid_alive(procs[0].pid)
