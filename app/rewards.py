@@ -157,6 +157,19 @@ def cmd_reward_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward_export(args: argparse.Namespace) -> int:
+    from alignment.rewards import service
+
+    with _open(args) as store:
+        out = service.export(store, args.name, args.out)
+    if args.json:
+        _print_json({"path": str(out)})
+    else:
+        print(f"wrote {out} (safetensors: the head's weights; its metadata names the base model, backbone, "
+              "dimensions, data hash and accuracy)")
+    return 0
+
+
 def add_parser(sub, add) -> None:
     """The ``reward`` command group (``add`` is cli's helper that adds a subcommand)."""
     from modalities import registry
@@ -204,6 +217,11 @@ def add_parser(sub, add) -> None:
                    "the reward model's preference probability (an ensemble's: the share of its members that agree), "
                    "for iREPO")
     p.add_argument("--device", help="cpu or cuda")
+
+    p = add("export", cmd_reward_export, "copy a learned reward model's safetensors file out of the data directory",
+            parent=rw_sub)
+    p.add_argument("name", metavar="NAME", help="NAME (its latest version) or NAME@vN")
+    p.add_argument("out", metavar="OUT", help="a .safetensors file, or a folder")
 
     p = add("score", cmd_reward_score, "score stored candidates with a reward model (or an ensemble A+B)",
             parent=rw_sub)

@@ -204,6 +204,10 @@ def test_reward_cli_trains_lists_scores_and_refuses_bad_input(tmp_path, capsys):
         next(r for r in rows if r["name"] == "vivid@v1").items() and any(r["name"] == "taste-saturated" for r in rows)
     assert main(["reward", "score", "vivid+taste-saturated", str(ids[0]), str(ids[1]), "--json", *base]) == 0
     scored = json.loads(capsys.readouterr().out)
+    assert main(["reward", "export", "vivid@v1", str(tmp_path / "out"), *base]) == 0
+    assert "wrote" in capsys.readouterr().out
+    meta = LearnedReward.read_meta(tmp_path / "out" / "vivid-v1.safetensors")
+    assert meta["name"] == "vivid" and meta["base_model"] == "shapes-diffusion" and meta["data_hash"]
     assert sorted(r["generation"] for r in scored) == sorted(ids[:2])
     assert all(set(r) == {"generation", "overall"} for r in scored)
     # fewer votes than folds

@@ -207,6 +207,31 @@ def label(store: Any, reward: RewardModel, generate: Callable[[str], Sequence[An
             "annotator": reward.annotator, "context": LABEL_CONTEXT}
 
 
+def record_of(store: Any, name: str) -> Any:
+    """The stored reward model ``NAME`` (latest version) or ``NAME@vN``."""
+    m = _VERSIONED.fullmatch(name)
+    return store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(name)
+
+
+def export(store: Any, name: str, out: Path) -> Path:
+    """Copy a learned reward model's safetensors file (head weights; base model, backbone, dimensions,
+    data hash and metrics in its metadata) to ``out`` (a file, or a folder to put ``NAME-vN.safetensors``
+    in), checked as a Palate reward model file first."""
+    import shutil
+
+    record = record_of(store, name)
+    src = Path(store.data_dir) / record.path
+    LearnedReward.read_meta(src)  # refuses a damaged or foreign file
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        out = out / f"{record.name}-v{record.version}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    shutil.copyfile(src, tmp)
+    tmp.replace(out)
+    return out
+
+
 def load_file(path: Path, adapter: Any) -> LearnedReward:
     """A reward model from a file (anything but a Palate reward safetensors file is refused)."""
     return LearnedReward.load(Path(path), adapter)
