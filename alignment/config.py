@@ -59,6 +59,10 @@ class TrainConfig:
     run_id: int | None = None  # the run's row in the store
     modality_source: str | None = None  # "module:SPEC" of a plugin modality (None: built in), for the trainer
     modality_options: dict[str, Any] = field(default_factory=dict)  # the modality's train_options (its spec)
+    # online methods (SPO): the reward model that judges samples (a programmatic one such as taste-saturated,
+    # a learned one by name[@vN], or an ensemble a+b), and the prompts to sample (None: the stored prompts)
+    reward_model: str | None = None
+    prompts: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in LOSSES:
@@ -97,6 +101,22 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"loss_kwargs {sorted(unknown)} do not apply to {self.method}; it takes "
                              f"{', '.join(sorted(allowed)) or 'none'}")
+        spec.check_kwargs(self.loss_kwargs)
+        if spec.online:
+            merged = {**spec.defaults, **self.loss_kwargs}
+            if "shared_steps" in merged and float(merged["shared_steps"]) >= float(merged["sample_steps"]):
+                raise ValueError(f"{self.method} shared_steps ({merged['shared_steps']}) must be fewer than sample_steps "
+                                 f"({merged['sample_steps']})")
+        if spec.needs_reward and not (isinstance(self.reward_model, str) and self.reward_model.strip()):
+            raise ValueError(f"{self.method} scores its samples with a reward model: set reward_model to a programmatic "
+                             "one (e.g. taste-saturated) or one trained on your votes (python -m app reward train)")
+        if not spec.needs_reward and self.reward_model is not None:
+            raise ValueError(f"reward_model is for online methods; {self.method} trains on stored judgments")
+        if self.prompts is not None and (isinstance(self.prompts, str) or not all(
+                isinstance(p, str) and p.strip() for p in self.prompts) or not self.prompts):
+            raise ValueError("prompts must be a non-empty list of prompts")
+        if self.prompts is not None and not spec.online:
+            raise ValueError(f"prompts are for online methods; {self.method} trains on the stored judgments' prompts")
         if "nll" in self.loss_kwargs:
             try:
                 nll = float(self.loss_kwargs["nll"])
@@ -142,7 +162,7 @@ class TrainConfig:
         d.pop("run_id", None)
         d.pop("device", None)
         for key, default in (("score_reduction", "auto"), ("nll_reduction", "score"), ("modality_source", None),
-                             ("modality_options", {})):
+                             ("modality_options", {}), ("reward_model", None), ("prompts", None)):
             if d.get(key) == default:  # added later: at its default it leaves older checkpoints' digests as they were
                 d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

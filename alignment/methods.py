@@ -48,6 +48,28 @@ class LossSpec:
     defaults: dict[str, float] = field(default_factory=dict)
     kwarg_help: dict[str, str] = field(default_factory=dict)
     presets: tuple[Preset, ...] = ()
+    # online methods: the example source that samples with the policy during training ("module:Class"),
+    # and the bounds its keyword arguments must keep (name -> (low, high, what it is))
+    source: str | None = None
+    needs_reward: bool = False  # scores its samples with a reward model (the config's reward_model)
+    requires: frozenset[str] = frozenset()  # capabilities the modality must declare (its spec's ``capabilities``)
+    bounds: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+
+    @property
+    def online(self) -> bool:
+        return self.source is not None
+
+    def check_kwargs(self, kwargs: dict[str, Any]) -> None:
+        """Refuse keyword arguments outside their bounds, with what they mean."""
+        for name, (lo, hi, what) in self.bounds.items():
+            if name not in kwargs:
+                continue
+            try:
+                v = float(kwargs[name])
+            except (TypeError, ValueError):
+                v = float("nan")
+            if not lo <= v <= hi:
+                raise ValueError(f"{self.name} {name} must be {what}, got {kwargs[name]!r}")
 
     @property
     def passes_labels(self) -> bool:
@@ -99,6 +121,25 @@ LOSSES: dict[str, LossSpec] = {
                  presets=(Preset("RankDPO · 100 steps", 100, 5e-4, 2000.0),)),
         LossSpec("flow-dpo", "flow_dpo", True, "Liu et al. 2025", 2000.0, 5e-4, "DPO on velocity errors, constant beta",
                  score_kinds=("flow",), presets=(Preset("Flow-DPO · 100 steps", 100, 5e-4, 2000.0),)),
+        LossSpec("spo", "spo", True, "Liang et al. 2024", 10.0, 1e-4, "step-aware: per denoising step, a pool of "
+                 "candidates from one latent, a reward model picks a pair, clipped likelihood-ratio loss; continues "
+                 "from a random candidate (online: samples with the model as it trains)", score_kinds=("diffusion", "flow"),
+                 source="alignment.spo:StepwiseResampler", needs_reward=True, requires=frozenset({"stochastic-step"}),
+                 defaults={"clip": 0.1, "pool": 4, "threshold": 0.3, "sample_steps": 20, "shared_steps": 4,
+                           "guidance": 5.0, "eta": 1.0},
+                 kwarg_help={"clip": "the likelihood ratio to the reference is clamped to [1 - clip, 1 + clip]",
+                             "pool": "candidates drawn per step from the same latent (SDXL: 2)",
+                             "threshold": "a pair is kept when the softmax of its two rewards differs by more than "
+                                          "this (SDXL: 0.4)",
+                             "sample_steps": "denoising steps of a training trajectory",
+                             "shared_steps": "first steps sampled without a pool (layout noise, no pairs)",
+                             "guidance": "classifier-free guidance while sampling and training (built-in model: 3)",
+                             "eta": "the step's noise: DDIM eta (UNet models), SDE noise scale (flow models)"},
+                 bounds={"clip": (1e-6, 1 - 1e-6, "in (0, 1)"), "pool": (2, 64, "2 or more (at most 64)"),
+                         "threshold": (1e-6, 1 - 1e-6, "in (0, 1)"), "sample_steps": (2, 200, "between 2 and 200"),
+                         "shared_steps": (0, 199, "0 or more, fewer than sample_steps"),
+                         "guidance": (0, 30, "between 0 and 30"), "eta": (1e-3, 1, "in (0, 1]")},
+                 presets=(Preset("SPO · 50 steps (needs a reward model)", 50, 1e-4, 10.0),)),
         LossSpec("flow-rwr", "flow_rwr", False, "Liu et al. 2025", 1.0, 5e-4, "reward-weighted flow matching (beta is "
                  "the temperature)", uses_labels=True, score_kinds=("flow",)),
     )
@@ -116,6 +157,8 @@ def losses_for(score_kind: str) -> list[str]:
     return sorted(n for n, s in LOSSES.items() if score_kind in s.score_kinds)
 
 
-def methods_for(score_kinds: tuple[str, ...] | list[str]) -> list[str]:
-    """Methods for any of ``score_kinds`` (a modality's families), in registry order."""
-    return [n for n, s in LOSSES.items() if set(s.score_kinds) & set(score_kinds)]
+def methods_for(score_kinds: tuple[str, ...] | list[str], capabilities: Any = ()) -> list[str]:
+    """Methods for any of ``score_kinds`` (a modality's families) whose required capabilities the
+    modality declares (``capabilities``: its spec's), in registry order."""
+    caps = set(capabilities)
+    return [n for n, s in LOSSES.items() if set(s.score_kinds) & set(score_kinds) and s.requires <= caps]

@@ -95,7 +95,7 @@ def progress_bar(total: int, start: int):
 
     def update(step: int, record: dict[str, Any]) -> None:
         bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('reward_accuracy', math.nan):.2f}")
+        bar.set_postfix(loss=f"{record.get('loss', math.nan):.4f}", acc=f"{record.get('reward_accuracy', math.nan):.2f}")
         if step >= total:
             bar.close()
 

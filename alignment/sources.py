@@ -21,7 +21,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .config import TrainConfig
@@ -36,6 +36,7 @@ class Example:
     generation_ids: tuple[int, ...]
     label: float = 1.0  # the share of votes for the first candidate (soft labels)
     ranks: tuple[int, ...] | None = None  # listwise: rank of each candidate (1 = best; ties equal)
+    payload: Any = field(default=None, compare=False, repr=False)  # online sources: what they sampled
 
 
 class ExampleSource(abc.ABC):
@@ -68,6 +69,20 @@ class ExampleSource(abc.ABC):
     def prompts(self) -> list[str]:
         """Distinct prompts, in order (validation samples use the first few)."""
         return []
+
+    def batch(self, adapter: Any, examples: list[Example]) -> Any:
+        """Online sources: the training batch of their examples (None: the trainer encodes the stored
+        candidates of ``generation_ids``). A micro-batch may hold fewer examples than asked for, or none."""
+        return None
+
+    def score(self, adapter: Any, module: Any, batch: Any, generator: Any) -> Any:
+        """Scores [B, K] of a batch under ``module`` (the policy, or the reference when the trainer has
+        disabled the adapter): by default the modality's score."""
+        return adapter.score(module, batch, generator)
+
+    def metrics(self) -> dict[str, float]:
+        """Figures about the examples last made (online sources), logged with the step's metrics."""
+        return {}
 
     def recurring_key(self, base: int) -> int | None:
         """For cached reference scores: equal keys mean the micro-batch recurs with the same noise

@@ -165,21 +165,26 @@ class Training:
     # -- 2. data: the example source ------------------------------------------------------------
     def load_data(self) -> None:
         cfg, procs = self.cfg, self.procs
-        if self.source is None:
+        if self.source is None and self.spec.online:
+            import importlib
+
+            module, _, name = self.spec.source.partition(":")
+            self.source = getattr(importlib.import_module(module), name)(self.store, cfg, self.spec,
+                                                                        cfg.data_model or self.adapter.model_name)
+        elif self.source is None:
             self.source = StoredJudgments(self.store, cfg, self.spec, cfg.data_model or self.adapter.model_name)
         self.source.bind(self.adapter, self.module)
         self.data_hash = self.source.data_hash()  # in the run record and every exported adapter's metadata
         self.mark(data_hash=self.data_hash)
         self.per_step = cfg.batch_size * cfg.grad_accum * procs.world  # examples per optimizer step, all processes
         n = len(self.source)
-        if n < cfg.batch_size:
+        if n < (1 if self.source.online else cfg.batch_size):
             raise TrainingError(
                 f"too few {self.source.noun} for this run: {n} for a batch size of {cfg.batch_size}"
                 + (f" in the contexts {', '.join(cfg.contexts)}" if cfg.contexts else "")
                 + "; judge more candidates or lower batch_size")
         if procs.main:
-            noun = "rankings" if self.spec.listwise else "pairs"
-            print(f"training {cfg.method} on {n} {noun}: {self.dev.type}, {procs.world} process(es), precision "
+            print(f"training {cfg.method} on {n} {self.source.noun}: {self.dev.type}, {procs.world} process(es), precision "
                   f"{self.precision}, optimizer {self.optimizer_name}"
                   + (f", continuing from {cfg.init_adapter}" if cfg.init_adapter else ""), file=sys.stderr)
 
@@ -249,7 +254,7 @@ class Training:
         if key is not None and key in self._reference_cache:
             return self._reference_cache[key]
         with torch.no_grad(), self.reference_model(self.module), self.autocast():
-            ref = self.adapter.score(self.module, batch, torch.Generator("cpu").manual_seed(seed)).float()
+            ref = self.source.score(self.adapter, self.module, batch, torch.Generator("cpu").manual_seed(seed)).float()
         if key is not None:
             self._reference_cache[key] = ref
         return ref
@@ -262,11 +267,17 @@ class Training:
         # this process's micro-batch: the (micro * world + rank)-th of the step
         base = self.step * self.per_step + (micro * procs.world + procs.rank) * cfg.batch_size
         examples = self.source.examples(base, cfg.batch_size)
-        batch = self.adapter.encode([Group(e.prompt, tuple(self._media(g) for g in e.generation_ids))
-                                     for e in examples])
+        made = {k: v / cfg.grad_accum for k, v in self.source.metrics().items()}
+        if not examples:  # an online source kept nothing this time: no loss, no gradient
+            return made, None
+        batch = self.source.batch(self.adapter, examples)
+        if batch is None:
+            batch = self.adapter.encode([Group(e.prompt, tuple(self._media(g) for g in e.generation_ids))
+                                         for e in examples])
         seed = self.source.noise_seed(base)
         with self.autocast():
-            policy = self.adapter.score(self.module, batch, torch.Generator("cpu").manual_seed(seed)).float()
+            policy = self.source.score(self.adapter, self.module, batch,
+                                       torch.Generator("cpu").manual_seed(seed)).float()
         reference = self._reference_scores(batch, base, seed) if spec.needs_reference else None
         extra: dict[str, Any] = {}
         if spec.passes_labels:
@@ -284,7 +295,7 @@ class Training:
         if not torch.isfinite(loss):
             return {}, loss.item()
         self.scaler.scale(loss / cfg.grad_accum).backward()
-        out = {"loss": loss.item() / cfg.grad_accum}
+        out = {"loss": loss.item() / cfg.grad_accum, **made}
         out.update({k: v / cfg.grad_accum for k, v in metrics.items()})
         return out, None
 

@@ -14,6 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from alignment import rounds
+from alignment.methods import LOSSES
 from modalities import registry
 from storage import ENV_VAR, StoreError
 
@@ -66,7 +67,7 @@ def _setting_flags(p: argparse.ArgumentParser, mods: list[str], which: str = "se
 def _methods_help(mods: list[str]) -> str:
     from alignment.methods import methods_for
 
-    parts = [f"{m}: {', '.join(methods_for(registry.spec(m).score_kinds))}" for m in mods]
+    parts = [f"{m}: {', '.join(methods_for(registry.spec(m).score_kinds, registry.spec(m).capabilities))}" for m in mods]
     parts += [f"{name} ({p.title}; builds its own pairs)" for name, p in rounds.PROCEDURES.items()]
     return "the preference method -- " + "; ".join(parts)
 
@@ -172,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW")
     p.add_argument("--cache-reference", action="store_true", default=None,
                    help="score each micro-batch's reference once and reuse it in later epochs")
+    online = [n for n, spec in LOSSES.items() if spec.online]
+    group = p.add_argument_group("online methods (" + ", ".join(online) + "): they sample with the model as it trains")
+    group.add_argument("--reward-model", metavar="NAME", help="what judges the samples: a programmatic reward (e.g. "
+                       "taste-saturated), a reward model trained on your votes (name or name@vN; python -m app "
+                       "reward train), or an ensemble a+b")
+    group.add_argument("--prompts-file", metavar="FILE", help="prompts to sample, one per line (default: the prompts "
+                       "you generated candidates for)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a keyword argument of the method, "
+                   "repeatable; " + "; ".join(f"{n}: " + ", ".join(f"{k} (default {v:g})" for k, v in LOSSES[n].defaults.items())
+                                               for n in LOSSES if LOSSES[n].defaults))
     _setting_flags(p, mods, "train_options")
     for procedure in rounds.PROCEDURES.values():
         group = p.add_argument_group(f"--method {procedure.name}: {procedure.title}")

@@ -212,6 +212,24 @@ def _train_one(args: argparse.Namespace) -> tuple[int, str | None]:
     overrides = json.loads(Path(args.config).read_text()) if args.config else {}
     if args.nll is not None:
         overrides["loss_kwargs"] = {**overrides.get("loss_kwargs", {}), "nll": args.nll}
+    for text in args.option or []:
+        key, sep, value = text.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not key.strip() or number is None:
+            raise ValueError(f"--option takes KEY=NUMBER (e.g. pool=4), got {text!r}")
+        overrides["loss_kwargs"] = {**overrides.get("loss_kwargs", {}), key.strip(): number}
+    if args.reward_model:
+        overrides["reward_model"] = args.reward_model
+    if args.prompts_file:
+        path = Path(args.prompts_file).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--prompts-file {args.prompts_file}: no such file")
+        overrides["prompts"] = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not overrides["prompts"]:
+            raise ValueError(f"--prompts-file {args.prompts_file} holds no prompt")
     if args.lora_targets:
         overrides["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
     if args.nll_per_token:
@@ -258,7 +276,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     procedure = rounds.get(args.method)
     kinds = registry.spec(args.modality).score_kinds
     if procedure is None:
-        offered = methods_for(kinds)
+        offered = methods_for(kinds, registry.spec(args.modality).capabilities)
         if args.method not in offered:
             procedures = [n for n, p in rounds.PROCEDURES.items() if set(p.score_kinds) & set(kinds)]
             from alignment.methods import LOSSES

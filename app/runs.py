@@ -70,6 +70,7 @@ def create_run(store: Store, *, modality: str, method: str, settings: dict[str, 
     cfg = TrainConfig.from_dict({"modality": modality, "method": method, "data_dir": str(store.data_dir), **overrides})
     if modality in registry.with_spec():
         registry.spec(modality).check_dimension(cfg.dimension)
+    check_online(store, cfg)
     run = store.create_run(modality=cfg.modality, method=cfg.method, base_model=cfg.model, config=cfg.to_dict(),
                            parent_adapter_id=parent.id if parent else None)
     run_dir = store.data_dir / "runs" / f"run-{run.id:04d}"
@@ -77,6 +78,25 @@ def create_run(store: Store, *, modality: str, method: str, settings: dict[str, 
     cfg.save(run_dir)
     run = store.update_run(run.id, run_dir=str(run_dir), config=cfg.to_dict())
     return run, run_dir
+
+
+def check_online(store: Store, cfg: Any) -> None:
+    """Before an online method's run is queued: its reward model exists for the modality, and it has
+    prompts to sample (clear errors now rather than a failed run later)."""
+    from alignment.methods import LOSSES
+
+    spec = LOSSES[cfg.method]
+    if spec.needs_reward:
+        from alignment.rewards import service
+
+        service.check_name(store, cfg.reward_model, cfg.modality)
+    if spec.online and not cfg.prompts:
+        from alignment.spo import stored_prompts
+
+        if not stored_prompts(store, cfg.modality, cfg.data_model or cfg.model):
+            raise ValueError(f"{cfg.method} samples its own candidates for your prompts, and there are none for "
+                             f"{cfg.data_model or cfg.model} yet: generate candidates for a few prompts first, or give "
+                             "a prompt list")
 
 
 def create_reward_run(store: Store, settings: dict[str, Any]) -> tuple[Run, Path]:

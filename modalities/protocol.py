@@ -262,6 +262,22 @@ class ModalityAdapter(abc.ABC):
         ``NotImplementedError``, which the reward trainer reports as a backbone that does not fit."""
         raise NotImplementedError(f"{type(self).__name__} offers no features for a reward model")
 
+    def stochastic_sampler(self, *, steps: int, guidance: float, eta: float, size: int | None = None) -> Any:
+        """A sampler that steps the model stochastically with log-probabilities (online methods such
+        as SPO; see ``modalities.diffusion.trajectory.StochasticSampler`` for what it answers).
+        Modalities without one raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has no stochastic step with log-probabilities")
+
+    def online_defaults(self) -> dict[str, float]:
+        """Sampling defaults of online methods for the loaded model (e.g. SDXL: a pool of 2), over
+        the method's own (``alignment.methods``)."""
+        return {}
+
+    def media_of_pixels(self, pixels: "torch.Tensor") -> list[bytes]:
+        """Images [N, 3, H, W] in [-1, 1] as this modality's stored media (for reward models that score
+        a trajectory's predicted clean sample). Modalities that are not images raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not turn pixels into media")
+
     def configure_training(self, **options: Any) -> None:
         """The modality's own training options (its spec's ``train_options``, from the run's config
         ``modality_options``), set once before training; raise ``ValueError`` for an unknown one."""

@@ -111,6 +111,27 @@ def load(store: Any, name: str, modality: str, adapter: Any | None = None, *, ho
     return LearnedReward.load(Path(store.data_dir) / record.path, adapter)
 
 
+def check_name(store: Any, name: str, modality: str) -> None:
+    """Raise a clear ValueError unless ``name`` (or each part of an ensemble a+b) is a programmatic reward
+    of ``modality`` or a stored reward model of it; nothing is loaded."""
+    builtin = programmatic(modality)
+    parts = [p for p in str(name).split("+") if p]
+    if not parts:
+        raise ValueError("name a reward model")
+    for part in parts:
+        if part in builtin:
+            continue
+        m = _VERSIONED.fullmatch(part)
+        try:
+            record = store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(part)
+        except (LookupError, ValueError):
+            raise ValueError(f"no reward model {part!r} for {modality}: use a programmatic one "
+                             f"({', '.join(builtin) or 'none'}) or train one on your votes "
+                             "(python -m app reward train)") from None
+        if record.modality != modality:
+            raise ValueError(f"reward model {record.label} scores {record.modality}, not {modality}")
+
+
 def reads_media(record: Any) -> bool:
     """Whether a stored reward model reads a pretrained encoder's features of the candidates (any
     model's), rather than one model's own."""

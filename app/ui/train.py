@@ -16,7 +16,7 @@ from .common import err, modality_choices, opt_box, opt_float, opt_int
 
 
 def methods(modality: str) -> list[str]:
-    return methods_for(registry.spec(modality).score_kinds)
+    return methods_for(registry.spec(modality).score_kinds, registry.spec(modality).capabilities)
 
 
 def presets(modality: str) -> dict[str, tuple]:
@@ -28,6 +28,27 @@ def takes_nll(method: str) -> bool:
     return "nll" in LOSSES[method].kwarg_help
 
 
+def is_online(method: str) -> bool:
+    return method in LOSSES and LOSSES[method].online
+
+
+def parse_options(text: str | None) -> dict[str, float]:
+    """``"pool=4, threshold=0.3"`` -> {"pool": 4.0, "threshold": 0.3} (a method's keyword arguments)."""
+    out: dict[str, float] = {}
+    for part in (text or "").replace("\n", ",").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ValueError(f"method options are KEY=NUMBER, separated by commas (e.g. pool=4, threshold=0.3); "
+                             f"got {part.strip()!r}")
+    return out
+
+
 class TrainTab:
     def __init__(self, ui):
         self.ui = ui
@@ -37,7 +58,8 @@ class TrainTab:
         self.options = [(m, s) for m in modality_choices() for s in registry.spec(m).train_options]
 
     def submit(self, modality, method, steps, lr, beta, rank, batch, accum, seed, derivation, model, init, valcount,
-               dimension="overall", nll=None, score_reduction="auto", nll_per_token=False, *option_values):
+               dimension="overall", nll=None, score_reduction="auto", nll_per_token=False, reward_model=None,
+               prompts_text="", method_options="", *option_values):
         try:
             if method not in methods(modality):
                 raise ValueError(f"{method} is not a method for {modality}; choose one of {', '.join(methods(modality))}")
@@ -51,6 +73,17 @@ class TrainTab:
                 settings["loss_kwargs"] = {"nll": nll}
                 if nll_per_token:
                     settings["nll_reduction"] = "token"
+            extra = parse_options(method_options)
+            if extra:
+                settings["loss_kwargs"] = {**settings.get("loss_kwargs", {}), **extra}
+            if is_online(method):
+                if not reward_model:
+                    raise ValueError(f"{method} needs a reward model to judge its samples: choose one (a taste, or "
+                                     "one trained on your votes in the Rewards tab)")
+                settings["reward_model"] = reward_model
+                prompts = [line.strip() for line in (prompts_text or "").splitlines() if line.strip()]
+                if prompts:
+                    settings["prompts"] = prompts
             if score_reduction and score_reduction != "auto" and takes_nll(method):
                 settings["score_reduction"] = score_reduction
             options = {s.name: v for (m, s), raw in zip(self.options, option_values)
@@ -61,6 +94,9 @@ class TrainTab:
                 settings["lora_alpha"] = float(settings["lora_rank"])
             model_name = settings["model"] or default_model(modality)
             registry.spec(modality).check_dimension(settings["dimension"])
+            if is_online(method):  # it samples its own pairs
+                run = self.queue.submit(modality=modality, method=method, settings=settings)
+                return f"Run {run.id} ({method}, judged by {reward_model}): queued.", gr.update(value=run.id)
             pairs = self.store.preference_pairs(modality=modality, model=model_name, dimension=settings["dimension"])
             if not pairs:
                 about = "" if settings["dimension"] == "overall" else f" about {settings['dimension']}"
@@ -167,6 +203,9 @@ class TrainTab:
                     ["auto", "sum", "mean"], value="auto", label="Answer score",
                     info="sum or per-token mean of the log-probabilities (auto: the method's own)", elem_id="train-score-reduction")
                 t_nll_tok = gr.Checkbox(False, label="NLL per token (TRL's rpo_alpha)", elem_id="train-nll-per-token")
+            with gr.Row():
+                t_kwargs = gr.Textbox(label="Method options (KEY=VALUE, comma-separated)", elem_id="train-method-options",
+                                      info="the method's keyword arguments; they are listed under its name above")
             option_rows, option_fields = [], []
             for m in mods:
                 spec = registry.spec(m)
@@ -178,6 +217,12 @@ class TrainTab:
                         else:
                             option_fields.append(opt_box(s.label, info=s.help, elem_id=f"train-option-{m}-{s.name}"))
                 option_rows.append(row)
+        with gr.Row(visible=is_online(first)) as online_row:
+            t_reward = gr.Dropdown(self.reward_choices(mods[0]), value=None, label="Reward model (judges the samples)",
+                                   info="a taste, or a reward model trained on your votes (Rewards tab)",
+                                   allow_custom_value=True, elem_id="train-reward-model")
+            t_prompts = gr.Textbox(label="Prompts to sample, one per line (empty: the prompts you generated for)",
+                                   lines=3, elem_id="train-prompts")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         t_msg = gr.Markdown("", elem_id="train-msg")
         gr.Markdown("### Runs (one trains at a time; the others wait in the queue)")
@@ -216,15 +261,26 @@ class TrainTab:
                      t_mod, option_rows)
         t_mod.change(lambda m: gr.update(choices=list(registry.spec(m).dimensions), value="overall"), t_mod, t_dim)
         t_method.input(on_method, t_method, [t_lr, t_beta, lm_row, t_about])
+        t_method.change(lambda m, mod: (gr.update(visible=is_online(m)), gr.update(choices=self.reward_choices(mod))),
+                        [t_method, t_mod], [online_row, t_reward])
         t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
-                                  t_deriv, t_model, t_init, t_val, t_dim, t_nll, t_reduce, t_nll_tok] + option_fields,
+                                  t_deriv, t_model, t_init, t_val, t_dim, t_nll, t_reduce, t_nll_tok, t_reward,
+                                  t_prompts, t_kwargs] + option_fields,
                     [t_msg, run_sel])
         view_out = [run_sel, prog, loss_plot, acc_plot, margin_plot, log, runs]
         run_sel.change(self.run_view, run_sel, view_out, show_progress="hidden")
         cancel.click(self.cancel, run_sel, t_msg)
         resume.click(self.resume, run_sel, t_msg)
         gr.Timer(1.0).tick(self.run_view, run_sel, view_out, show_progress="hidden")
+
+    def reward_choices(self, modality: str) -> list[str]:
+        from alignment.rewards import service
+
+        try:
+            return [r["name"] for r in service.offered(self.store, modality)]
+        except Exception:  # noqa: BLE001 - a modality without rewards offers none
+            return []
 
     @staticmethod
     def about(method: str) -> str:

@@ -264,6 +264,15 @@ class DiffusersAdapter(ModalityAdapter):
             hook.remove()
         return torch.cat(parts)
 
+    # -- stochastic steps (online methods) -----------------------------------------------
+    def stochastic_sampler(self, *, steps: int, guidance: float, eta: float, size: int | None = None):
+        from .trajectory import StochasticSampler
+
+        return StochasticSampler(self, steps=steps, guidance=guidance, eta=eta, size=size)
+
+    def online_defaults(self) -> dict[str, float]:
+        return dict(self.fam.online)
+
     def configure_training(self, **options: Any) -> None:
         """Training options (the spec's ``train_options``): ``flow_t``, how flow models draw t."""
         unknown = set(options) - {"flow_t"}

@@ -42,6 +42,9 @@ class Family:
     latent_norm: str = "shift-scale"  # or "mean-std" (Qwen-Image), "none" (pixel space)
     schedulers: dict[str, str] = field(default_factory=dict)
     true_cfg: bool = False  # guidance is "true" CFG against a negative prompt (Qwen-Image), not guidance_scale
+    cfg: bool = True  # stepping by hand guides with an unconditional pass (not FLUX: its guidance is embedded)
+    stochastic: bool = True  # Palate can step it stochastically with log-probabilities (SPO)
+    online: dict[str, Any] = field(default_factory=dict)  # online methods' sampling defaults for the family
 
     def guidance_kwargs(self, guidance: float, negative: str | None, n: int) -> dict[str, Any]:
         """The pipeline-call arguments for a guidance value and a negative prompt."""
@@ -158,19 +161,21 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("ShapesPixelPipeline", "diffusion", "unet", _enc_pixel, _pred_unet,
-               {"steps": 20, "guidance": 3.0, "scheduler": "dpm++"}, latent_norm="none", schedulers=UNET_SCHEDULERS),
+               {"steps": 20, "guidance": 3.0, "scheduler": "dpm++"}, latent_norm="none", schedulers=UNET_SCHEDULERS,
+               online={"guidance": 3.0}),
         Family("StableDiffusionPipeline", "diffusion", "unet", _enc_sd, _pred_unet,
                {"steps": 30, "guidance": 7.5, "scheduler": "dpm++"}, schedulers=UNET_SCHEDULERS),
         Family("StableDiffusionXLPipeline", "diffusion", "unet", _enc_sdxl, _pred_unet,
-               {"steps": 30, "guidance": 5.0, "scheduler": "euler"}, schedulers=UNET_SCHEDULERS),
+               {"steps": 30, "guidance": 5.0, "scheduler": "euler"}, schedulers=UNET_SCHEDULERS,
+               online={"pool": 2, "threshold": 0.4}),  # SPO's SDXL settings
         Family("StableDiffusion3Pipeline", "flow", "transformer", _enc_sd3, _pred_sd3,
                {"steps": 28, "guidance": 7.0, "scheduler": "flow-euler"}, schedulers=FLOW_SCHEDULERS),
         Family("FluxPipeline", "flow", "transformer", _enc_flux, _pred_flux,
                {"steps": 28, "guidance": 3.5, "scheduler": "flow-euler"}, patch=2, train_guidance=3.5,
-               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}),
+               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, cfg=False),
         Family("QwenImagePipeline", "flow", "transformer", _enc_qwen, _pred_qwen,
                {"steps": 30, "guidance": 4.0, "scheduler": "flow-euler"}, patch=2, latent_norm="mean-std",
-               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, true_cfg=True),
+               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, true_cfg=True, stochastic=False),
     )
 }
 
@@ -209,6 +214,20 @@ def encode_latent(pipe, family: Family, x: torch.Tensor) -> torch.Tensor:
             vae.to(original)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((mean - shift) * vae.config.scaling_factor)[0].float().cpu()
+
+
+@torch.no_grad()
+def decode_latent(pipe, family: Family, x0: torch.Tensor) -> torch.Tensor:
+    """Clean latents [N, C, h, w] (normalised as :func:`encode_latent` leaves them) -> images
+    [N, 3, H, W] in [-1, 1], float32. Pixel-space models: the latents are the images."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or family.latent_norm == "none":
+        return x0.float().clamp(-1, 1)
+    if family.latent_norm != "shift-scale":
+        raise NotImplementedError(f"decoding {family.name} latents is not supported")
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = x0.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
+    return vae.decode(z).sample.float().clamp(-1, 1)
 
 
 def vae_scale(pipe) -> int:

@@ -31,6 +31,7 @@ SPEC = ModalitySpec(
                 choices=("logit-normal", "shifted", "uniform")),
     ),
     variations="modalities.image.shapes:variations",
+    capabilities=frozenset({"stochastic-step"}),  # every image family but Qwen-Image (refused when SPO starts)
     rewards=(
         Reward("shapes-judge", "the shapes world's judge: share of the prompt's attributes in the image",
                "modalities.image.rewards:adherence", dimension="prompt"),

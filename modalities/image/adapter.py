@@ -120,6 +120,16 @@ class ImageAdapter(DiffusersAdapter):
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
         return arr / 127.5 - 1.0
 
+    def media_of_pixels(self, pixels: torch.Tensor) -> list[bytes]:
+        """Images in [-1, 1] as PNG bytes (no parameters: they are a trajectory's intermediate views)."""
+        arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out = []
+        for a in arr:
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, "PNG")
+            out.append(buf.getvalue())
+        return out
+
     # -- exports ---------------------------------------------------------------
     @classmethod
     def export_adapter(cls, adapter_dir: Path, out: Path, fmt: str, *, base_model: str,
