@@ -63,6 +63,10 @@ class TrainConfig:
     # a learned one by name[@vN], or an ensemble a+b), and the prompts to sample (None: the stored prompts)
     reward_model: str | None = None
     prompts: list[str] | None = None
+    # how the reward model scores a trajectory's samples: "noisy" (a noise-aware model scores the noisy
+    # latent at its step), "x0" (any reward model scores the clean image the denoiser predicts), or "auto"
+    # (noisy when the reward model is noise-aware, else x0)
+    reward_mode: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in LOSSES:
@@ -115,6 +119,10 @@ class TrainConfig:
         if self.prompts is not None and (isinstance(self.prompts, str) or not all(
                 isinstance(p, str) and p.strip() for p in self.prompts) or not self.prompts):
             raise ValueError("prompts must be a non-empty list of prompts")
+        if self.reward_mode not in ("auto", "noisy", "x0"):
+            raise ValueError(f"reward_mode must be auto, noisy or x0, not {self.reward_mode!r}")
+        if self.reward_mode != "auto" and not spec.online:
+            raise ValueError(f"reward_mode is for online methods; {self.method} trains on stored judgments")
         if self.prompts is not None and not spec.online:
             raise ValueError(f"prompts are for online methods; {self.method} trains on the stored judgments' prompts")
         if "nll" in self.loss_kwargs:
@@ -162,7 +170,8 @@ class TrainConfig:
         d.pop("run_id", None)
         d.pop("device", None)
         for key, default in (("score_reduction", "auto"), ("nll_reduction", "score"), ("modality_source", None),
-                             ("modality_options", {}), ("reward_model", None), ("prompts", None)):
+                             ("modality_options", {}), ("reward_model", None), ("prompts", None),
+                             ("reward_mode", "auto")):
             if d.get(key) == default:  # added later: at its default it leaves older checkpoints' digests as they were
                 d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

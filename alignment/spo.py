@@ -7,9 +7,10 @@ micro-batch it samples one trajectory with the model as it is now (the LoRA on, 
 1. the first ``shared_steps`` steps without a pool (they settle the layout noise and make no pair);
 2. at every later step, a pool of ``pool`` candidates for the next latent, all drawn from the same
    current latent (one guided denoiser pass gives their common Gaussian); a step-aware preference
-   model scores each candidate -- here any reward model of :mod:`alignment.rewards`, applied to the
-   clean sample the denoiser predicts from the candidate at its own noise level -- and the best and
-   worst make a pair when the softmax of their two rewards differs by more than ``threshold``;
+   model scores each candidate -- a noise-aware reward model of :mod:`alignment.rewards` on the noisy
+   latent itself (``reward_mode`` noisy, the default for one), or any reward model on the clean image
+   the denoiser predicts from the candidate (x0: programmatic judges and tastes, other learned
+   models) -- and the best and worst make a pair when the softmax of their two rewards differs by more than ``threshold``;
 3. the trajectory continues from a candidate chosen uniformly at random (from the step's own random
    stream, independently of the pair), so the next step's pair does not depend on this step's choice.
 
@@ -88,10 +89,22 @@ class StepwiseResampler(ExampleSource):
             self.reward = service.load(self.store, self.cfg.reward_model, self.cfg.modality, adapter)
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise TrainingError(f"reward model {self.cfg.reward_model!r}: {e}") from None
-        try:
-            adapter.media_of_pixels(torch.zeros(1, 3, 2, 2))
-        except NotImplementedError as e:
-            raise TrainingError(f"{self.cfg.method} scores predicted clean samples as media, and {e}") from None
+        aware = bool(getattr(self.reward, "noise_aware", False))
+        mode = self.cfg.reward_mode
+        if mode == "auto":
+            mode = "noisy" if aware else "x0"
+        if mode == "noisy" and not aware:
+            raise TrainingError(
+                f"reward model {self.cfg.reward_model!r} is not noise-aware (it learned from clean samples), so it "
+                "cannot score a trajectory's noisy latents: train one with `python -m app reward train NAME "
+                "--noise-aware` (or tick Noise-aware in the Rewards tab), or let it score the clean image the denoiser "
+                "predicts (reward_mode x0)")
+        self.mode = mode
+        if mode == "x0":
+            try:
+                adapter.media_of_pixels(torch.zeros(1, 3, 2, 2))
+            except NotImplementedError as e:
+                raise TrainingError(f"{self.cfg.method} scores predicted clean samples as media, and {e}") from None
 
     # -- the stream -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -140,8 +153,6 @@ class StepwiseResampler(ExampleSource):
     @torch.no_grad()
     def trajectory(self, prompt: str, gen: torch.Generator) -> tuple[list[Example], int]:
         """One trajectory for ``prompt``: (its kept pairs, how many pools it drew)."""
-        from .lora_setup import adapter_disabled
-
         s, k = self.sampler, self.pool
         x = s.noise(gen, 1)
         pred = s.predict(self.module, x, 0, [prompt])
@@ -156,23 +167,38 @@ class StepwiseResampler(ExampleSource):
                 continue
             cand = s.draw(mean, std, gen, k)  # [k, ...], all from the same latent
             pools += 1
-            if last:
-                nxt_pred, x0 = None, cand
-            else:
-                nxt_pred = s.predict(self.module, cand, i + 1, [prompt] * k)
-                x0 = s.x0(nxt_pred, cand, i + 1)
-            media = self.adapter.media_of_pixels(s.to_pixels(x0))
-            with adapter_disabled(self.module):  # a reward model reading the model's own features reads the base's
-                rewards = np.asarray(self.reward.overall(prompt, media), dtype=np.float64)
+            j = int(torch.randint(k, (1,), generator=gen))  # the resampler: drawn before, and apart from, the pair
+            rewards, nxt_pred = self._rewards(prompt, cand, i, last)
             best, worst, gap = softmax_gap(rewards)
             if best != worst and gap > self.threshold:
                 pairs.append(Example(prompt, (), 1.0, payload={
                     "x": x[0].cpu(), "next": torch.stack([cand[best], cand[worst]]).cpu(), "step": i,
                     "gap": gap, "reward": float(rewards[best])}))
-            j = int(torch.randint(k, (1,), generator=gen))  # the resampler: independent of the pair
             x = cand[j:j + 1]
-            pred = None if last else nxt_pred[j:j + 1]
+            if not last:
+                pred = nxt_pred[j:j + 1] if nxt_pred is not None else s.predict(self.module, x, i + 1, [prompt])
         return pairs, pools
+
+    def _rewards(self, prompt: str, cand: torch.Tensor, i: int, last: bool) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The step-aware preference model's scores of a pool after step ``i`` (and the policy's
+        predictions at the next step, when they were needed for it)."""
+        from .lora_setup import adapter_disabled
+
+        s, k = self.sampler, cand.shape[0]
+        if self.mode == "noisy":  # the noisy latents themselves, at their noise level
+            with adapter_disabled(self.module):  # the reward model reads the base model's features
+                scores = self.reward.score_latents([prompt] * k, cand, s.time_after(i, k))
+            dims = self.reward.dimensions
+            return np.asarray(scores.get("overall", scores[dims[0]]), dtype=np.float64), None
+        if last:
+            nxt_pred, x0 = None, cand
+        else:
+            nxt_pred = s.predict(self.module, cand, i + 1, [prompt] * k)
+            x0 = s.x0(nxt_pred, cand, i + 1)
+        media = self.adapter.media_of_pixels(s.to_pixels(x0))
+        with adapter_disabled(self.module):  # a reward model reading the model's own features reads the base's
+            rewards = np.asarray(self.reward.overall(prompt, media), dtype=np.float64)
+        return rewards, nxt_pred
 
     # -- training on the pairs ------------------------------------------------------------------------
     def batch(self, adapter: Any, examples: list[Example]) -> Any:

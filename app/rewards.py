@@ -38,7 +38,7 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
     from app.runs import create_reward_run, record_trainer_exit, train_command
 
     settings = {"modality": args.modality, "model": args.model, "name": args.name, "folds": args.folds,
-                "noise_level": args.noise_level, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
+                "noise_level": args.noise_level, "noise_aware": args.noise_aware, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
                 "dimensions": _dimensions(args.dimensions), "backbone": args.backbone, "device": args.device}
     with _open(args) as store:
         run, run_dir = create_reward_run(store, settings)
@@ -191,6 +191,8 @@ def add_parser(sub, add) -> None:
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold held-out accuracy (default 5)")
     p.add_argument("--noise-level", type=float, help="denoiser features at this noise level, 0 clean .. <1 "
                    "(default 0.5; models without a denoiser read clean candidates)")
+    p.add_argument("--noise-aware", action="store_true", help="learn every vote at several noise levels, so the model "
+                   "scores the noisy samples of a denoising trajectory (SPO's step-aware preference model)")
     p.add_argument("--dimensions", metavar="D1,D2", help="the dimensions to learn, one head each (default: every "
                    "dimension you have votes about)")
     p.add_argument("--backbone", metavar="ENCODER", help="read a pretrained encoder's features instead of the model's "

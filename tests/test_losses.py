@@ -247,7 +247,7 @@ def test_ipo_on_per_token_means_is_trls_ipo():
     cfg = TrainConfig(method="ipo", **base)
     d = cfg.to_dict()
     for key in ("score_reduction", "nll_reduction", "modality_source", "modality_options", "run_id", "device",
-                "reward_model", "prompts"):
+                "reward_model", "prompts", "reward_mode"):
         d.pop(key)
     import hashlib
     import json

@@ -176,3 +176,50 @@ def test_refusals(tmp_path):
             create_run(store, modality="image", method="spo", settings={"reward_model": "nope", "prompts": ["a"]})
         with pytest.raises(ValueError, match="generate candidates for a few prompts first"):
             create_run(store, modality="image", method="spo", settings={"reward_model": "taste-large"})
+
+
+def test_a_noise_aware_reward_model_scores_the_trajectory_itself(tmp_path):
+    """Trained with --noise-aware, a reward model scores noisy latents at their level (SPO's default
+    step-aware model); one trained on clean samples is refused for that, with the way out."""
+    from alignment.errors import TrainingError
+    from alignment.rewards import service
+    from alignment.rewards.learned import NOISE_AWARE_LEVELS, HeadConfig
+    from tests.test_rewards import _saturation_votes
+
+    torch.set_num_threads(1)
+    adapter = ImageAdapter.load(ModelRef("shapes-diffusion"), device="cpu", cache_dir=tmp_path / "cache")
+    with Store.open(tmp_path / "data") as store:
+        _saturation_votes(store, n_images=24, n_votes=40)
+        record, metrics = service.train(store, adapter, modality="image", name="aware", folds=4,
+                                        cfg=HeadConfig(epochs=150), noise_aware=True)
+        assert metrics["votes"] == 40 and metrics["heldout_accuracy"] > 0.6, metrics
+        service.train(store, adapter, modality="image", name="clean", folds=4, cfg=HeadConfig(epochs=50))
+        aware = service.load(store, "aware", "image", adapter)
+        assert aware.noise_aware and aware.meta["noise_levels"] == list(NOISE_AWARE_LEVELS)
+        # the features of a noised candidate are the latent features of the same noisy latent
+        gen = store.list_generations()[0]
+        media = store.media_bytes(gen)
+        f = adapter.reward_features([gen.prompt], [media], noise_level=0.4, seed=0, predicted_x0=True)
+        x0 = adapter._latent(media)[None]
+        noise = torch.randn(x0.shape[1:], generator=torch.Generator("cpu").manual_seed(0))[None]
+        step = round(0.4 * (len(adapter._alphas_cumprod) - 1))
+        a = adapter._alphas_cumprod[step]
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        g = adapter.latent_reward_features([gen.prompt], noisy, torch.tensor([step]))
+        assert torch.allclose(f, g, atol=1e-5)
+        scores = aware.score_latents([gen.prompt], noisy, torch.tensor([step]))
+        assert scores["overall"].shape == (1,)
+        # SPO picks the noisy mode for it, and refuses it for the clean one
+        for name, mode, expect in (("aware", "auto", "noisy"), ("clean", "auto", "x0"), ("clean", "noisy", None)):
+            cfg = TrainConfig(modality="image", method="spo", model="shapes-diffusion", data_dir=str(tmp_path / "data"),
+                              reward_model=name, reward_mode=mode, prompts=["a red circle"],
+                              loss_kwargs={**SMALL, "pool": 2})
+            src = StepwiseResampler(store, cfg, LOSSES["spo"], None)
+            if expect is None:
+                with pytest.raises(TrainingError, match="not noise-aware.*--noise-aware"):
+                    src.bind(adapter, adapter.trainable_module())
+                continue
+            src.bind(adapter, adapter.trainable_module())
+            assert src.mode == expect
+            pairs, pools = src.trajectory("a red circle", torch.Generator().manual_seed(0))
+            assert pools == 3 and all(e.payload["next"].shape[0] == 2 for e in pairs)

@@ -105,11 +105,15 @@ def pair_accuracy(head: Head, feats: torch.Tensor, a: torch.Tensor, b: torch.Ten
 
 def kfold_accuracy(feats: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, cfg: HeadConfig,
                    folds: int, dim: torch.Tensor | None = None, dimensions: Sequence[str] = ("overall",),
-                   on_fold: Callable[[int, float | None], None] = lambda _f, _acc: None) -> dict[str, Any]:
+                   on_fold: Callable[[int, float | None], None] = lambda _f, _acc: None,
+                   candidates: int | None = None) -> dict[str, Any]:
     """Held-out pair accuracy by ``folds``-fold cross-validation over distinct (pair, dimension) keys:
-    over every vote, and for each dimension (``per_dimension``)."""
+    over every vote, and for each dimension (``per_dimension``). ``candidates``: rows of ``feats`` are
+    that many candidates seen at several noise levels (row ``l * candidates + i``); a pair's votes at
+    every level then share one fold."""
     dim = _dims(dim, a)
-    key = [(min(x, y), max(x, y), d) for x, y, d in zip(a.tolist(), b.tolist(), dim.tolist())]
+    n = candidates or (max(int(a.max()), int(b.max())) + 1 if len(a) else 1)
+    key = [(min(x % n, y % n), max(x % n, y % n), d) for x, y, d in zip(a.tolist(), b.tolist(), dim.tolist())]
     keys = sorted(set(key))
     decisive_keys = {k for k, q in zip(key, p.tolist()) if abs(q - 0.5) > TIE_EPS}
     if folds < 2:
@@ -176,11 +180,25 @@ class LearnedReward(RewardModel):
     def noise_level(self) -> float:
         return float(self.meta.get("noise_level", 0.0))
 
+    @property
+    def noise_aware(self) -> bool:
+        """Trained on samples noised to several levels (it scores a trajectory's noisy latents)."""
+        return bool(self.meta.get("noise_aware"))
+
     def features(self, prompts: Sequence[str], media: Sequence[bytes]) -> torch.Tensor:
         if self.encoder is not None:
             return encoder_features(self.encoder, prompts, media)
-        return self.adapter.reward_features(list(prompts), list(media), noise_level=self.noise_level,
-                                            seed=int(self.meta.get("feature_seed", 0)))
+        feats = self.adapter.reward_features(list(prompts), list(media), noise_level=self.noise_level,
+                                             seed=int(self.meta.get("feature_seed", 0)), predicted_x0=self.noise_aware)
+        return _with_level(feats, self.noise_level) if self.noise_aware else feats
+
+    def score_latents(self, prompts: Sequence[str], latents: torch.Tensor, t: torch.Tensor) -> dict[str, np.ndarray]:
+        """Scores of noisy latents at model times ``t`` (a trajectory's samples), for noise-aware models."""
+        if not self.noise_aware:
+            raise ValueError(f"reward model {self.name!r} was trained on clean samples and does not score noisy "
+                             "ones: train it with --noise-aware, or score the predicted clean sample instead")
+        feats = self.adapter.latent_reward_features(list(prompts), latents, t)
+        return self.score_features(torch.cat([feats, self.adapter.noise_level_of(t).cpu().view(-1, 1)], dim=1))
 
     def score_features(self, feats: torch.Tensor) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -255,6 +273,14 @@ class LearnedReward(RewardModel):
         return cls(adapter, head, meta, encoder)
 
 
+NOISE_AWARE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)  # a noise-aware model learns each vote at each of these
+
+
+def _with_level(feats: torch.Tensor, level: float) -> torch.Tensor:
+    """Features followed by their noise level (a noise-aware head conditions on it)."""
+    return torch.cat([feats, torch.full((feats.shape[0], 1), float(level))], dim=1)
+
+
 ENCODER_PREFIX = "encoder:"  # a reward model's backbone: "own-features", or "encoder:" + the encoder's hub id or folder
 
 
@@ -269,7 +295,8 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
                        cfg: HeadConfig = HeadConfig(), vote_dimensions: Sequence[str] | None = None,
                        encoder: Any = None, base_model: str | None = None, features_cache: Path | None = None,
                        on_fold: Callable[[int, float | None], None] = lambda _f, _acc: None,
-                       progress: Callable[[str], None] = lambda _m: None) -> tuple[LearnedReward, dict[str, Any]]:
+                       progress: Callable[[str], None] = lambda _m: None,
+                       noise_aware: bool = False) -> tuple[LearnedReward, dict[str, Any]]:
     """Train a reward model on ``votes`` (storage ``Vote``s over the candidates in ``media``:
     id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics.
     ``vote_dimensions``: the dimension each vote is about (default: all overall); the head has one
@@ -277,7 +304,10 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
     pretrained encoder's features of the candidates instead of ``adapter``'s (``base_model`` then
     names whose candidates the votes are about). ``features_cache``: a file that keeps the features
     (a resumed run reads them back instead of computing them again); ``on_fold(fold, accuracy)`` is
-    called after each fold of the held-out accuracy and with fold ``folds`` after the final fit."""
+    called after each fold of the held-out accuracy and with fold ``folds`` after the final fit.
+    ``noise_aware``: learn every vote at each of :data:`NOISE_AWARE_LEVELS` (the candidates noised with
+    one seed, the clean latent's statistics predicted by the denoiser, the level as a feature), so the
+    model scores a trajectory's noisy samples (SPO's step-aware preference model)."""
     if not votes:
         raise ValueError("no votes to learn from: judge some candidates first")
     vote_dimensions = list(vote_dimensions) if vote_dimensions is not None else ["overall"] * len(votes)
@@ -285,52 +315,69 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
         raise ValueError(f"{len(vote_dimensions)} dimensions for {len(votes)} votes")
     dimensions = sorted(set(vote_dimensions), key=lambda d: (d != "overall", vote_dimensions.index(d)))
     dim = torch.tensor([dimensions.index(d) for d in vote_dimensions])
+    if noise_aware and encoder is not None:
+        raise ValueError("a pretrained encoder reads clean media: a noise-aware reward model reads the model's own "
+                         "features (leave out --backbone)")
     if encoder is not None:
         noise_level = 0.0
+    elif noise_aware:
+        noise_level = 0.0  # clean candidates (labels, hints) are scored at level 0
     elif noise_level is None:
         noise_level = 0.5 if getattr(adapter, "score_kind", None) is not None and \
             str(getattr(adapter.score_kind, "value", adapter.score_kind)) in ("diffusion", "flow") else 0.0
     ids = sorted({g for v in votes for g in (v.x, v.y)})
     index = {g: i for i, g in enumerate(ids)}
     backbone = "own-features" if encoder is None else ENCODER_PREFIX + encoder.source
-    feats = _cached_features(features_cache, ids, backbone, noise_level, cfg.seed)
+    levels = NOISE_AWARE_LEVELS if noise_aware else None
+    feats = _cached_features(features_cache, ids, backbone, levels or noise_level, cfg.seed)
     if feats is not None:
         progress(f"read the features of {len(ids)} candidates back from {features_cache.name}")
     elif encoder is not None:
         progress(f"reading {encoder.source}'s features of {len(ids)} candidates")
         feats = encoder_features(encoder, [media[g][0] for g in ids], [media[g][1] for g in ids])
     else:
-        progress(f"reading features of {len(ids)} candidates (noise level {noise_level:g})")
+        at = ", ".join(f"{x:g}" for x in levels) if levels else f"{noise_level:g}"
+        progress(f"reading features of {len(ids)} candidates (noise level {at})")
         try:
-            feats = adapter.reward_features([media[g][0] for g in ids], [media[g][1] for g in ids],
-                                            noise_level=noise_level, seed=cfg.seed)
+            prompts_, media_ = [media[g][0] for g in ids], [media[g][1] for g in ids]
+            if levels:
+                feats = torch.cat([_with_level(adapter.reward_features(prompts_, media_, noise_level=lv, seed=cfg.seed,
+                                                                       predicted_x0=True), lv) for lv in levels])
+            else:
+                feats = adapter.reward_features(prompts_, media_, noise_level=noise_level, seed=cfg.seed)
         except NotImplementedError as e:
             raise ValueError(f"this {modality} model has no backbone a reward model can read: {e}") from None
     if features_cache is not None:
-        _save_features(features_cache, feats, ids, backbone, noise_level, cfg.seed)
+        _save_features(features_cache, feats, ids, backbone, levels or noise_level, cfg.seed)
     a = torch.tensor([index[v.x] for v in votes])
     b = torch.tensor([index[v.y] for v in votes])
     p = torch.tensor([float(v.p) for v in votes])
+    if levels:  # every vote at every level: candidate i at level l is row l * N + i
+        N, L = len(ids), len(levels)
+        a = torch.cat([a + lv * N for lv in range(L)])
+        b = torch.cat([b + lv * N for lv in range(L)])
+        p, dim = p.repeat(L), dim.repeat(L)
     progress(f"{folds}-fold held-out accuracy on {len(votes)} votes about {', '.join(dimensions)}")
-    metrics = kfold_accuracy(feats, a, b, p, cfg, folds, dim, dimensions, on_fold)
+    metrics = kfold_accuracy(feats, a, b, p, cfg, folds, dim, dimensions, on_fold, candidates=len(ids))
     progress("training on every vote")
     head = fit_head(feats, a, b, p, cfg, len(dimensions), dim)
     r, n = pair_accuracy(head, feats, a, b, p, dim)
     on_fold(folds, r / n if n else None)
     metrics.update(train_accuracy=r / n if n else None, votes=len(votes), candidates=len(ids),
-                   ties=int(((p - 0.5).abs() <= TIE_EPS).sum()))
+                   ties=int(((p[:len(votes)] - 0.5).abs() <= TIE_EPS).sum()))
     meta = {"name": name, "modality": modality, "base_model": base_model or getattr(adapter, "model_name", None),
             "base_revision": None if encoder is not None else getattr(adapter, "revision", None),
             "backbone": backbone,
             "encoder_revision": getattr(encoder, "revision", None),
-            "noise_level": noise_level, "feature_seed": cfg.seed, "dimensions": dimensions,
+            "noise_level": noise_level, "noise_aware": bool(levels), "noise_levels": list(levels or ()),
+            "feature_seed": cfg.seed, "dimensions": dimensions,
             "theta": cfg.theta, "head": {"hidden": cfg.hidden, "epochs": cfg.epochs, "lr": cfg.lr,
                                          "weight_decay": cfg.weight_decay},
             "data_hash": data_hash(votes, vote_dimensions), "metrics": metrics}
     return LearnedReward(None if encoder is not None else adapter, head, meta, encoder), metrics
 
 
-def _cached_features(path: Path | None, ids: Sequence[int], backbone: str, noise_level: float,
+def _cached_features(path: Path | None, ids: Sequence[int], backbone: str, noise_level: Any,
                      seed: int) -> torch.Tensor | None:
     """The features saved at ``path`` if they are of these candidates, read the same way; else None."""
     if path is None or not Path(path).is_file():
@@ -346,7 +393,7 @@ def _cached_features(path: Path | None, ids: Sequence[int], backbone: str, noise
         return None
 
 
-def _save_features(path: Path, feats: torch.Tensor, ids: Sequence[int], backbone: str, noise_level: float,
+def _save_features(path: Path, feats: torch.Tensor, ids: Sequence[int], backbone: str, noise_level: Any,
                    seed: int) -> None:
     from safetensors.torch import save_file
 

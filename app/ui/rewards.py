@@ -29,14 +29,15 @@ class RewardsTab:
         return pd.DataFrame([{"name": r["name"], "kind": r["kind"], "dimensions": ", ".join(r["dimensions"]),
                               "about": r["about"]} for r in rows], columns=["name", "kind", "dimensions", "about"])
 
-    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone=""):
+    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone="", noise_aware=False):
         """Queue the reward model's training as a run (the Train tab lists it, with cancel and resume) and
         follow it here until it ends."""
         try:
             settings = {"modality": modality, "model": (model or "").strip() or None, "name": (name or "").strip(),
                         "folds": opt_int(folds, "folds") or 5, "noise_level": opt_float(noise, "noise level"),
                         "hidden": opt_int(hidden, "hidden units") if str(hidden or "").strip() else 64,
-                        "epochs": opt_int(epochs, "steps") or 300, "backbone": (backbone or "").strip() or None}
+                        "epochs": opt_int(epochs, "steps") or 300, "backbone": (backbone or "").strip() or None,
+                        "noise_aware": bool(noise_aware)}
             run = self.ui.queue.submit_reward(settings)
         except Exception as e:  # noqa: BLE001 - shown on the page
             yield err(e), self.table(modality)
@@ -131,6 +132,8 @@ class RewardsTab:
                 noise = opt_box("Noise level (denoisers, 0..1)", placeholder="0.5", elem_id="reward-noise")
                 hidden = opt_box("Hidden units (0: linear)", placeholder="64", elem_id="reward-hidden")
                 epochs = opt_box("Steps", placeholder="300", elem_id="reward-epochs")
+                noise_aware = gr.Checkbox(False, label="Noise-aware (scores noisy samples: SPO's step-aware model)",
+                                          elem_id="reward-noise-aware")
             backbone = gr.Textbox(value="", label="Backbone: a pretrained encoder (CLIP or PickScore, SigLIP, CLAP: hub "
                                   "id or local folder); empty: the model's own features", elem_id="reward-backbone")
         go = gr.Button("Train reward model", variant="primary", elem_id="reward-train")
@@ -155,7 +158,8 @@ class RewardsTab:
         def refresh(m):
             return self.table(m), gr.update(choices=self.names(m))
 
-        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs, backbone], [status, table]).then(
+        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs, backbone, noise_aware],
+                 [status, table]).then(
             refresh, modality, [table, lab_reward])
         lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed, lab_soft, lab_var],
                      lab_status)

@@ -226,43 +226,65 @@ class DiffusersAdapter(ModalityAdapter):
 
     @torch.no_grad()
     def reward_features(self, prompts: Sequence[str], media: Sequence[bytes], *, noise_level: float = 0.5,
-                        seed: int = 0, chunk: int = 16) -> torch.Tensor:
+                        seed: int = 0, chunk: int = 16, predicted_x0: bool = False) -> torch.Tensor:
         """The generator's own features of each candidate, as a latent reward model reads them: the
         denoiser's middle (or last transformer) block, averaged over positions, at noise level
         ``noise_level`` (0 clean .. 1 pure noise; the same noise per candidate for a seed), followed by
-        the clean latent's per-channel mean and spread. No extra model, and it reads noisy latents too."""
+        the clean latent's per-channel mean and spread (with ``predicted_x0``: those of the clean latent
+        the denoiser predicts, as a noise-aware reward model sees a sample it scores mid-trajectory).
+        No extra model, and it reads noisy latents too."""
         if not 0.0 <= noise_level < 1.0:
             raise ValueError(f"noise_level must be in [0, 1), got {noise_level}")
         if len(prompts) != len(media):
             raise ValueError(f"{len(prompts)} prompts for {len(media)} candidates")
+        parts = []
+        for start in range(0, len(media), chunk):
+            x0 = torch.stack([self._latent(m) for m in media[start:start + chunk]]).to(self.device)
+            gen = torch.Generator("cpu").manual_seed(seed)
+            noise = torch.randn(x0.shape[1:], generator=gen).to(self.device).expand_as(x0)
+            n = x0.shape[0]
+            if self.family == "unet":
+                step = int(round(noise_level * (len(self._alphas_cumprod) - 1)))
+                a = self._alphas_cumprod[step].to(self.device)
+                noisy, t = a.sqrt() * x0 + (1 - a).sqrt() * noise, torch.full((n,), step, device=self.device)
+            else:
+                t = torch.full((n,), float(noise_level), device=self.device)
+                noisy = flow_interpolate(x0[:, None], noise[:, None], t.view(n, 1))[:, 0]
+            parts.append(self.latent_reward_features(prompts[start:start + n], noisy, t,
+                                                     clean=None if predicted_x0 else x0))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def latent_reward_features(self, prompts: Sequence[str], noisy: torch.Tensor, t: torch.Tensor,
+                               clean: torch.Tensor | None = None) -> torch.Tensor:
+        """Reward features of latents ``noisy`` at model times ``t`` (UNet timesteps, or flow times):
+        the middle block pooled, then the per-channel mean and spread of ``clean`` (None: of the clean
+        latent the denoiser predicts). The module runs as it is: callers disable a LoRA when they want
+        the base model's view."""
         module, captured = self._feature_module(), []
         hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
-        den, dtype, device = self.trainable_module(), self.dtype, self.device
-        parts = []
         try:
-            for start in range(0, len(media), chunk):
-                x0 = torch.stack([self._latent(m) for m in media[start:start + chunk]]).to(device)
-                cond = {k: v.to(device) for k, v in self._conditioning(list(prompts[start:start + chunk]),
-                                                                      x0.shape[-2:]).items()}
-                gen = torch.Generator("cpu").manual_seed(seed)
-                noise = torch.randn(x0.shape[1:], generator=gen).to(device).expand_as(x0)
-                n = x0.shape[0]
-                if self.family == "unet":
-                    step = int(round(noise_level * (len(self._alphas_cumprod) - 1)))
-                    a = self._alphas_cumprod[step].to(device)
-                    noisy, t = a.sqrt() * x0 + (1 - a).sqrt() * noise, torch.full((n,), step, device=device)
-                else:
-                    t = torch.full((n,), float(noise_level), device=device)
-                    noisy = flow_interpolate(x0[:, None], noise[:, None], t.view(n, 1))[:, 0]
-                captured.clear()
-                self.fam.predict(self.pipe, den, noisy, t, cond, dtype)
-                h = captured[-1].float()
-                pooled = h.mean(dim=(-2, -1)) if h.dim() == 4 else h.mean(dim=1)
-                flat = x0.float().flatten(2) if x0.dim() == 4 else x0.float().transpose(1, 2)
-                parts.append(torch.cat([pooled, flat.mean(-1), flat.std(-1)], dim=-1).cpu())
+            cond = {k: v.to(self.device) for k, v in self._conditioning(list(prompts), noisy.shape[-2:]).items()}
+            pred = self.fam.predict(self.pipe, self.trainable_module(), noisy, t, cond, self.dtype).float()
         finally:
             hook.remove()
-        return torch.cat(parts)
+        h = captured[-1].float()
+        pooled = h.mean(dim=(-2, -1)) if h.dim() == 4 else h.mean(dim=1)
+        if clean is None:
+            if self.family == "unet":
+                from .stochastic import x0_eps
+
+                clean = x0_eps(pred, noisy, self._alphas_cumprod.to(noisy.device)[t.long()], self.prediction_type)[0]
+            else:
+                clean = noisy.float() - t.float().view(-1, *([1] * (noisy.dim() - 1))) * pred
+        flat = clean.float().flatten(2) if clean.dim() == 4 else clean.float().transpose(1, 2)
+        return torch.cat([pooled, flat.mean(-1), flat.std(-1)], dim=-1).cpu()
+
+    def noise_level_of(self, t: torch.Tensor) -> torch.Tensor:
+        """Model times (UNet timesteps or flow times) as noise levels in [0, 1)."""
+        if self.family == "unet":
+            return t.float() / (len(self._alphas_cumprod) - 1)
+        return t.float()
 
     # -- stochastic steps (online methods) -----------------------------------------------
     def stochastic_sampler(self, *, steps: int, guidance: float, eta: float, size: int | None = None):

@@ -121,6 +121,11 @@ class StochasticSampler:
         return stochastic.flow_sde_moments(pred, x, self.sigma[idx].to(x.device), self.sigma_next[idx].to(x.device),
                                            self.eta)
 
+    def time_after(self, i: int, n: int = 1) -> torch.Tensor:
+        """The model time of a latent drawn at step ``i`` (the next step's; 0 after the last step)."""
+        t = self.t_model[i + 1] if i + 1 < self.steps else torch.zeros((), dtype=self.t_model.dtype)
+        return t.expand(n).to(self.adapter.device)
+
     def draw(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, n: int = 1) -> torch.Tensor:
         """``n`` next latents per row from N(mean, std^2): [n * N, ...]."""
         return stochastic.sample(mean, std, generator, n)
