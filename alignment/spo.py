@@ -100,6 +100,7 @@ class StepwiseResampler(ExampleSource):
                 "--noise-aware` (or tick Noise-aware in the Rewards tab), or let it score the clean image the denoiser "
                 "predicts (reward_mode x0)")
         self.mode = mode
+        self.reward_rows = _denoiser_readers(self.reward)  # denoiser rows the reward model spends per candidate
         if mode == "x0":
             try:
                 adapter.media_of_pixels(torch.zeros(1, 3, 2, 2))
@@ -141,6 +142,7 @@ class StepwiseResampler(ExampleSource):
             made["pair_reward"] = float(np.mean([e.payload["reward"] for e in out]))
         made["kept_share"] = made["pairs"] / made["pools"] if made["pools"] else 0.0
         made["sample_forwards"] = float(self.sampler.forwards - before)
+        made["reward_forwards"] = float(self.reward_rows * self.pool * made["pools"])
         rows = len(out) * (2 if self.sampler.cfg else 1)  # denoiser rows of one guided pass over the pairs
         made["train_forwards"] = float(2 * rows)  # the policy's and the reference's
         made["train_backwards"] = float(rows)
@@ -214,3 +216,11 @@ class StepwiseResampler(ExampleSource):
         t = batch.tensors
         return self.sampler.logprob(module, t["x"].to(dev), t["step"], t["next"].to(dev), batch.prompts)
 
+
+def _denoiser_readers(reward: Any) -> int:
+    """How many of a reward model's parts read the generator's own features (a denoiser pass per
+    candidate each): learned models on own features, counted through ensembles."""
+    members = getattr(reward, "members", None)
+    if members is not None:
+        return sum(_denoiser_readers(m) for m in members)
+    return int(getattr(reward, "kind", "") == "learned" and getattr(reward, "encoder", None) is None)

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--reward-model", metavar="NAME", help="what judges the samples: a programmatic reward (e.g. "
                        "taste-saturated), a reward model trained on your votes (name or name@vN; python -m app "
                        "reward train), or an ensemble a+b")
+    group.add_argument("--reward-mode", choices=["auto", "noisy", "x0"], help="how the reward model scores a "
+                       "trajectory's samples: noisy (a noise-aware reward model on the noisy latent), x0 (any reward model "
+                       "on the clean image the denoiser predicts); auto: noisy when the model is noise-aware")
     group.add_argument("--prompts-file", metavar="FILE", help="prompts to sample, one per line (default: the prompts "
                        "you generated candidates for)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a keyword argument of the method, "

@@ -223,6 +223,8 @@ def _train_one(args: argparse.Namespace) -> tuple[int, str | None]:
         overrides["loss_kwargs"] = {**overrides.get("loss_kwargs", {}), key.strip(): number}
     if args.reward_model:
         overrides["reward_model"] = args.reward_model
+    if args.reward_mode:
+        overrides["reward_mode"] = args.reward_mode
     if args.prompts_file:
         path = Path(args.prompts_file).expanduser()
         if not path.is_file():

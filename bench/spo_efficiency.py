@@ -10,9 +10,10 @@ settle; ``saturated`` about colour):
 
 1. the built-in model makes ``k`` candidates for each of ``--rankings`` train-split prompts and the
    taste ranks them (the user's votes: the same budget for every method);
-2. a reward model learns the taste from those rankings (``python -m app reward train``: the model's own
-   features; its 5-fold held-out accuracy is reported) -- SPO's step-aware preference model, applied to
-   the clean image the denoiser predicts from each candidate;
+2. a reward model learns the taste from those rankings (``python -m app reward train --noise-aware``: the
+   model's own features at five noise levels; its 5-fold held-out accuracy is reported) -- SPO's
+   step-aware preference model, scoring each candidate's noisy latent (``--no-noise-aware``: a model of
+   clean samples, scoring the clean image the denoiser predicts from each candidate);
 3. Diffusion-DPO trains on the rankings' pairs for each of ``--dpo-steps`` (separate runs: with a
    constant learning rate a shorter run is the start of a longer one), MaPO once at its preset, and SPO
    (``--method spo``, one prompt per step: the user's 20 prompts) for each of ``--spo-steps``; with
@@ -21,8 +22,8 @@ settle; ``saturated`` about colour):
    settings), base and tuned models draw one image each from the same seed; the owner judges blind
    (ties half) and the judge scores adherence.
 
-Compute per run, from its metrics: denoiser forward passes (sampling, policy and reference; one guided
-row counts two) and backward passes, as forward-equivalents (a backward pass costs about two forwards),
+Compute per run, from its metrics: denoiser forward passes (sampling, the reward model's features,
+policy and reference; one guided row counts two) and backward passes, as forward-equivalents (a backward pass costs about two forwards),
 and training wall time on this machine.
 """
 from __future__ import annotations
@@ -55,7 +56,8 @@ def cli(data_dir: Path, *args: str) -> str:
 def compute_of(method: str, metrics: list[dict], batch: int) -> dict:
     """Denoiser passes of a run, from its metrics."""
     if method == "spo":
-        fwd = sum(m.get("sample_forwards", 0) + m.get("train_forwards", 0) for m in metrics)
+        fwd = sum(m.get("sample_forwards", 0) + m.get("reward_forwards", 0) + m.get("train_forwards", 0)
+                  for m in metrics)
         bwd = sum(m.get("train_backwards", 0) for m in metrics)
     else:  # a pair's two samples: the policy's and the reference's forward, and the policy's backward
         rows = 2 * batch * len(metrics)
@@ -100,6 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--spo-lr", type=float, default=SPO["lr"])
     ap.add_argument("--spo-options", default="", help="extra --option KEY=VALUE for SPO, comma-separated")
     ap.add_argument("--oracle", action="store_true", help="SPO with the taste itself as reward too")
+    ap.add_argument("--noise-aware", action=argparse.BooleanOptionalAction, default=True,
+                    help="the learned reward model is noise-aware (SPO scores noisy latents); else it scores the "
+                         "predicted clean image")
     ap.add_argument("--eval-prompts", type=int, default=100)
     ap.add_argument("--eval-split", default="held-out", choices=["held-out", "train"])
     ap.add_argument("--json")
@@ -127,7 +132,8 @@ def main(argv=None) -> int:
             data_dir = Path(tmp) / owner
             with Store.open(data_dir) as store:
                 data = collect(store, owner, user_prompts, args.k)
-            reward = json.loads(cli(data_dir, "reward", "train", "taste", "--json"))
+            reward = json.loads(cli(data_dir, "reward", "train", "taste", "--json",
+                                    *(["--noise-aware"] if args.noise_aware else [])))
             rows = {"votes": {"rankings": data["prompts"], "pairs": data["pairs"]},
                     "reward_model_heldout_accuracy": reward["metrics"]["heldout_accuracy"], "runs": []}
             for steps in [int(s) for s in args.dpo_steps.split(",") if s]:

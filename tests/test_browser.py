@@ -435,6 +435,34 @@ def test_image_train_queue_and_live_plot(app, page):
     shot(page, "3-train")
 
 
+def test_spo_from_the_train_tab(app, page):
+    """An online method: SPO needs no votes of its own, but a reward model and prompts; its options are the
+    method's keyword arguments."""
+    tab(page, "Train")
+    choose(page, "train-method", "spo")
+    page.wait_for_selector("#train-reward-model", state="visible")
+    wait_value(page, "train-beta", "10")
+    msg = act(page, "train-msg", lambda: page.click("#train-start"))
+    assert "needs a reward model" in msg, msg
+    choose(page, "train-reward-model", "taste-saturated")
+    fill(page, "train-prompts", "a red circle on a white background\ntwo blue squares")
+    accordion = page.locator("#train-method-options")
+    if not accordion.is_visible():
+        page.locator("button:has-text('Advanced'):visible").first.click()
+    fill(page, "train-method-options", "sample_steps=4, shared_steps=1, pool=2, threshold=0.05")
+    ids = train_and_wait(page, app, steps=2)
+    with store_of(app) as s:
+        run = s.get_run(ids[0])
+        assert run.method == "spo" and run.config["reward_model"] == "taste-saturated"
+        assert run.config["loss_kwargs"] == {"sample_steps": 4.0, "shared_steps": 1.0, "pool": 2.0, "threshold": 0.05}
+    recs = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["sample_forwards"] > 0 for r in recs)
+    fill(page, "train-method-options", "")
+    shot(page, "3b-train-spo")
+    choose(page, "train-method", "diffusion-dpo")
+    page.wait_for_selector("#train-reward-model", state="hidden")
+
+
 def test_image_blind_compare_win_rate(app, page):
     with store_of(app) as s:
         pairs_before = s.stats(modality="image")[0]["training_pairs"]

@@ -59,7 +59,7 @@ class TrainTab:
 
     def submit(self, modality, method, steps, lr, beta, rank, batch, accum, seed, derivation, model, init, valcount,
                dimension="overall", nll=None, score_reduction="auto", nll_per_token=False, reward_model=None,
-               prompts_text="", method_options="", *option_values):
+               prompts_text="", method_options="", reward_mode="auto", *option_values):
         try:
             if method not in methods(modality):
                 raise ValueError(f"{method} is not a method for {modality}; choose one of {', '.join(methods(modality))}")
@@ -81,6 +81,7 @@ class TrainTab:
                     raise ValueError(f"{method} needs a reward model to judge its samples: choose one (a taste, or "
                                      "one trained on your votes in the Rewards tab)")
                 settings["reward_model"] = reward_model
+                settings["reward_mode"] = reward_mode or "auto"
                 prompts = [line.strip() for line in (prompts_text or "").splitlines() if line.strip()]
                 if prompts:
                     settings["prompts"] = prompts
@@ -221,6 +222,10 @@ class TrainTab:
             t_reward = gr.Dropdown(self.reward_choices(mods[0]), value=None, label="Reward model (judges the samples)",
                                    info="a taste, or a reward model trained on your votes (Rewards tab)",
                                    allow_custom_value=True, elem_id="train-reward-model")
+            t_rmode = gr.Dropdown(["auto", "noisy", "x0"], value="auto", label="Reward model scores",
+                                  info="noisy: a noise-aware model on each noisy sample; x0: any model on the image "
+                                       "the denoiser predicts; auto: noisy when the model is noise-aware",
+                                  elem_id="train-reward-mode")
             t_prompts = gr.Textbox(label="Prompts to sample, one per line (empty: the prompts you generated for)",
                                    lines=3, elem_id="train-prompts")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -266,7 +271,7 @@ class TrainTab:
         t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
                                   t_deriv, t_model, t_init, t_val, t_dim, t_nll, t_reduce, t_nll_tok, t_reward,
-                                  t_prompts, t_kwargs] + option_fields,
+                                  t_prompts, t_kwargs, t_rmode] + option_fields,
                     [t_msg, run_sel])
         view_out = [run_sel, prog, loss_plot, acc_plot, margin_plot, log, runs]
         run_sel.change(self.run_view, run_sel, view_out, show_progress="hidden")
