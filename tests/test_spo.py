@@ -223,3 +223,25 @@ def test_a_noise_aware_reward_model_scores_the_trajectory_itself(tmp_path):
             assert src.mode == expect
             pairs, pools = src.trajectory("a red circle", torch.Generator().manual_seed(0))
             assert pools == 3 and all(e.payload["next"].shape[0] == 2 for e in pairs)
+
+
+def test_spo_from_the_cli_on_the_built_in_model(tmp_path):
+    """`python -m app train --method spo` on the built-in model: the user's prompts, a taste as the reward,
+    options as --option; the run completes with an adapter and its step metrics."""
+    from tests.conftest import run_cli
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a white background\n\ntwo blue squares\n")
+    proc = run_cli("train", "--method", "spo", "--steps", "2", "--batch-size", "1", "--reward-model",
+                   "taste-centered", "--prompts-file", str(prompts), "--option", "sample_steps=4",
+                   "--option", "shared_steps=1", "--option", "pool=2", "--option", "threshold=0.01",
+                   data_dir=tmp_path / "data", check=True)
+    run_dir = tmp_path / "data" / "runs" / "run-0001"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["prompts"] == ["a red circle on a white background", "two blue squares"]
+    assert config["reward_model"] == "taste-centered" and config["loss_kwargs"]["pool"] == 2.0
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(r["pools"] == 3 for r in recs)
+    assert (run_dir / "adapter" / "pytorch_lora_weights.safetensors").is_file(), proc.stderr[-500:]
+    bad = run_cli("train", "--method", "spo", "--reward-model", "taste-centered", "--option", "pool", data_dir=tmp_path / "data")
+    assert bad.returncode != 0 and "KEY=NUMBER" in bad.stderr
