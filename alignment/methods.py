@@ -133,8 +133,9 @@ LOSSES: dict[str, LossSpec] = {
                                           "this (SDXL: 0.4)",
                              "sample_steps": "denoising steps of a training trajectory",
                              "shared_steps": "first steps sampled without a pool (layout noise, no pairs)",
-                             "guidance": "classifier-free guidance while sampling and training (built-in model: 3)",
-                             "eta": "the step's noise: DDIM eta (UNet models), SDE noise scale (flow models)"},
+                             "guidance": "classifier-free guidance while sampling and training (built-in model: 3; "
+                                         "guidance-distilled models keep their embedded guidance)",
+                             "eta": "the step's noise: DDIM eta (UNet models), SDE noise scale (flow models: 0.7)"},
                  bounds={"clip": (1e-6, 1 - 1e-6, "in (0, 1)"), "pool": (2, 64, "2 or more (at most 64)"),
                          "threshold": (1e-6, 1 - 1e-6, "in (0, 1)"), "sample_steps": (2, 200, "between 2 and 200"),
                          "shared_steps": (0, 199, "0 or more, fewer than sample_steps"),

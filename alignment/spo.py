@@ -93,12 +93,16 @@ class StepwiseResampler(ExampleSource):
         mode = self.cfg.reward_mode
         if mode == "auto":
             mode = "noisy" if aware else "x0"
-        if mode == "noisy" and not aware:
+        if mode == "noisy" and not aware and getattr(self.reward, "kind", "") == "learned":
             raise TrainingError(
                 f"reward model {self.cfg.reward_model!r} is not noise-aware (it learned from clean samples), so it "
                 "cannot score a trajectory's noisy latents: train one with `python -m app reward train NAME "
                 "--noise-aware` (or tick Noise-aware in the Rewards tab), or let it score the clean image the denoiser "
                 "predicts (reward_mode x0)")
+        if mode == "noisy" and not aware:
+            raise TrainingError(
+                f"reward {self.cfg.reward_model!r} ({getattr(self.reward, 'kind', 'reward')}) scores finished media, not "
+                "noisy latents: let it score the clean image the denoiser predicts (reward_mode x0, or auto)")
         self.mode = mode
         self.reward_rows = _denoiser_readers(self.reward)  # denoiser rows the reward model spends per candidate
         if mode == "x0":

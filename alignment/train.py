@@ -173,6 +173,9 @@ class Training:
                                                                         cfg.data_model or self.adapter.model_name)
         elif self.source is None:
             self.source = StoredJudgments(self.store, cfg, self.spec, cfg.data_model or self.adapter.model_name)
+        if self.source.online and procs.world > 1:
+            raise TrainingError(f"{cfg.method} samples with the model as it trains and runs in one process for now; "
+                                f"start it without accelerate's {procs.world} processes")
         self.source.bind(self.adapter, self.module)
         self.data_hash = self.source.data_hash()  # in the run record and every exported adapter's metadata
         self.mark(data_hash=self.data_hash)
@@ -338,6 +341,10 @@ class Training:
         averaged = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=procs.state.device)
         procs.mean_([averaged])
         sums = Counter(dict(zip(names, averaged.tolist())))
+        if "loss" not in sums:  # an online source kept no example in any micro-batch: nothing to learn, no step
+            self.step += 1
+            return {"step": self.step, **{k: round(v, 6) for k, v in sums.items()}, "lr": lr,
+                    "seconds": round(time.time() - self._t0, 2), "no_examples": True}
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         skipped = False

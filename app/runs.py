@@ -67,6 +67,10 @@ def create_run(store: Store, *, modality: str, method: str, settings: dict[str, 
     source = registry.source(modality)  # a plugin modality: the trainer imports it from here
     if source is not None:
         overrides.setdefault("modality_source", source)
+    if overrides.get("reward_model"):  # a learned reward model is pinned to its version now: a resume judges alike
+        from alignment.rewards import service
+
+        overrides["reward_model"] = service.pinned(store, overrides["reward_model"], modality)
     cfg = TrainConfig.from_dict({"modality": modality, "method": method, "data_dir": str(store.data_dir), **overrides})
     if modality in registry.with_spec():
         registry.spec(modality).check_dimension(cfg.dimension)

@@ -264,9 +264,24 @@ class ModalityAdapter(abc.ABC):
 
     def stochastic_sampler(self, *, steps: int, guidance: float, eta: float, size: int | None = None) -> Any:
         """A sampler that steps the model stochastically with log-probabilities (online methods such
-        as SPO; see ``modalities.diffusion.trajectory.StochasticSampler`` for what it answers).
-        Modalities without one raise ``NotImplementedError``."""
+        as SPO). It answers ``noise(generator, n)``, ``predict(module, x, i, prompts)`` (guided),
+        ``moments(pred, x, i) -> (mean, std, x0)``, ``draw(mean, std, generator, n)``, ``x0(pred, x, i)``,
+        ``time_after(i, n)``, ``logprob(module, x, i, next, prompts) -> [B, K]``, ``to_pixels(x0)``, and
+        has ``steps``, ``cfg`` (guided by an unconditional pass) and ``forwards`` (denoiser rows run); see
+        ``modalities.diffusion.trajectory.StochasticSampler``. Modalities without one raise
+        ``NotImplementedError``."""
         raise NotImplementedError(f"{type(self).__name__} has no stochastic step with log-probabilities")
+
+    def latent_reward_features(self, prompts: Sequence[str], noisy: "torch.Tensor", t: "torch.Tensor",
+                               clean: "torch.Tensor | None" = None) -> "torch.Tensor":
+        """Reward features (as ``reward_features`` reads them) of latents ``noisy`` at model times ``t``
+        -- a trajectory's samples, for noise-aware reward models. Modalities without them raise
+        ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} offers no features of noisy latents")
+
+    def noise_level_of(self, t: "torch.Tensor") -> "torch.Tensor":
+        """Model times as noise levels in [0, 1) (the scale of ``reward_features``' ``noise_level``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no noise levels")
 
     def online_defaults(self) -> dict[str, float]:
         """Sampling defaults of online methods for the loaded model (e.g. SDXL: a pool of 2), over

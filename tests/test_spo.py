@@ -143,6 +143,21 @@ def test_spo_trains_and_resumes_exactly(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_step_without_pairs_leaves_the_adapter_alone(tmp_path):
+    torch.set_num_threads(1)
+    model = tiny_pipelines.save(tiny_pipelines.tiny_pixel(), tmp_path / "model")
+    _, run_dir = _store_run(tmp_path / "data", model, {"steps": 2, "lr": 1e-2, "loss_kwargs": {
+        **SMALL, "pool": 2, "threshold": 0.999999}})  # no two candidates are 14 units of a taste apart
+    assert train(run_dir) == 0
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["pairs"] == 0 and r["no_examples"] and "loss" not in r for r in recs)
+    from safetensors.torch import load_file
+
+    lora = load_file(str(run_dir / "adapter" / "pytorch_lora_weights.safetensors"))
+    assert any("lora_B" in k for k in lora)
+    assert all(float(v.abs().sum()) == 0 for k, v in lora.items() if "lora_B" in k or "lora.up" in k)
+
+
 FAMILIES = {"sd": tiny_pipelines.tiny_sd, "sdxl": tiny_pipelines.tiny_sdxl, "sd3": tiny_pipelines.tiny_sd3,
             "flux": tiny_pipelines.tiny_flux}
 
@@ -209,6 +224,16 @@ def test_a_noise_aware_reward_model_scores_the_trajectory_itself(tmp_path):
         assert torch.allclose(f, g, atol=1e-5)
         scores = aware.score_latents([gen.prompt], noisy, torch.tensor([step]))
         assert scores["overall"].shape == (1,)
+        # a run pins the learned reward model's version; a taste is refused for noisy latents
+        from app.runs import create_run
+
+        run, _ = create_run(store, modality="image", method="spo", settings={"reward_model": "aware+taste-large",
+                                                                             "prompts": ["a red circle"]})
+        assert run.config["reward_model"] == "aware@v1+taste-large"
+        cfg = TrainConfig(modality="image", method="spo", model="shapes-diffusion", data_dir=str(tmp_path / "data"),
+                          reward_model="taste-large", reward_mode="noisy", prompts=["a red circle"])
+        with pytest.raises(TrainingError, match="scores finished media"):
+            StepwiseResampler(store, cfg, LOSSES["spo"], None).bind(adapter, adapter.trainable_module())
         # SPO picks the noisy mode for it, and refuses it for the clean one
         for name, mode, expect in (("aware", "auto", "noisy"), ("clean", "auto", "x0"), ("clean", "noisy", None)):
             cfg = TrainConfig(modality="image", method="spo", model="shapes-diffusion", data_dir=str(tmp_path / "data"),

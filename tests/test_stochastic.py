@@ -114,3 +114,18 @@ def test_qwen_image_has_no_stochastic_step():
     adapter = ImageAdapter(tiny_pipelines.tiny_qwen_image(), model="tiny-qwen")
     with pytest.raises(ValueError, match="no stochastic step"):
         adapter.stochastic_sampler(steps=4, guidance=3.0, eta=1.0)
+
+
+def test_schedules_chain_and_the_flow_sde_caps_pure_noise_as_flow_grpo():
+    # a UNet trajectory lands each step on the next step's timestep, whatever the spacing and step count
+    adapter = ImageAdapter(tiny_pipelines.tiny_pixel(), model="tiny-pixel")  # trailing spacing
+    for steps in (7, 20):
+        s = adapter.stochastic_sampler(steps=steps, guidance=1.0, eta=1.0)
+        assert torch.equal(s.a_prev[:-1], s.a_t[1:]) and s.a_prev[-1] == adapter._alphas_cumprod[0]
+        assert float(s.time_after(steps - 1)) == 0 and torch.equal(s.time_after(0, 2), s.t_model[1].expand(2))
+    # at sigma = 1 the noise scale uses the schedule's largest sigma below 1
+    v, x = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    _, std, _ = stochastic.flow_sde_moments(v, x, 1.0, 0.9, noise=0.7, sigma_cap=0.95)
+    assert float(std) == pytest.approx(0.7 * math.sqrt(1 / 0.05) * math.sqrt(0.1), rel=1e-5)
+    flow = ImageAdapter(tiny_pipelines.tiny_sd3(), model="tiny-sd3").stochastic_sampler(steps=6, guidance=1.0, eta=0.7)
+    assert flow.sigma[0] == 1.0 and flow.sigma_cap == pytest.approx(float(flow.sigma[1]))

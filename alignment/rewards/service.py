@@ -132,6 +132,21 @@ def check_name(store: Any, name: str, modality: str) -> None:
             raise ValueError(f"reward model {record.label} scores {record.modality}, not {modality}")
 
 
+def pinned(store: Any, name: str, modality: str) -> str:
+    """``name`` with every learned part pinned to its current version (``my-taste`` -> ``my-taste@v3``), so a
+    run keeps judging with the same reward model whatever is trained later; checked like
+    :func:`check_name`."""
+    check_name(store, name, modality)
+    builtin = programmatic(modality)
+    parts = []
+    for part in (p for p in str(name).split("+") if p):
+        if part in builtin or _VERSIONED.fullmatch(part):
+            parts.append(part)
+        else:
+            parts.append(f"{part}@v{store.get_reward_model(part).version}")
+    return "+".join(parts)
+
+
 def reads_media(record: Any) -> bool:
     """Whether a stored reward model reads a pretrained encoder's features of the candidates (any
     model's), rather than one model's own."""

@@ -265,6 +265,7 @@ class TrainTab:
         t_mod.change(lambda m: [gr.update(visible=x == m and bool(registry.spec(x).train_options)) for x in mods],
                      t_mod, option_rows)
         t_mod.change(lambda m: gr.update(choices=list(registry.spec(m).dimensions), value="overall"), t_mod, t_dim)
+        t_mod.change(lambda m: gr.update(choices=self.reward_choices(m), value=None), t_mod, t_reward)
         t_method.input(on_method, t_method, [t_lr, t_beta, lm_row, t_about])
         t_method.change(lambda m, mod: (gr.update(visible=is_online(m)), gr.update(choices=self.reward_choices(mod))),
                         [t_method, t_mod], [online_row, t_reward])

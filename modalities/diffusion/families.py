@@ -169,10 +169,11 @@ FAMILIES: dict[str, Family] = {
                {"steps": 30, "guidance": 5.0, "scheduler": "euler"}, schedulers=UNET_SCHEDULERS,
                online={"pool": 2, "threshold": 0.4}),  # SPO's SDXL settings
         Family("StableDiffusion3Pipeline", "flow", "transformer", _enc_sd3, _pred_sd3,
-               {"steps": 28, "guidance": 7.0, "scheduler": "flow-euler"}, schedulers=FLOW_SCHEDULERS),
+               {"steps": 28, "guidance": 7.0, "scheduler": "flow-euler"}, schedulers=FLOW_SCHEDULERS,
+               online={"eta": 0.7}),  # the SDE's noise scale, as Flow-GRPO
         Family("FluxPipeline", "flow", "transformer", _enc_flux, _pred_flux,
                {"steps": 28, "guidance": 3.5, "scheduler": "flow-euler"}, patch=2, train_guidance=3.5,
-               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, cfg=False),
+               schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, cfg=False, online={"eta": 0.7}),
         Family("QwenImagePipeline", "flow", "transformer", _enc_qwen, _pred_qwen,
                {"steps": 30, "guidance": 4.0, "scheduler": "flow-euler"}, patch=2, latent_norm="mean-std",
                schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, true_cfg=True, stochastic=False),

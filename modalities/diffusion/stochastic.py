@@ -25,7 +25,8 @@ import math
 import torch
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-SIGMA_CAP = 0.99  # the flow SDE's noise scale divides by 1 - sigma: capped at sigma = 1 (pure noise)
+SIGMA_CAP = 0.99  # the flow SDE's noise scale divides by 1 - sigma: at sigma = 1 (pure noise) the caller's
+# cap is used instead (Flow-GRPO: the schedule's largest sigma below 1), else this one
 
 
 def _col(x: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -71,10 +72,11 @@ def ddim_moments(pred: torch.Tensor, x_t: torch.Tensor, alpha_t, alpha_prev, eta
     return mean, std, x0
 
 
-def flow_sde_moments(v: torch.Tensor, x_t: torch.Tensor, sigma, sigma_next, noise: float = 0.7
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flow_sde_moments(v: torch.Tensor, x_t: torch.Tensor, sigma, sigma_next, noise: float = 0.7,
+                     sigma_cap: float = SIGMA_CAP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean, std, predicted x0) of the flow SDE step from ``sigma`` to ``sigma_next`` (see the module
-    docstring); ``noise`` scales the injected noise (0: the Euler step of the ODE)."""
+    docstring); ``noise`` scales the injected noise (0: the Euler step of the ODE). Where sigma is 1 the
+    noise scale's denominator uses ``sigma_cap`` (Flow-GRPO: the schedule's largest sigma below 1)."""
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     s, s_next = _col(sigma, x_t), _col(sigma_next, x_t)
@@ -82,7 +84,7 @@ def flow_sde_moments(v: torch.Tensor, x_t: torch.Tensor, sigma, sigma_next, nois
         raise ValueError("flow steps go from more noise to less: sigma_next must be below sigma")
     v, x_t = v.float(), x_t.float()
     dt = s_next - s
-    scale = float(noise) * (s / (1 - s.clamp(max=SIGMA_CAP))).sqrt()
+    scale = float(noise) * (s / (1 - torch.where(s >= 1, torch.full_like(s, float(sigma_cap)), s))).sqrt()
     mean = x_t * (1 + scale ** 2 / (2 * s) * dt) + v * (1 + scale ** 2 * (1 - s) / (2 * s)) * dt
     std = scale * (-dt).sqrt()
     return mean, std, x_t - s * v

@@ -50,13 +50,11 @@ class StochasticSampler:
             sched.set_timesteps(self.steps)
             ts = sched.timesteps.long()
             alphas = adapter._alphas_cumprod
-            stride = sched.config.num_train_timesteps // self.steps
-            prev = ts - stride
             self.t_model = ts  # what the UNet gets
             self.a_t = alphas[ts]
-            # the last step lands on the first training step's alpha (not 1): it keeps a little noise,
-            # so it has a log-probability too
-            self.a_prev = torch.where(prev >= 0, alphas[prev.clamp_min(0)], alphas[0])
+            # each step lands on the next step's timestep; the last on the first training step's alpha (not 1):
+            # it keeps a little noise, so it has a log-probability too
+            self.a_prev = torch.cat([alphas[ts[1:]], alphas[:1]])
         else:
             from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -73,6 +71,8 @@ class StochasticSampler:
             sig = sched.sigmas.float()
             self.t_model = sig[:-1]  # the predict functions take sigma (SD3's scales it by 1000 itself)
             self.sigma, self.sigma_next = sig[:-1], sig[1:]
+            below = sig[(sig < 1) & (sig > 0)]
+            self.sigma_cap = float(below.max()) if len(below) else stochastic.SIGMA_CAP
         self.forwards = 0  # denoiser rows evaluated (a guided row counts twice)
 
     # -- noise and predictions ----------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class StochasticSampler:
             return stochastic.ddim_moments(pred, x, self.a_t[idx].to(x.device), self.a_prev[idx].to(x.device),
                                            self.eta, self.adapter.prediction_type)
         return stochastic.flow_sde_moments(pred, x, self.sigma[idx].to(x.device), self.sigma_next[idx].to(x.device),
-                                           self.eta)
+                                           self.eta, self.sigma_cap)
 
     def time_after(self, i: int, n: int = 1) -> torch.Tensor:
         """The model time of a latent drawn at step ``i`` (the next step's; 0 after the last step)."""
