@@ -188,8 +188,9 @@ class LearnedReward(RewardModel):
     def features(self, prompts: Sequence[str], media: Sequence[bytes]) -> torch.Tensor:
         if self.encoder is not None:
             return encoder_features(self.encoder, prompts, media)
+        extra = {"predicted_x0": True} if self.noise_aware else {}  # (adapters of older signatures take no flag)
         feats = self.adapter.reward_features(list(prompts), list(media), noise_level=self.noise_level,
-                                             seed=int(self.meta.get("feature_seed", 0)), predicted_x0=self.noise_aware)
+                                             seed=int(self.meta.get("feature_seed", 0)), **extra)
         return _with_level(feats, self.noise_level) if self.noise_aware else feats
 
     def score_latents(self, prompts: Sequence[str], latents: torch.Tensor, t: torch.Tensor) -> dict[str, np.ndarray]:
