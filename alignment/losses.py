@@ -181,6 +181,40 @@ def spo(policy, reference, *, beta: float, clip: float = 0.1, **_):
     return loss, metrics
 
 
+# -- RL from sequence-level rewards ----------------------------------------------
+
+
+def rloo_kl(policy, reference, *, beta: float, rewards: torch.Tensor | None = None, samples: float = 0,
+            temperature: float = 1.0, **_):
+    """REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics")
+    on K samples of each prompt drawn from the policy itself, with the KL to the reference inside the
+    reward, as MusicRL (Cideron et al. 2024) regularises: per sample the shaped reward is
+        r'_k = z_k - beta * (log pi(y_k) - log ref(y_k)),
+    z the rewards standardised within the prompt's K samples (so beta means the same whatever the reward
+    model's scale), the advantage A_k = r'_k - mean_{j != k} r'_j, and the loss -mean(A_k * log pi(y_k))
+    (A held constant). Scores are sequence log-probabilities (sums). ``rewards``: [B, K]."""
+    del samples, temperature  # the source's sampling options
+    reference = _need_reference(reference, "musicrl")
+    if rewards is None:
+        raise ValueError("rloo_kl needs the samples' rewards (an online source gives them)")
+    if policy.dim() != 2 or policy.shape[1] < 2 or policy.shape != reference.shape:
+        raise ValueError(f"rloo_kl needs policy and reference scores of shape [B, K>=2], got {tuple(policy.shape)}")
+    r = rewards.to(policy.device, torch.float32)
+    if r.shape != policy.shape:
+        raise ValueError(f"rewards {tuple(r.shape)} do not match the scores {tuple(policy.shape)}")
+    K = policy.shape[1]
+    with torch.no_grad():
+        z = (r - r.mean(1, keepdim=True)) / r.std(1, keepdim=True, unbiased=False).clamp_min(1e-6)
+        kl = policy - reference
+        shaped = z - float(beta) * kl
+        advantage = shaped - (shaped.sum(1, keepdim=True) - shaped) / (K - 1)
+    loss = -(advantage * policy).mean()
+    metrics = {"reward": r.mean().item(), "kl": kl.mean().item(), "advantage_abs": advantage.abs().mean().item(),
+               "reward_accuracy": float((torch.argmax(policy - reference, 1) == torch.argmax(r, 1)).float().mean()),
+               "margin": float((kl * z).mean())}
+    return loss, metrics
+
+
 # -- listwise -------------------------------------------------------------------
 
 
@@ -255,5 +289,5 @@ FUNCTIONS: dict[str, LossFn] = {
     "dpo": with_nll(dpo), "ipo": with_nll(ipo), "hinge": with_nll(hinge),
     "conservative_dpo": with_nll(conservative_dpo), "simpo": with_nll(simpo), "irepo": with_nll(irepo),
     "diffusion_dpo": diffusion_dpo, "mapo": mapo, "rankdpo": rankdpo, "flow_dpo": flow_dpo, "flow_rwr": flow_rwr,
-    "spo": spo,
+    "spo": spo, "rloo_kl": rloo_kl,
 }

@@ -84,6 +84,10 @@ class ExampleSource(abc.ABC):
         """Figures about the examples last made (online sources), logged with the step's metrics."""
         return {}
 
+    def loss_inputs(self, examples: list[Example]) -> dict[str, Any]:
+        """Online sources: extra keyword arguments of the loss for these examples (e.g. their rewards)."""
+        return {}
+
     def recurring_key(self, base: int) -> int | None:
         """For cached reference scores: equal keys mean the micro-batch recurs with the same noise
         (None: never cache)."""

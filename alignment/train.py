@@ -282,7 +282,7 @@ class Training:
             policy = self.source.score(self.adapter, self.module, batch,
                                        torch.Generator("cpu").manual_seed(seed)).float()
         reference = self._reference_scores(batch, base, seed) if spec.needs_reference else None
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(self.source.loss_inputs(examples))
         if spec.passes_labels:
             extra["labels"] = torch.tensor([e.label for e in examples], dtype=torch.float32)
         if spec.listwise:

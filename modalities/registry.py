@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _BUILTIN: dict[str, str] = {
     "image": "modalities.image:SPEC",
     "text": "modalities.text:SPEC",
+    "music": "modalities.music:SPEC",
 }
 _SPECS: dict[str, Any] = dict(_BUILTIN)  # name -> ModalitySpec | "module:SPEC"
 _ADAPTERS: dict[str, Any] = {}  # name -> adapter class | "module:Class" for modalities registered without a spec

@@ -124,6 +124,15 @@ def batch_of(rng: random.Random, args: argparse.Namespace, tokenizer, device) ->
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    tokenizer = world.build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return train_loop(args, tokenizer, batch_of, {"difficulty": asdict(world.DIFFICULTIES[args.difficulty])})
+
+
+def train_loop(args: argparse.Namespace, tokenizer, make_batch, describe: dict) -> int:
+    """Train (or resume) a small Llama on ``make_batch(rng, args, tokenizer, device) -> (ids, labels)`` and
+    write the model folder; ``describe`` goes into its training_config.json. Shared by the built-in models'
+    training scripts (the settings that must match on a resume are ``SAME``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -131,9 +140,7 @@ def main(argv=None) -> int:
     run_dir, out_dir = Path(args.run_dir), Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    tokenizer = world.build_tokenizer()
     tokenizer.model_max_length = args.context
-    tokenizer.chat_template = CHAT_TEMPLATE
     model = build_model(args, tokenizer).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     data_rng = random.Random(args.seed)
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
         except pickle.UnpicklingError:
             raise SystemExit(f"{ckpt_path} was not loaded: it is damaged, or holds objects other than tensors and "
                              "plain values (which could run code); delete it or use another --run-dir") from None
-        if any(ck["args"][k] != getattr(args, k) for k in SAME):
+        if any(ck["args"].get(k) != getattr(args, k, None) for k in SAME):
             raise SystemExit(f"{ckpt_path} was made with other settings ({ck['args']}); use another --run-dir")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
     if args.export_only:
         if not ckpt_path.exists():
             raise SystemExit(f"no checkpoint in {run_dir} to export")
-        return export(model, tokenizer, args, out_dir, step, elapsed_before, device)
+        return export(model, tokenizer, args, out_dir, step, elapsed_before, device, describe)
 
     stop = {"now": False}
 
@@ -178,7 +185,7 @@ def main(argv=None) -> int:
     log = open(run_dir / "train_log.jsonl", "a")
     model.train()
     while step < args.steps and not stop["now"]:
-        x, y = batch_of(data_rng, args, tokenizer, device)
+        x, y = make_batch(data_rng, args, tokenizer, device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id).long(), labels=y).loss
@@ -201,10 +208,10 @@ def main(argv=None) -> int:
     if stop["now"] and step < args.steps:
         print(f"stopped at step {step}; run the same command again to resume", flush=True)
         return 130
-    return export(model, tokenizer, args, out_dir, step, elapsed_before + time.time() - t_start, device)
+    return export(model, tokenizer, args, out_dir, step, elapsed_before + time.time() - t_start, device, describe)
 
 
-def export(model, tokenizer, args, out_dir: Path, step: int, seconds: float, device) -> int:
+def export(model, tokenizer, args, out_dir: Path, step: int, seconds: float, device, describe: dict) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     from transformers import GenerationConfig
 
@@ -217,7 +224,7 @@ def export(model, tokenizer, args, out_dir: Path, step: int, seconds: float, dev
     tokenizer.save_pretrained(out_dir)
     training = {k: v for k, v in vars(args).items() if k not in ("export_only", "stop_after")}
     (out_dir / "training_config.json").write_text(json.dumps(
-        {"training": training, "difficulty": asdict(world.DIFFICULTIES[args.difficulty]), "device": str(device),
+        {"training": training, **describe, "device": str(device),
          "torch_threads": torch.get_num_threads(), "minutes": round(seconds / 60, 1), "steps": step,
          "parameters": sum(p.numel() for p in model.parameters())}, indent=2, default=str))
     print(f"wrote {out_dir} after {step} steps, {seconds / 60:.1f} min", flush=True)

@@ -131,16 +131,19 @@ def _default_dtype(device: str) -> torch.dtype:
 
 
 def load_causal_lm(ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None,
-                   trust_remote_code: bool = False):
-    """(model, tokenizer, name to record, revision) for a causal LM by hub id or local folder."""
+                   trust_remote_code: bool = False, builtins: dict[str, Path] | None = None,
+                   retrain: str = "scripts/train_text_default.py"):
+    """(model, tokenizer, name to record, revision) for a causal LM by hub id or local folder (or an alias of
+    ``builtins``, the text modality's built-in models by default; ``retrain`` names the script that makes them)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = check_device(device)
-    name, folder = resolve_model(ref.id)
+    builtins = BUILTIN_MODELS if builtins is None else builtins
+    name, folder = loading.resolve_model(ref.id, builtins)
     if folder is not None:
-        if name in BUILTIN_MODELS and not folder.exists():
+        if name in builtins and not folder.exists():
             raise ModelLoadError(f"the built-in model {name!r} is missing from {folder}; restore it with "
-                                 "`git checkout -- models/` or retrain it with `python scripts/train_text_default.py`")
+                                 f"`git checkout -- models/` or retrain it with `python {retrain}`")
         _check_model_folder(folder, trust_remote_code)
         source, revision = str(folder), ref.revision
     else:
@@ -260,6 +263,7 @@ class TextAdapter(ModalityAdapter):
 
     name = "text"
     score_kind = ScoreKind.AUTOREGRESSIVE
+    BUILTIN_MODELS = BUILTIN_MODELS  # alias -> shipped folder (exports resolve base models with it)
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def __init__(self, model, tokenizer, *, model_name: str, revision: str | None = None,
@@ -293,13 +297,13 @@ class TextAdapter(ModalityAdapter):
         """``peft`` (the PEFT folder) or ``merged`` (a full model folder); see :mod:`.export`."""
         from .export import export_adapter
 
-        return export_adapter(adapter_dir, out, fmt, base_model=base_model, metadata=metadata)
+        return export_adapter(adapter_dir, out, fmt, base_model=base_model, metadata=metadata, adapter_cls=cls)
 
     @classmethod
     def verify_export(cls, base_model: str, adapter_dir: Path, exported: Path, fmt: str) -> float:
         from .export import verify_export
 
-        return verify_export(base_model, adapter_dir, exported, fmt)
+        return verify_export(base_model, adapter_dir, exported, fmt, adapter_cls=cls)
 
     @classmethod
     def prompt_renderer(cls):
