@@ -631,3 +631,87 @@ def test_bad_model_and_closing_the_browser_mid_generation(app, page, browser):
     status = generate(page, n=2, seed=5, prompt=IMAGE_PROMPT)
     assert "Done 2 of 2" in status
     assert not page.errors, page.errors
+
+
+MUSIC_PROMPT = "a slow sad melody in A minor on a harp, descending"
+PLAYING_JS = "(id) => { const b = document.querySelector('#' + id + ' button.play-pause-button'); " \
+             "return !!b && b.getAttribute('aria-label') === 'Pause'; }"
+
+
+def test_music_generate_listen_judge_train_compare_export(app, page):
+    """The music loop on the built-in melody model: waveform players, play/stop keys and "A then B", A/B
+    votes by key, MusicRL from the Train tab, a blind comparison by ear, a PEFT export."""
+    tab(page, "Generate & rank")
+    radio(page, "modality", "music")
+    assert wait_value(page, "model", "melody-lm") == "melody-lm"
+    status = generate(page, n=4, seed=0, prompt=MUSIC_PROMPT)
+    assert "Done 4 of 4" in status, status
+    page.wait_for_selector("#cand-audio-4 button.play-pause-button")
+    with store_of(app) as s:
+        clips = s.list_generations(modality="music")
+        assert len(clips) == 4 and all(g.mime == "audio/wav" for g in clips)
+    # one key plays a candidate and stops it; starting another stops the first
+    page.keyboard.press("Shift+Digit1")
+    page.wait_for_function(PLAYING_JS, arg="cand-audio-1", timeout=60_000)
+    page.keyboard.press("Shift+Digit2")
+    page.wait_for_function(PLAYING_JS, arg="cand-audio-2", timeout=60_000)
+    assert not page.evaluate(PLAYING_JS, "cand-audio-1")
+    page.keyboard.press("Shift+Digit2")
+    page.wait_for_function(f"() => !({PLAYING_JS})('cand-audio-2')", timeout=60_000)
+    shot(page, "11-generate-music")
+
+    radio(page, "judge-mode", "A/B")
+    page.wait_for_selector("#ab-play-both", state="visible")
+    page.wait_for_selector("#ab-audio-b button.play-pause-button")
+    page.keyboard.press("p")  # A, then B when A ends
+    page.wait_for_function(PLAYING_JS, arg="ab-audio-a", timeout=60_000)
+    page.wait_for_function(PLAYING_JS, arg="ab-audio-b", timeout=120_000)
+    page.keyboard.press("w")  # stop B
+    for key in ("a", "b", "a"):
+        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
+    assert "3 judgments collected for" in text(page, "counter")
+    radio(page, "judge-mode", "Best of N")
+
+    tab(page, "Train")
+    radio(page, "train-modality", "music")
+    choose(page, "train-method", "musicrl")
+    page.wait_for_selector("#train-reward-model", state="visible")
+    choose(page, "train-reward-model", "taste-legato")
+    accordion = page.locator("#train-method-options")
+    if not accordion.is_visible():
+        page.locator("button:has-text('Advanced'):visible").first.click()
+    fill(page, "train-method-options", "samples=2")
+    ids = train_and_wait(page, app, steps=2)
+    fill(page, "train-method-options", "")
+    with store_of(app) as s:
+        run = s.get_run(ids[0])
+        assert run.method == "musicrl" and run.config["reward_model"] == "taste-legato"
+        music_adapter = [a for a in s.list_adapters() if a.run_id == ids[0]][0]
+        assert music_adapter.modality == "music"
+    recs = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["samples"] == 2 * r["prompts"] for r in recs)
+    shot(page, "12-train-music")
+
+    tab(page, "Compare")
+    radio(page, "compare-modality", "music")
+    fill(page, "compare-prompts", MUSIC_PROMPT)
+    fill(page, "compare-seeds", "2")
+    msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
+    assert "2 blind comparisons" in msg, msg
+    page.wait_for_selector("#blind-play-both", state="visible")
+    page.wait_for_selector("#blind-audio-right button.play-pause-button")
+    page.keyboard.press("q")
+    page.wait_for_function(PLAYING_JS, arg="blind-audio-left", timeout=60_000)
+    page.keyboard.press("q")
+    act(page, "blind-label", lambda: page.keyboard.press("ArrowLeft"))
+    act(page, "blind-label", lambda: page.click("#blind-right"))
+    assert "over 2 blind choices" in text(page, "blind-label")
+    shot(page, "13-compare-music")
+
+    tab(page, "Adapters")
+    choose(page, "adapter-select", str(music_adapter.id))
+    wait_text(page, "adapter-info", f"Adapter {music_adapter.id}")
+    page.wait_for_function("() => document.querySelector('#adapter-format input').value === 'peft'", timeout=600_000)
+    msg = act(page, "adapter-msg", lambda: page.click("#adapter-export"))
+    assert "Exported to" in msg, msg
+    assert not page.errors, page.errors

@@ -39,6 +39,42 @@ KEYS_JS = """
     el.click();
     return true;
   };
+  // audio candidates: the players' own play/pause buttons (one plays at a time), and "A then B"
+  const playButton = (id) => {
+    const root = document.getElementById(id);
+    return visible(root) ? root.querySelector('button.play-pause-button') : null;
+  };
+  const playing = (b) => !!b && b.getAttribute('aria-label') === 'Pause';
+  const stopAll = (keep) => document.querySelectorAll('button.play-pause-button').forEach((b) => {
+    if (b !== keep && playing(b)) b.click();
+  });
+  const toggle = (id) => {
+    const b = playButton(id);
+    if (!b) return false;
+    stopAll(b);
+    b.click();
+    return true;
+  };
+  let chain = null;
+  window.palatePlayBoth = (a, b) => {
+    const first = playButton(a), second = playButton(b);
+    if (!first || !second) return false;
+    if (chain) clearInterval(chain);
+    stopAll(null);
+    first.click();
+    let started = false, waited = 0;
+    chain = setInterval(() => {
+      waited += 150;
+      if (playing(first)) { started = true; return; }
+      if (!started && waited < 20000) return;
+      clearInterval(chain);
+      chain = null;
+      if (started) second.click();
+    }, 150);
+    return true;
+  };
+  const pair = () => (visible(document.getElementById('blind-audio-left'))
+    ? ['blind-audio-left', 'blind-audio-right'] : ['ab-audio-a', 'ab-audio-b']);
   document.addEventListener('keydown', (e) => {
     const t = e.target;
     const typing = t && ((t.tagName === 'INPUT' && !['radio', 'checkbox', 'button', 'range'].includes(t.type))
@@ -47,7 +83,11 @@ KEYS_JS = """
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const k = e.key;
     let done = false;
-    if (/^[1-8]$/.test(k)) done = click('choose-' + k);
+    if (e.shiftKey && /^Digit[1-8]$/.test(e.code)) done = toggle('cand-audio-' + e.code.slice(5));
+    else if (k === 'q') done = toggle(pair()[0]);
+    else if (k === 'w') done = toggle(pair()[1]);
+    else if (k === 'p') done = window.palatePlayBoth(...pair());
+    else if (/^[1-8]$/.test(k)) done = click('choose-' + k);
     else if (k === 'Enter') done = click('rank-save');
     else if (k === 'a') done = click('ab-a');
     else if (k === 'b') done = click('ab-b');

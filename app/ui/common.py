@@ -116,5 +116,10 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], elem: str) 
     return f"<table class='{elem}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def plays_audio(modality: str) -> bool:
+    """Whether the modality's candidates are audio players (the play-both buttons show for them)."""
+    return modality in registry.with_spec() and registry.spec(modality).display == View.AUDIO
+
+
 def modality_choices() -> list[str]:
     return registry.with_spec()

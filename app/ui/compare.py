@@ -13,7 +13,7 @@ from app.generation import default_model
 from modalities import registry
 from modalities.spec import View
 
-from .common import candidate_slot, cell_html, err, html_table, modality_choices, render
+from .common import candidate_slot, cell_html, err, html_table, modality_choices, plays_audio, render
 
 
 class CompareTab:
@@ -161,12 +161,15 @@ class CompareTab:
             bl = gr.Button("Left is better (←)", elem_id="blind-left")
             bt = gr.Button("Tie (↓)", elem_id="blind-tie")
             br = gr.Button("Right is better (→)", elem_id="blind-right")
+            b_play = gr.Button("▶ left then right (p)", elem_id="blind-play-both", visible=plays_audio(mods[0]))
+            b_play.click(None, None, None, js="() => { window.palatePlayBoth('blind-audio-left', 'blind-audio-right'); }")
 
         def refresh(m):
             ch = self.adapter_choices(m)
             return gr.update(choices=ch, value=[]), gr.update(choices=ch, value=ch[-1][1] if ch else None)
 
         c_mod.change(refresh, c_mod, [c_adapters, b_adapter])
+        c_mod.change(lambda m: gr.update(visible=plays_audio(m)), c_mod, b_play)
         c_mod.change(lambda: [gr.update(value=[], visible=False), gr.update(value=None, visible=False),
                               gr.update(value="", visible=False), "", {}, ""]
                      + render(self.store, None) + render(self.store, None), None,

@@ -15,7 +15,7 @@ from app.generation import default_model, generate_candidates, get_adapter
 from modalities import registry
 from storage import Generation
 
-from .common import MAX_N, candidate_slot, err, modality_choices, opt_box, opt_int, render
+from .common import MAX_N, candidate_slot, err, modality_choices, opt_box, opt_int, plays_audio, render
 
 MODES = ("Best of N", "A/B", "Rank")
 NO_REWARD = "(none)"
@@ -23,7 +23,8 @@ NO_REWARD = "(none)"
 SHORTCUTS = """
 **Keyboard** (outside text fields): **1-8** pick that candidate (Best of N) or add it to the ranking (Rank) ·
 **Enter** save the ranking · A/B: **a** / **b** better, **t** tie, **x** both bad, **s** skip ·
-**u** undo the last judgment · Compare, blind: **←** left, **→** right, **↓** tie.
+**u** undo the last judgment · Compare, blind: **←** left, **→** right, **↓** tie · Audio: **Shift+1-8** play/stop
+that candidate, **q** / **w** play/stop A (left) / B (right), **p** play A then B.
 """
 
 
@@ -344,6 +345,8 @@ class GenerateTab:
                 ab_btns = {c: gr.Button(lbl, elem_id=eid) for c, lbl, eid in (
                     ("a", "A is better (a)", "ab-a"), ("b", "B is better (b)", "ab-b"), ("tie", "Tie (t)", "ab-tie"),
                     ("both-bad", "Both bad (x)", "ab-bad"), ("skip", "Skip (s)", "ab-skip"))}
+                ab_play = gr.Button("▶ A then B (p)", elem_id="ab-play-both", visible=plays_audio(mods[0]))
+                ab_play.click(None, None, None, js="() => { window.palatePlayBoth('ab-audio-a', 'ab-audio-b'); }")
         with gr.Row(visible=False) as rank_area:
             rank_md = gr.Markdown("", elem_id="rank-order")
             rank_save = gr.Button("Save ranking (Enter)", elem_id="rank-save", size="sm")
@@ -357,6 +360,7 @@ class GenerateTab:
                     + [gr.update(visible=x == m) for x in mods])
 
         modality.change(on_modality, modality, [model, negative, prompt] + rows)
+        modality.change(lambda m: gr.update(visible=plays_audio(m)), modality, ab_play)
         modality.change(lambda m: gr.update(choices=self.reward_names(m), value=NO_REWARD), modality, ab_reward)
 
         def dim_visibility(m, on):

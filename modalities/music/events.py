@@ -83,11 +83,7 @@ class MelodyLMAdapter(TextAdapter):
         out = []
         for seed, (tokens, finish) in zip(seeds, answers):
             text = self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            try:
-                m = melody.parse_words(text, max_seconds=params["duration"])
-            except ValueError as e:
-                raise ValueError(f"the model wrote no playable melody for seed {seed} ({e}); its words: "
-                                 f"{text[:120]!r}") from None
+            m = melody.parse_words(text, max_seconds=params["duration"], strict=False)  # no notes: a silent clip
             words = " " + melody.words_of(m)
             data = wav.encode_wav(melody.render(m), melody.RATE, {"family": FAMILY, "text": words,
                                                                  "model": self.model_name})

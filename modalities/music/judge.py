@@ -13,6 +13,7 @@ quarter notes), 60 / beat.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,8 @@ def analyze(audio: np.ndarray, rate: int) -> Analysis:
     env = librosa.onset.onset_strength(y=y, sr=rate, hop_length=HOP, lag=2, max_size=3)  # SuperFlux
     peaks = librosa.onset.onset_detect(onset_envelope=env, sr=rate, hop_length=HOP, units="frames", delta=0.3, wait=6)
     # each onset moved back to where its note's energy starts rising (the envelope peaks a few frames late)
-    found = set(int(o) for o in librosa.onset.onset_backtrack(peaks[peaks < n], rms))
+    peaks = peaks[peaks < n]
+    found = set(int(o) for o in librosa.onset.onset_backtrack(peaks, rms)) if peaks.size else set()
     found |= _pitch_changes(f0, loud)
     if loud.any():
         found.add(int(np.argmax(loud)))
@@ -172,7 +174,9 @@ def analyze(audio: np.ndarray, rate: int) -> Analysis:
             weights[int(round(p)) % 12] += dur
         ends = (int(round(notes[-1][1])) % 12, int(round(notes[0][1])) % 12)
     else:
-        weights = librosa.feature.chroma_stft(y=y, sr=rate, n_fft=4096, hop_length=HOP).sum(axis=1)
+        with warnings.catch_warnings():  # a silent clip: librosa warns that it cannot estimate the tuning
+            warnings.simplefilter("ignore", UserWarning)
+            weights = librosa.feature.chroma_stft(y=y, sr=rate, n_fft=4096, hop_length=HOP).sum(axis=1)
     tonic, mode, strength = _key(weights, ends)
     spec_centroid = librosa.feature.spectral_centroid(y=y, sr=rate, n_fft=2048, hop_length=HOP)[0][:n]
     centroid = float(np.average(spec_centroid[loud], weights=rms[loud])) if loud.any() else 0.0

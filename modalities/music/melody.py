@@ -221,10 +221,11 @@ def words_of(m: Melody) -> str:
 _NOTE_RE = re.compile(r"^n(\d+)$")
 
 
-def parse_words(text: str, *, max_seconds: float | None = None) -> Melody:
+def parse_words(text: str, *, max_seconds: float | None = None, strict: bool = True) -> Melody:
     """The melody written as ``text`` (the built-in model's answer). Tolerant of a model's slips: a pitch
-    without a length gets a quarter; unknown words are skipped. Raises ValueError when the header is
-    missing or no note can be read."""
+    without a length gets a quarter; unknown words are skipped. Raises ValueError when the tempo is missing
+    or no note can be read -- unless ``strict`` is False: then a missing tempo is 96 bpm and no notes is an
+    empty melody (a silent clip: what the model wrote is still a sample, if a poor one)."""
     words = text.split()
     head: dict[str, object] = {}
     notes: list[tuple[int, int]] = []
@@ -248,8 +249,10 @@ def parse_words(text: str, *, max_seconds: float | None = None) -> Melody:
     if pending is not None:
         notes.append((pending, 4))
     if "bpm" not in head:
-        raise ValueError("the melody has no tempo (bpmN)")
-    if not notes:
+        if strict:
+            raise ValueError("the melody has no tempo (bpmN)")
+        head["bpm"] = TEMPI["moderate"]
+    if not notes and strict:
         raise ValueError("the melody has no notes")
     m = Melody(instrument=str(head.get("instrument", "flute")), tone=int(head.get("tone", 1)),  # type: ignore[arg-type]
                art=int(head.get("art", 2)), bpm=int(head["bpm"]), notes=tuple(notes))  # type: ignore[arg-type]
@@ -270,7 +273,7 @@ def truncate(m: Melody, seconds: float) -> Melody:
             break
         out.append((p, d))
         used += d
-    return replace(m, notes=tuple(out or m.notes[:1]))
+    return replace(m, notes=tuple(out or m.notes[:1]))  # an empty melody stays empty
 
 
 def vocabulary() -> list[str]:

@@ -21,7 +21,7 @@ from . import judge, wav
 def _analyses(media: Sequence[bytes]) -> list[judge.Analysis]:
     out = []
     for m in media:
-        audio, rate = wav.decode(m)
+        audio, rate = wav.decode(m, allow_silent=True)  # a model may write an empty melody: the worst score
         out.append(judge.analyze(audio, rate))
     return out
 
@@ -71,4 +71,4 @@ def bright(prompt: str, media: Sequence[bytes]) -> list[float]:
 
 
 def dark(prompt: str, media: Sequence[bytes]) -> list[float]:
-    return [-math.log(max(a.centroid_hz, 1.0)) for a in _analyses(media)]
+    return [-math.log(a.centroid_hz) if a.centroid_hz > 1.0 else -20.0 for a in _analyses(media)]  # silence: worst

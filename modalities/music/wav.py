@@ -66,10 +66,10 @@ def read_tokens(data: bytes) -> dict[str, Any] | None:
     return None
 
 
-def decode(data: bytes, *, rate: int | None = None) -> tuple[np.ndarray, int]:
+def decode(data: bytes, *, rate: int | None = None, allow_silent: bool = False) -> tuple[np.ndarray, int]:
     """(mono float32 samples, sample rate) of an audio file (WAV, FLAC, OGG: what soundfile reads),
     resampled to ``rate`` when given. Raises ValueError for a file that is not audio, is empty, too long
-    or silent, naming which."""
+    or (unless ``allow_silent``: a generated clip may be) silent, naming which."""
     import soundfile as sf
 
     try:
@@ -83,7 +83,7 @@ def decode(data: bytes, *, rate: int | None = None) -> tuple[np.ndarray, int]:
     mono = audio.mean(axis=1)
     if not np.all(np.isfinite(mono)):
         raise ValueError("the audio holds NaN or infinite samples")
-    if float(np.max(np.abs(mono))) < 1e-4:
+    if not allow_silent and float(np.max(np.abs(mono))) < 1e-4:
         raise ValueError("the clip is silent (peak below -80 dBFS)")
     if rate is not None and int(rate) != sr:
         import librosa
