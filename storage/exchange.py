@@ -480,7 +480,7 @@ def import_dataset(
         for vote in batch:
             for c in (vote.a, vote.b):
                 c.stored = store.put_media(c.media, vote.modality, c.mime,
-                                           family=(modalities or {}).get(vote.modality))
+                                           family=(modalities or {}).get(vote.modality), imported=True)
         # then the rows, in transactions of at most ~_TXN_SECONDS each, so a user's click is never
         # queued behind a long import transaction (bench/write_fairness.py measures it)
         i = 0

@@ -95,11 +95,12 @@ _MEDIA_OF = {"image": "image/", "music": "audio/", "video": "video/", "text": "t
 
 
 def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: str = "the candidate",
-                family: str | None = None) -> str:
+                family: str | None = None, imported: bool = False) -> str:
     """The MIME type of a candidate's media, after checking it is what its modality says: not empty, of
     the modality's MIME ``family`` (given, or known for the built-in modalities), and decodable
     (images, audio, text). ``head`` is the first 4 KiB; ``data`` the whole (needed to decode; left out
-    for large files, which are then sniffed only). Raises :class:`InvalidMediaError`."""
+    for large files, which are then sniffed only). ``imported``: media from outside (a dataset import), where
+    a silent audio clip is refused too (a model may generate one). Raises :class:`InvalidMediaError`."""
     from .errors import InvalidMediaError
 
     family = family or _MEDIA_OF.get(modality)
@@ -130,11 +131,15 @@ def check_media(head: bytes, modality: str, *, data: bytes | None = None, what: 
         try:
             import soundfile
 
-            soundfile.info(io.BytesIO(data))
+            samples, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # decode it all
         except ImportError:  # pragma: no cover - soundfile is a dependency
-            pass
+            return mime
         except Exception as e:  # soundfile raises RuntimeError / LibsndfileError for undecodable audio
             raise InvalidMediaError(f"{what} is not readable audio ({e}); nothing was stored") from None
+        if samples.size == 0:
+            raise InvalidMediaError(f"{what} holds no audio samples; nothing was stored")
+        if imported and float(abs(samples).max()) < 1e-4:
+            raise InvalidMediaError(f"{what} is silent (peak below -80 dBFS); nothing was stored")
     return mime
 
 

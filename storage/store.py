@@ -314,14 +314,14 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
 
     # -- generations -------------------------------------------------------
     def put_media(self, media: "bytes | Path", modality: str, mime: str | None = None, *,
-                  family: str | None = None) -> StoredMedia:
+                  family: str | None = None, imported: bool = False) -> StoredMedia:
         """Check that ``media`` is what ``modality`` says (decoded, see ``check_media``) and store its file;
         nothing is recorded yet. Pass the result to :meth:`add_generation` to record it -- so a bulk writer
         (an import) does this slow part outside its write transactions."""
         _check_modality(modality)
         if isinstance(media, (bytes, bytearray, memoryview)):
             data = bytes(media)
-            sniffed = check_media(data[:4096], modality, data=data, family=family)
+            sniffed = check_media(data[:4096], modality, data=data, family=family, imported=imported)
             return self.media.put_bytes(data, mime or sniffed)
         path = Path(media)
         if not path.is_file():
@@ -330,7 +330,7 @@ class Store(BrowseMixin, TrainingViewsMixin, CatalogMixin):
         with open(path, "rb") as f:
             head = f.read(4096) if size > _DECODE_LIMIT else f.read()
         sniffed = check_media(head[:4096], modality, data=None if size > _DECODE_LIMIT else head, what=str(path),
-                              family=family)
+                              family=family, imported=imported)
         return self.media.put_file(path, mime or sniffed)
 
     def add_generation(

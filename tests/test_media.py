@@ -124,3 +124,20 @@ def test_media_written_before_a_crash_is_an_orphan_the_check_removes(store):
     report = check_store(store, repair=True)
     assert not (store.data_dir / stored.relpath).exists()
     assert report.repairs
+
+
+def test_audio_is_decoded_whole_and_silent_imports_are_refused(tmp_path):
+    import numpy as np
+
+    from modalities.music import wav
+    from storage import InvalidMediaError
+
+    tone = wav.encode_wav(0.5 * np.sin(np.arange(8000) / 5.0), 8000)
+    silent = wav.encode_wav(np.zeros(8000), 8000)
+    with Store.open(tmp_path / "d") as store:
+        assert store.put_media(tone, "music", imported=True).mime == "audio/wav"
+        assert store.put_media(silent, "music").mime == "audio/wav"  # a model may write an empty melody
+        with pytest.raises(InvalidMediaError, match="silent"):
+            store.put_media(silent, "music", imported=True)
+        with pytest.raises(InvalidMediaError, match="not readable audio"):
+            store.put_media(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk", "music")  # a WAV header over garbage
