@@ -82,7 +82,8 @@ def test_the_judge_hears_the_rendered_ground_truth():
         for k, v in judge.checks(spec, a).items():
             hits.setdefault(k, []).append(v)
     rate = {k: float(np.mean(v)) for k, v in hits.items()}
-    # measured on 120 melodies: key 0.81, tempo 0.82, instrument 0.95, register 1.0, contour 0.86
+    # bench/eval_music_default.py on 200 held-out prompts: key .82, tempo .815, instrument .914, register .962,
+    # contour .801 (models/melody-lm/eval.json, world_melodies_heard)
     floors = {"key": 0.7, "tempo": 0.7, "instrument": 0.85, "register": 0.9, "contour": 0.75}
     assert all(rate[k] >= floors[k] for k in floors), rate
 
