@@ -32,6 +32,11 @@ def is_online(method: str) -> bool:
     return method in LOSSES and LOSSES[method].online
 
 
+def steps_stochastically(method: str) -> bool:
+    """Whether the method samples denoising trajectories (its reward model may then score noisy latents)."""
+    return method in LOSSES and "stochastic-step" in LOSSES[method].requires
+
+
 def parse_options(text: str | None) -> dict[str, float]:
     """``"pool=4, threshold=0.3"`` -> {"pool": 4.0, "threshold": 0.3} (a method's keyword arguments)."""
     out: dict[str, float] = {}
@@ -225,7 +230,7 @@ class TrainTab:
             t_rmode = gr.Dropdown(["auto", "noisy", "x0"], value="auto", label="Reward model scores",
                                   info="noisy: a noise-aware model on each noisy sample; x0: any model on the image "
                                        "the denoiser predicts; auto: noisy when the model is noise-aware",
-                                  elem_id="train-reward-mode")
+                                  elem_id="train-reward-mode", visible=steps_stochastically(first))
             t_prompts = gr.Textbox(label="Prompts to sample, one per line (empty: the prompts you generated for)",
                                    lines=3, elem_id="train-prompts")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -267,8 +272,9 @@ class TrainTab:
         t_mod.change(lambda m: gr.update(choices=list(registry.spec(m).dimensions), value="overall"), t_mod, t_dim)
         t_mod.change(lambda m: gr.update(choices=self.reward_choices(m), value=None), t_mod, t_reward)
         t_method.input(on_method, t_method, [t_lr, t_beta, lm_row, t_about])
-        t_method.change(lambda m, mod: (gr.update(visible=is_online(m)), gr.update(choices=self.reward_choices(mod))),
-                        [t_method, t_mod], [online_row, t_reward])
+        t_method.change(lambda m, mod: (gr.update(visible=is_online(m)), gr.update(choices=self.reward_choices(mod)),
+                                        gr.update(visible=steps_stochastically(m))),
+                        [t_method, t_mod], [online_row, t_reward, t_rmode])
         t_preset.input(on_preset, [t_mod, t_preset], [t_method, t_steps, t_lr, t_beta, t_rank])
         start.click(self.submit, [t_mod, t_method, t_steps, t_lr, t_beta, t_rank, t_batch, t_accum, t_seed,
                                   t_deriv, t_model, t_init, t_val, t_dim, t_nll, t_reduce, t_nll_tok, t_reward,
