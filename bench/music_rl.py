@@ -135,11 +135,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rankings", type=int, default=50)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--methods", default="dpo,dpo-self,musicrl-R,musicrl-U,musicrl-RU")
+    ap.add_argument("--methods", default="dpo,dpo-self,musicrl-R,musicrl-U,musicrl-RU",
+                    help="also musicrl-oracle: MusicRL with the taste itself as reward (a perfect reward model)")
+    ap.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="override a method's lr")
+    ap.add_argument("--beta", action="append", default=[], metavar="METHOD=BETA", help="override a method's beta")
     ap.add_argument("--eval-prompts", type=int, default=100)
     ap.add_argument("--eval-split", default="held-out", choices=["held-out", "train"])
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    for key, items in (("lr", args.lr), ("beta", args.beta)):
+        for item in items:
+            method, _, value = item.partition("=")
+            SETTINGS[method][key] = float(value)
 
     import numpy as np
 
@@ -158,7 +165,8 @@ def main(argv=None) -> int:
     result = {"settings": {**vars(args), **{k: v for k, v in SETTINGS.items()}},
               "eval": {"prompts": len(eval_prompts), "split": args.eval_split, "base_adherence": round(base_adherence, 4),
                        "base_seconds": round(time.time() - t0, 1)}, "runs": []}
-    recipes = {"musicrl-R": "melody-judge", "musicrl-U": "taste", "musicrl-RU": "melody-judge+taste"}
+    recipes = {"musicrl-R": "melody-judge", "musicrl-U": "taste", "musicrl-RU": "melody-judge+taste",
+               "musicrl-oracle": f"taste-{args.taste}"}
     with tempfile.TemporaryDirectory(prefix="palate-musicrl-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         with Store.open(data_dir) as store:

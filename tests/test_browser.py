@@ -651,6 +651,7 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
         clips = s.list_generations(modality="music")
         assert len(clips) == 4 and all(g.mime == "audio/wav" for g in clips)
     # one key plays a candidate and stops it; starting another stops the first
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # keys act outside text fields
     page.keyboard.press("Shift+Digit1")
     page.wait_for_function(PLAYING_JS, arg="cand-audio-1", timeout=60_000)
     page.keyboard.press("Shift+Digit2")
@@ -663,6 +664,7 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
     radio(page, "judge-mode", "A/B")
     page.wait_for_selector("#ab-play-both", state="visible")
     page.wait_for_selector("#ab-audio-b button.play-pause-button")
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
     page.keyboard.press("p")  # A, then B when A ends
     page.wait_for_function(PLAYING_JS, arg="ab-audio-a", timeout=60_000)
     page.wait_for_function(PLAYING_JS, arg="ab-audio-b", timeout=120_000)
@@ -700,6 +702,7 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
     assert "2 blind comparisons" in msg, msg
     page.wait_for_selector("#blind-play-both", state="visible")
     page.wait_for_selector("#blind-audio-right button.play-pause-button")
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
     page.keyboard.press("q")
     page.wait_for_function(PLAYING_JS, arg="blind-audio-left", timeout=60_000)
     page.keyboard.press("q")
