@@ -134,3 +134,20 @@ def test_transcription_recovers_the_notes():
     t = judge.transcribe(judge.analyze(world.render(m), world.RATE))
     assert [p for p, _ in t.notes] == [p for p, _ in m.notes]
     assert abs(t.bpm - m.bpm) <= 6 and t.instrument == "harp"
+
+
+def test_a_weighted_mix_of_rewards(tmp_path):
+    """MusicRL's mix: 2*bright + dark is a third of bright's standardised score (they are opposites)."""
+    from alignment.rewards import service
+    from storage import Store
+
+    clips = [_clip(world.Melody("organ", t, 2, 96, ((60, 4), (64, 4), (67, 4)))) for t in (0, 1, 3)]
+    with Store.open(tmp_path / "d") as store:
+        mix = service.load(store, "2*taste-bright+taste-dark", "music")
+        assert mix.name == "2*taste-bright+taste-dark"
+        assert service.pinned(store, "2*taste-bright+taste-dark", "music") == "2*taste-bright+taste-dark"
+        with pytest.raises(ValueError, match="no reward model"):
+            service.check_name(store, "2*taste-nobody+taste-dark", "music")
+    z = np.asarray(rewards.bright("", clips))
+    z = (z - z.mean()) / z.std()
+    assert np.allclose(mix.overall("", clips), z / 3)

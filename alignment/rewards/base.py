@@ -57,12 +57,12 @@ class Programmatic(RewardModel):
 
 class Ensemble(RewardModel):
     """Several reward models as one, on the dimensions they share: ``mean`` of their scores
-    standardised over the candidates of the prompt, or ``win-share`` (RankDPO's phi: the share of
+    standardised over the candidates of the prompt (weighted by ``weights``), or ``win-share`` (RankDPO's phi: the share of
     (member, other candidate) comparisons a candidate wins, ties counting half)."""
 
     kind = "ensemble"
 
-    def __init__(self, members: Sequence[RewardModel], how: str = "mean"):
+    def __init__(self, members: Sequence[RewardModel], how: str = "mean", weights: Sequence[float] | None = None):
         if how not in ENSEMBLES:
             raise ValueError(f"unknown ensemble {how!r}; use {' or '.join(ENSEMBLES)}")
         if len(members) < 2:
@@ -71,9 +71,15 @@ class Ensemble(RewardModel):
         if len(modalities) > 1:
             raise ValueError(f"an ensemble's reward models must score one modality; got {sorted(modalities)}")
         shared = [d for d in members[0].dimensions if all(d in m.dimensions for m in members[1:])]
-        self.members, self.how, self.modality = list(members), how, members[0].modality
+        w = [1.0] * len(members) if weights is None else [float(x) for x in weights]
+        if len(w) != len(members) or any(not x > 0 for x in w):
+            raise ValueError(f"an ensemble needs one positive weight per member, got {weights!r}")
+        if how != "mean" and len(set(w)) > 1:
+            raise ValueError("weights apply to the mean of standardised scores, not to the win share")
+        self.members, self.how, self.modality, self.weights = list(members), how, members[0].modality, w
         self.dimensions = tuple(shared) or ("overall",)
-        self.name = "+".join(m.name for m in members) + ("" if how == "mean" else f"[{how}]")
+        self.name = "+".join(("" if x == 1.0 else f"{x:g}*") + m.name for x, m in zip(w, members)) + \
+            ("" if how == "mean" else f"[{how}]")
 
     def _member_scores(self, m: RewardModel, prompt: str, media: Sequence[bytes], dim: str) -> np.ndarray:
         scores = m.score(prompt, media)
@@ -85,7 +91,8 @@ class Ensemble(RewardModel):
             table = np.stack([self._member_scores(m, prompt, media, dim) for m in self.members])  # [M, N]
             if self.how == "mean":
                 sd = table.std(axis=1, keepdims=True)
-                out[dim] = ((table - table.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)).mean(axis=0)
+                z = (table - table.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+                out[dim] = np.average(z, axis=0, weights=self.weights)
             else:
                 out[dim] = win_share(table)
         return out

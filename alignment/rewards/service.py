@@ -3,7 +3,8 @@ and load any of them for scoring.
 
 Names: a programmatic reward (``taste-saturated``), a learned one (``my-taste``, its latest version, or
 ``my-taste@v2``), or an ensemble of either joined by ``+`` (``my-taste+taste-clean``; ``how`` picks the
-mean of standardised scores or RankDPO's win share).
+mean of standardised scores or RankDPO's win share). A part may carry a weight, ``2*melody-judge+my-ears``:
+the weighted mean of the standardised scores (MusicRL's mix of rewards).
 """
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ from .base import Ensemble, RewardModel, programmatic  # noqa: F401  (programmat
 from .learned import ENCODER_PREFIX, HeadConfig, LearnedReward, train_reward_model
 
 _VERSIONED = re.compile(r"(?P<name>.+)@v(?P<version>\d+)")
+_WEIGHTED = re.compile(r"(?:(?P<weight>\d+(?:\.\d*)?|\.\d+)\*)?(?P<name>.+)")
+
+
+def parts_of(name: str) -> list[tuple[float, str]]:
+    """(weight, name) of each part of ``a+2*b`` (weight 1 when none is written)."""
+    out = []
+    for part in (p.strip() for p in str(name).split("+")):
+        if not part:
+            continue
+        m = _WEIGHTED.fullmatch(part)
+        weight = float(m["weight"]) if m["weight"] else 1.0
+        if weight <= 0:
+            raise ValueError(f"a reward's weight must be positive, got {part!r}")
+        out.append((weight, m["name"]))
+    return out
 
 
 def rewards_dir(store: Any) -> Path:
@@ -97,8 +113,12 @@ def train(store: Any, adapter: Any, *, modality: str, name: str, model: str | No
 def load(store: Any, name: str, modality: str, adapter: Any | None = None, *, how: str = "mean") -> RewardModel:
     """A reward model by name (see the module docstring). Learned ones need ``adapter``, the loaded
     model whose features they read."""
-    if "+" in name:
-        return Ensemble([load(store, part, modality, adapter) for part in name.split("+") if part], how=how)
+    parts = parts_of(name)
+    if len(parts) > 1:
+        return Ensemble([load(store, part, modality, adapter) for _, part in parts], how=how,
+                        weights=[w for w, _ in parts])
+    if parts:
+        name = parts[0][1]
     builtin = programmatic(modality)
     if name in builtin:
         return builtin[name]
@@ -115,7 +135,7 @@ def check_name(store: Any, name: str, modality: str) -> None:
     """Raise a clear ValueError unless ``name`` (or each part of an ensemble a+b) is a programmatic reward
     of ``modality`` or a stored reward model of it; nothing is loaded."""
     builtin = programmatic(modality)
-    parts = [p for p in str(name).split("+") if p]
+    parts = [p for _, p in parts_of(name)]
     if not parts:
         raise ValueError("name a reward model")
     for part in parts:
@@ -139,11 +159,12 @@ def pinned(store: Any, name: str, modality: str) -> str:
     check_name(store, name, modality)
     builtin = programmatic(modality)
     parts = []
-    for part in (p for p in str(name).split("+") if p):
+    for weight, part in parts_of(name):
+        prefix = "" if weight == 1.0 else f"{weight:g}*"
         if part in builtin or _VERSIONED.fullmatch(part):
-            parts.append(part)
+            parts.append(prefix + part)
         else:
-            parts.append(f"{part}@v{store.get_reward_model(part).version}")
+            parts.append(f"{prefix}{part}@v{store.get_reward_model(part).version}")
     return "+".join(parts)
 
 
