@@ -141,7 +141,7 @@ LOSSES: dict[str, LossSpec] = {
                          "shared_steps": (0, 199, "0 or more, fewer than sample_steps"),
                          "guidance": (0, 30, "between 0 and 30"), "eta": (1e-3, 1, "in (0, 1]")},
                  presets=(Preset("SPO · 50 steps (needs a reward model)", 50, 1e-4, 10.0),)),
-        LossSpec("musicrl", "rloo_kl", True, "Cideron et al. 2024", 0.05, 1e-3, "RL from sequence-level rewards "
+        LossSpec("musicrl", "rloo_kl", True, "Cideron et al. 2024", 0.1, 5e-3, "RL from sequence-level rewards "
                  "(MusicRL): the model samples K candidates per prompt as it trains, a reward model scores them, "
                  "REINFORCE with a leave-one-out baseline and a KL penalty to the base (beta); recipes by reward "
                  "model: R = the prompt judge, U = a model of your votes, RU = both joined with + (online)",
@@ -150,14 +150,15 @@ LOSSES: dict[str, LossSpec] = {
                  kwarg_help={"samples": "candidates sampled per prompt (K, at least 2)",
                              "temperature": "sampling temperature of the candidates"},
                  bounds={"samples": (2, 16, "between 2 and 16"), "temperature": (0.05, 5, "between 0.05 and 5")},
-                 presets=(Preset("MusicRL · 40 steps (needs a reward model)", 40, 1e-3, 0.05),)),
-        LossSpec("dpo-self", "dpo", True, "Rafailov et al. 2023", 0.1, 1e-3, "DPO on reward-ranked self-samples: the "
+                 presets=(Preset("MusicRL · 40 steps (needs a reward model)", 40, 5e-3, 0.1),)),
+        LossSpec("dpo-self", "dpo", True, "Rafailov et al. 2023", 0.1, 3e-3, "DPO on reward-ranked self-samples: the "
                  "model samples K candidates per prompt as it trains, a reward model picks the best and the worst "
                  "(online; the cheaper alternative to musicrl)", score_kinds=("autoregressive",),
                  source="alignment.rl:PolicySamples", needs_reward=True, defaults={"samples": 4, "temperature": 1.0},
                  kwarg_help={"samples": "candidates sampled per prompt (the best and worst make the pair)",
                              "temperature": "sampling temperature of the candidates"},
-                 bounds={"samples": (2, 16, "between 2 and 16"), "temperature": (0.05, 5, "between 0.05 and 5")}),
+                 bounds={"samples": (2, 16, "between 2 and 16"), "temperature": (0.05, 5, "between 0.05 and 5")},
+                 presets=(Preset("DPO on self-samples · 40 steps (needs a reward model)", 40, 3e-3, 0.1),)),
         LossSpec("flow-rwr", "flow_rwr", False, "Liu et al. 2025", 1.0, 5e-4, "reward-weighted flow matching (beta is "
                  "the temperature)", uses_labels=True, score_kinds=("flow",)),
     )
