@@ -100,7 +100,8 @@ class TrainConfig:
             raise ValueError(f"nll_reduction must be score or token, not {self.nll_reduction!r}")
         if "autoregressive" not in spec.score_kinds and (self.score_reduction != "auto" or self.nll_reduction != "score"):
             raise ValueError(f"score_reduction and nll_reduction are for language-model methods, not {self.method}")
-        allowed = set(spec.defaults) | ({"nll"} if "autoregressive" in spec.score_kinds else set())
+        allowed = set(spec.defaults) | ({"nll"} if "autoregressive" in spec.score_kinds and not spec.takes_rewards
+                                        else set())
         unknown = set(self.loss_kwargs) - allowed
         if unknown:
             raise ValueError(f"loss_kwargs {sorted(unknown)} do not apply to {self.method}; it takes "

@@ -52,6 +52,7 @@ class LossSpec:
     # and the bounds its keyword arguments must keep (name -> (low, high, what it is))
     source: str | None = None
     needs_reward: bool = False  # scores its samples with a reward model (the config's reward_model)
+    takes_rewards: bool = False  # the loss reads each sample's reward (from its source), not a preference order
     requires: frozenset[str] = frozenset()  # capabilities the modality must declare (its spec's ``capabilities``)
     bounds: dict[str, tuple[float, float, str]] = field(default_factory=dict)
 
@@ -146,7 +147,7 @@ LOSSES: dict[str, LossSpec] = {
                  "REINFORCE with a leave-one-out baseline and a KL penalty to the base (beta); recipes by reward "
                  "model: R = the prompt judge, U = a model of your votes, RU = both joined with + (online)",
                  score_kinds=("autoregressive",), source="alignment.rl:PolicySamples", needs_reward=True,
-                 defaults={"samples": 4, "temperature": 1.0},
+                 takes_rewards=True, defaults={"samples": 4, "temperature": 1.0},
                  kwarg_help={"samples": "candidates sampled per prompt (K, at least 2)",
                              "temperature": "sampling temperature of the candidates"},
                  bounds={"samples": (2, 16, "between 2 and 16"), "temperature": (0.05, 5, "between 0.05 and 5")},

@@ -44,7 +44,7 @@ class PolicySamples(ExampleSource):
         if not self._prompts:
             raise TrainingError(f"{cfg.method} samples its own candidates but needs prompts: generate candidates "
                                 f"for some prompts first, or give the run a prompt list (prompts)")
-        self.listwise = spec.function == "rloo_kl"
+        self.listwise = spec.takes_rewards  # all K samples with their rewards; else the best and worst as a pair
         self._made: dict[str, float] = {}
 
     def bind(self, adapter: Any, module: Any) -> None:

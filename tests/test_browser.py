@@ -240,6 +240,13 @@ def train_and_wait(page, app, *, steps: int, queue_second: bool = False, timeout
     return ids
 
 
+def switch_compare(page, modality: str) -> None:
+    """Pick the Compare tab's modality and wait until its change has cleared the last comparison (else the
+    clearing can land after the next start, on a loaded machine, and wipe it)."""
+    radio(page, "compare-modality", modality)
+    page.wait_for_function(f"() => ({TEXT_JS})('compare-msg') === ''", timeout=300_000)
+
+
 def plot_points(page, elem_id: str) -> int:
     """Points on a Vega line plot (the line's path commands)."""
     d = page.locator(f"#{elem_id} .mark-line path").first.get_attribute("d") or ""
@@ -578,7 +585,7 @@ def test_text_generate_judge_train_compare_export(app, page):
     shot(page, "9-train-text")
 
     tab(page, "Compare")
-    radio(page, "compare-modality", "text")
+    switch_compare(page, "text")
     fill(page, "compare-prompts", TEXT_PROMPT)
     fill(page, "compare-seeds", "2")
     msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
@@ -638,6 +645,22 @@ PLAYING_JS = "(id) => { const b = document.querySelector('#' + id + ' button.pla
              "return !!b && b.getAttribute('aria-label') === 'Pause'; }"
 
 
+def press_until_playing(page, key: str, slot: str, tries: int = 30) -> None:
+    """Press ``key`` until the player in ``slot`` plays (a player ignores play until its audio has loaded)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # keys act outside text fields
+    for _ in range(tries):
+        page.keyboard.press(key)
+        try:
+            page.wait_for_function(PLAYING_JS, arg=slot, timeout=4_000)
+            return
+        except PlaywrightTimeout:
+            if page.evaluate(PLAYING_JS, slot):
+                return
+    raise AssertionError(f"{key} never started {slot}")
+
+
 def test_music_generate_listen_judge_train_compare_export(app, page):
     """The music loop on the built-in melody model: waveform players, play/stop keys and "A then B", A/B
     votes by key, MusicRL from the Train tab, a blind comparison by ear, a PEFT export."""
@@ -651,11 +674,8 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
         clips = s.list_generations(modality="music")
         assert len(clips) == 4 and all(g.mime == "audio/wav" for g in clips)
     # one key plays a candidate and stops it; starting another stops the first
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # keys act outside text fields
-    page.keyboard.press("Shift+Digit1")
-    page.wait_for_function(PLAYING_JS, arg="cand-audio-1", timeout=60_000)
-    page.keyboard.press("Shift+Digit2")
-    page.wait_for_function(PLAYING_JS, arg="cand-audio-2", timeout=60_000)
+    press_until_playing(page, "Shift+Digit1", "cand-audio-1")
+    press_until_playing(page, "Shift+Digit2", "cand-audio-2")
     assert not page.evaluate(PLAYING_JS, "cand-audio-1")
     page.keyboard.press("Shift+Digit2")
     page.wait_for_function(f"() => !({PLAYING_JS})('cand-audio-2')", timeout=60_000)
@@ -664,9 +684,7 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
     radio(page, "judge-mode", "A/B")
     page.wait_for_selector("#ab-play-both", state="visible")
     page.wait_for_selector("#ab-audio-b button.play-pause-button")
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    page.keyboard.press("p")  # A, then B when A ends
-    page.wait_for_function(PLAYING_JS, arg="ab-audio-a", timeout=60_000)
+    press_until_playing(page, "p", "ab-audio-a")  # A, then B when A ends
     page.wait_for_function(PLAYING_JS, arg="ab-audio-b", timeout=120_000)
     page.keyboard.press("w")  # stop B
     for key in ("a", "b", "a"):
@@ -695,16 +713,14 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
     shot(page, "12-train-music")
 
     tab(page, "Compare")
-    radio(page, "compare-modality", "music")
+    switch_compare(page, "music")
     fill(page, "compare-prompts", MUSIC_PROMPT)
     fill(page, "compare-seeds", "2")
     msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
     assert "2 blind comparisons" in msg, msg
     page.wait_for_selector("#blind-play-both", state="visible")
     page.wait_for_selector("#blind-audio-right button.play-pause-button")
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    page.keyboard.press("q")
-    page.wait_for_function(PLAYING_JS, arg="blind-audio-left", timeout=60_000)
+    press_until_playing(page, "q", "blind-audio-left")
     page.keyboard.press("q")
     act(page, "blind-label", lambda: page.keyboard.press("ArrowLeft"))
     act(page, "blind-label", lambda: page.click("#blind-right"))

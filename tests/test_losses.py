@@ -17,6 +17,7 @@ def _expected_at_equal(name: str, beta: float, spec) -> float:
     d = spec.defaults
     return {
         "dpo": math.log(2),
+        "dpo-self": math.log(2),  # DPO on pairs an online source makes
         "diffusion-dpo": math.log(2),
         "flow-dpo": math.log(2),
         "conservative-dpo": math.log(2),
@@ -31,6 +32,10 @@ def _expected_at_equal(name: str, beta: float, spec) -> float:
     }[name]
 
 
+# losses of preference orders (MusicRL's reads rewards instead; its own tests are below)
+PAIRWISE = sorted(n for n, s in LOSSES.items() if not s.takes_rewards)
+
+
 def _call(spec, policy, reference, beta, labels=None, **kw):
     kwargs = dict(spec.defaults)
     kwargs.update(kw)
@@ -39,7 +44,7 @@ def _call(spec, policy, reference, beta, labels=None, **kw):
     return spec.fn(policy, reference if spec.needs_reference else None, beta=beta, **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_equal_scores_give_the_closed_form(name):
     spec = get_loss(name)
     beta = spec.default_beta
@@ -53,7 +58,7 @@ def test_equal_scores_give_the_closed_form(name):
     assert set(metrics) == {"reward_accuracy", "margin", "chosen_reward", "rejected_reward"} | extra
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_swapping_winner_and_loser_flips_the_margin(name):
     spec = get_loss(name)
     policy = torch.tensor([[-0.2, -0.9], [-0.4, -0.6]])
@@ -65,7 +70,7 @@ def test_swapping_winner_and_loser_flips_the_margin(name):
     assert m["reward_accuracy"] == 1.0 and m_swapped["reward_accuracy"] == 0.0
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_raising_the_winner_lowers_the_loss(name):
     spec = get_loss(name)
     policy = torch.full((2, 2), S, requires_grad=True)
@@ -77,7 +82,7 @@ def test_raising_the_winner_lowers_the_loss(name):
     assert torch.isfinite(policy.grad).all()
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PAIRWISE)
 def test_integer_beta_is_a_float_beta(name):
     """A beta of 5000 parsed as an int must not change anything (no integer arithmetic)."""
     spec = get_loss(name)
@@ -165,7 +170,7 @@ def test_methods_by_score_family():
         assert spec.paper and isinstance(spec.default_beta, float)
 
 
-@pytest.mark.parametrize("name", losses_for("autoregressive"))
+@pytest.mark.parametrize("name", [n for n in losses_for("autoregressive") if n in PAIRWISE])
 def test_nll_term_adds_alpha_times_the_chosen_nll(name):
     """RPO's term (loss_kwargs {"nll": alpha}): the loss grows by alpha * mean(-policy[:, 0]), and
     its gradient raises the chosen sample's score; off by default."""
@@ -254,3 +259,41 @@ def test_ipo_on_per_token_means_is_trls_ipo():
     import json
 
     assert cfg.digest() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_rloo_kl_by_hand():
+    """REINFORCE leave-one-out with the KL in the reward: rewards standardised within the prompt's samples,
+    r' = z - beta (pi - ref), A_k = r'_k - mean of the others, loss -mean(A * pi)."""
+    import numpy as np
+
+    spec = get_loss("musicrl")
+    policy = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    reference = torch.tensor([[-1.5, -2.0, -2.0]])
+    rewards = torch.tensor([[1.0, 2.0, 4.0]])
+    beta = 0.3
+    loss, m = spec.fn(policy, reference, beta=beta, rewards=rewards)
+    r = rewards.numpy()[0]
+    z = (r - r.mean()) / r.std()
+    shaped = z - beta * (policy.detach().numpy()[0] - reference.numpy()[0])
+    adv = np.array([shaped[k] - np.delete(shaped, k).mean() for k in range(3)])
+    assert loss.item() == pytest.approx(float(-(adv * policy.detach().numpy()[0]).mean()), rel=1e-5)
+    assert m["kl"] == pytest.approx(float((policy.detach() - reference).mean()))
+    loss.backward()
+    assert torch.allclose(policy.grad[0], torch.tensor(-adv / 3, dtype=torch.float32), atol=1e-6)
+    assert policy.grad[0, 2] < 0  # gradient descent raises the best-rewarded sample
+
+
+def test_rloo_kl_pulls_towards_the_reference_when_rewards_are_equal():
+    spec = get_loss("musicrl")
+    policy = torch.tensor([[-1.0, -2.0]], requires_grad=True)  # sample 0 is likelier than the reference finds it
+    reference = torch.tensor([[-2.0, -2.0]])
+    loss, _ = spec.fn(policy, reference, beta=0.5, rewards=torch.tensor([[1.0, 1.0]]))
+    loss.backward()
+    assert policy.grad[0, 0] > 0  # gradient descent lowers it back
+    with pytest.raises(ValueError, match="rewards"):
+        spec.fn(policy, reference, beta=0.5)
+    from alignment.config import TrainConfig
+
+    with pytest.raises(ValueError, match="do not apply to musicrl"):  # no chosen sample to add an NLL of
+        TrainConfig(modality="music", method="musicrl", model="m", data_dir="d", reward_model="taste-bright",
+                    loss_kwargs={"nll": 0.3})
