@@ -56,20 +56,27 @@ KEYS_JS = """
     return true;
   };
   let chain = null;
+  // A, then B when A ends. A player ignores play until its audio has loaded, so each is pressed again
+  // every two seconds until it plays (up to 30 s).
   window.palatePlayBoth = (a, b) => {
     const first = playButton(a), second = playButton(b);
     if (!first || !second) return false;
     if (chain) clearInterval(chain);
     stopAll(null);
+    let current = first, started = false, waited = 0;
+    const end = () => { clearInterval(chain); chain = null; };
     first.click();
-    let started = false, waited = 0;
     chain = setInterval(() => {
       waited += 150;
-      if (playing(first)) { started = true; return; }
-      if (!started && waited < 20000) return;
-      clearInterval(chain);
-      chain = null;
-      if (started) second.click();
+      if (playing(current)) { started = true; return; }
+      if (started) {
+        if (current === second) { end(); return; }
+        current = second; started = false; waited = 0;
+        second.click();
+        return;
+      }
+      if (waited >= 30000) end();
+      else if (waited % 2100 === 0) current.click();
     }, 150);
     return true;
   };
