@@ -132,8 +132,11 @@ class Training:
                                                        cache_dir=Path(cfg.data_dir) / "cache")
         kind = self.adapter.score_kind.value
         if kind not in spec.score_kinds:
-            raise TrainingError(f"method {cfg.method!r} is not for {cfg.modality} models ({kind} scores); "
-                                f"use one of the methods for {kind} models")
+            from .methods import methods_for
+
+            ok = methods_for((kind,), registry.spec(cfg.modality).capabilities)
+            raise TrainingError(f"method {cfg.method!r} is not for {cfg.model} ({kind} scores); use one of the "
+                                f"methods for {kind} models: {', '.join(ok)}")
         self.module = self.adapter.trainable_module()
         if cfg.gradient_checkpointing:
             for name in ("enable_gradient_checkpointing", "gradient_checkpointing_enable"):  # diffusers, transformers

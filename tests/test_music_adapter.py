@@ -55,8 +55,10 @@ def test_bad_settings_are_refused(lm):
         lm.generate(GenerationRequest(PROMPT, n=1, params={"duration": 60}))
     with pytest.raises(ValueError, match="no guidance setting"):
         lm.generate(GenerationRequest(PROMPT, n=1, params={"guidance": 3.0}))
-    with pytest.raises(ValueError, match="unknown music setting"):
+    with pytest.raises(ValueError, match="no steps setting .it is ACE-Step's"):
         lm.generate(GenerationRequest(PROMPT, n=1, params={"steps": 3}))
+    with pytest.raises(ValueError, match="unknown music setting"):
+        lm.generate(GenerationRequest(PROMPT, n=1, params={"shift": 3}))
 
 
 def test_scores_use_the_stored_words_and_imported_clips_are_transcribed(lm):
@@ -81,9 +83,15 @@ def test_the_family_dispatch_refuses_what_is_not_music(tmp_path):
     with pytest.raises(ModelLoadError, match="not a music model"):
         music.MusicAdapter.load(ModelRef(str(text_lm)))
     (tmp_path / "pipe").mkdir()
-    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "AceStepPipeline"}))
-    with pytest.raises(ModelLoadError, match="AceStepPipeline"):
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ModelLoadError, match="FluxPipeline; the music modality loads ACE-Step pipelines"):
         music.family_of(str(tmp_path / "pipe"))
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "AceStepPipeline"}))
+    assert music.family_of(str(tmp_path / "pipe")) == "acestep"
+    with pytest.raises(ModelLoadError, match="missing its 'vae' component|not a diffusers pipeline|cannot load"):
+        (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(
+            {"_class_name": "AceStepPipeline", "vae": ["diffusers", "AutoencoderOobleck"]}))
+        music.MusicAdapter.load(ModelRef(str(tmp_path / "pipe")))
     with pytest.raises(ModelLoadError, match="does not exist"):
         music.family_of(str(tmp_path / "nothing"))
 

@@ -160,6 +160,35 @@ def tiny_qwen_image():
                              text_encoder=text_encoder, tokenizer=tok)
 
 
+def tiny_acestep(turbo: bool = False):
+    """ACE-Step-like, sized as diffusers' own tests build it, with a VAE whose latent width matches the
+    transformer's (as the real checkpoints' do: training re-encodes clips) at 800 Hz, 100 latent frames/s,
+    stereo; a Qwen3 text encoder from config with a byte-level tokenizer."""
+    from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
+    from diffusers.models.transformers.ace_step_transformer import AceStepTransformer1DModel
+    from diffusers.pipelines.ace_step import AceStepConditionEncoder
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(0)
+    tok = _qwen_tokenizer()
+    transformer = AceStepTransformer1DModel(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, in_channels=24, audio_acoustic_hidden_dim=8, patch_size=2, rope_theta=10000.0, sliding_window=16,
+        is_turbo=turbo)
+    text_encoder = Qwen3Model(Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                          vocab_size=len(tok), max_position_embeddings=512)).eval()
+    condition_encoder = AceStepConditionEncoder(
+        hidden_size=32, intermediate_size=64, text_hidden_dim=32, timbre_hidden_dim=8, num_lyric_encoder_hidden_layers=2,
+        num_timbre_encoder_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        rope_theta=10000.0, sliding_window=16)
+    vae = AutoencoderOobleck(encoder_hidden_size=16, downsampling_ratios=[2, 4], decoder_channels=8,
+                             decoder_input_channels=8, audio_channels=2, channel_multiples=[2, 4], sampling_rate=800)
+    return AceStepPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer,
+                           condition_encoder=condition_encoder,
+                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0))
+
+
 def save(pipe, path: Path) -> Path:
     pipe.save_pretrained(path, safe_serialization=True)
     return path

@@ -45,6 +45,7 @@ class DiffusersAdapter(ModalityAdapter):
     BUILTIN_MODELS: dict[str, Path] = {}
     LOCAL_PIPELINES: dict[str, str] = {}
     RESTORE_HINT = ""
+    MEDIA = "image"  # the families' ``media`` this modality loads
 
     def __init__(self, pipe, *, model: str, revision: str | None = None, adapter: str | None = None,
                  latent_cache: Path | None = None):
@@ -74,7 +75,7 @@ class DiffusersAdapter(ModalityAdapter):
     def load_pipeline(cls, ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None):
         """(pipe, name, revision) for ``ref`` with this modality's built-in models."""
         return load_pipeline(ref, builtin=cls.BUILTIN_MODELS, local_classes=cls.LOCAL_PIPELINES,
-                             restore_hint=cls.RESTORE_HINT, device=device, dtype=dtype)
+                             restore_hint=cls.RESTORE_HINT, device=device, dtype=dtype, media=cls.MEDIA)
 
     @classmethod
     def load(cls, ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None,
@@ -126,7 +127,7 @@ class DiffusersAdapter(ModalityAdapter):
     # -- training tensors ------------------------------------------------------
     @abc.abstractmethod
     def media_tensor(self, data: bytes) -> torch.Tensor:
-        """Stored media bytes as the pixels the VAE encodes ([C, H, W] in [-1, 1])."""
+        """Stored media bytes as what the VAE encodes: pixels [C, H, W] in [-1, 1] (audio: [channels, samples])."""
 
     @torch.no_grad()
     def _latent(self, data: bytes) -> torch.Tensor:
@@ -205,7 +206,7 @@ class DiffusersAdapter(ModalityAdapter):
             pred = self.fam.predict(self.pipe, model, noisy.flatten(0, 1), t.flatten(), cond, dtype)
         else:
             # 2. Flow matching: x_t = (1 - t) x0 + t noise, t = 1 pure noise; target velocity noise - x0
-            shift = float(getattr(self.pipe.scheduler.config, "shift", 1.0) or 1.0)
+            shift = self.fam.flow_shift or float(getattr(self.pipe.scheduler.config, "shift", 1.0) or 1.0)
             t = sample_flow_t(generator, B, K, self.flow_t, shift=shift).to(device)
             xt = flow_interpolate(x0, noise, t)
             target = flow_velocity_target(x0, noise)
@@ -218,7 +219,7 @@ class DiffusersAdapter(ModalityAdapter):
         den = self.trainable_module()
         if getattr(den, "mid_block", None) is not None:
             return den.mid_block
-        for name in ("single_transformer_blocks", "transformer_blocks"):
+        for name in ("single_transformer_blocks", "transformer_blocks", "layers"):
             blocks = getattr(den, name, None)
             if blocks is not None and len(blocks):
                 return blocks[-1]

@@ -12,14 +12,18 @@ diffusers pipelines, and asks this table only what differs per family:
 - ``latent_norm``: how VAE latents are normalised (shift/scale, or Qwen-Image's per-channel mean/std);
 - ``defaults``: steps, guidance and sampler for generation, and ``train_guidance`` for
   guidance-distilled models (FLUX.1-dev embeds the guidance value; training uses a fixed one, as
-  diffusers' own FLUX trainers do).
+  diffusers' own FLUX trainers do);
+- ``media``: which modality's pipeline it is (``image``, or ``music`` for ACE-Step, whose latents are
+  ``[frames, channels]`` sequences from an Oobleck audio VAE, taken unnormalised as its pipeline decodes
+  them).
 
 Conventions (see :mod:`modalities.protocol`): flow time t = 1 is pure noise, ``x_t = (1 - t) x0 + t
-noise``, velocity target ``noise - x0``; the denoiser gets ``1000 t`` for SD3 and ``t`` for FLUX and
-Qwen-Image, as their pipelines call it.
+noise``, velocity target ``noise - x0``; the denoiser gets ``1000 t`` for SD3 and ``t`` for FLUX,
+Qwen-Image and ACE-Step, as their pipelines call it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,12 +43,14 @@ class Family:
     to_model: Callable[[Any, torch.Tensor], torch.Tensor] = lambda pipe, x: x  # [N, C, H, W] -> denoiser layout
     patch: int = 1  # latent pixels per token side (packing); image sides are multiples of vae_scale * patch
     train_guidance: float | None = None  # fixed guidance for guidance-distilled models
-    latent_norm: str = "shift-scale"  # or "mean-std" (Qwen-Image), "none" (pixel space)
+    latent_norm: str = "shift-scale"  # or "mean-std" (Qwen-Image), "none" (pixel space), "audio" (ACE-Step)
     schedulers: dict[str, str] = field(default_factory=dict)
     true_cfg: bool = False  # guidance is "true" CFG against a negative prompt (Qwen-Image), not guidance_scale
     cfg: bool = True  # stepping by hand guides with an unconditional pass (not FLUX: its guidance is embedded)
     stochastic: bool = True  # Palate can step it stochastically with log-probabilities (SPO)
     online: dict[str, Any] = field(default_factory=dict)  # online methods' sampling defaults for the family
+    media: str = "image"  # the modality whose pipeline this is
+    flow_shift: float | None = None  # the sampler's time shift when the scheduler config does not carry it
 
     def guidance_kwargs(self, guidance: float, negative: str | None, n: int) -> dict[str, Any]:
         """The pipeline-call arguments for a guidance value and a negative prompt."""
@@ -105,6 +111,26 @@ def _enc_qwen(pipe, prompts, latent_hw, device) -> Cond:
     return {"encoder_hidden_states": emb.float().cpu(), "encoder_hidden_states_mask": mask.float().cpu()}
 
 
+def _enc_acestep(pipe, prompts, latent_hw, device) -> Cond:
+    """ACE-Step text-to-music conditioning, built as its pipeline builds it for ``text2music``: the
+    prompt with the clip's duration in its metadata (so it depends on the latent length), no lyrics
+    (instrumental), the learned silence as timbre reference; the context latents are the silence
+    latent with an all-ones chunk mask (generate every frame)."""
+    n, frames = len(prompts), int(latent_hw[0])
+    dtype = pipe.transformer.dtype
+    text, text_mask, lyric, lyric_mask = pipe.encode_prompt(
+        prompt=list(prompts), lyrics=[""] * n, device=device, audio_duration=frames / pipe.latents_per_second,
+        instruction=pipe._get_task_instruction(task_type="text2music"))
+    ce = pipe.condition_encoder
+    timbre = ce.silence_latent[:, :math.ceil(30 * pipe.latents_per_second), :].to(device, dtype).expand(n, -1, -1)
+    hidden, _ = ce(text_hidden_states=text, text_attention_mask=text_mask, lyric_hidden_states=lyric,
+                   lyric_attention_mask=lyric_mask, refer_audio_acoustic_hidden_states_packed=timbre.contiguous(),
+                   refer_audio_order_mask=torch.arange(n, device=device))
+    src, _ = pipe.prepare_src_latents(device=device, dtype=dtype, batch_size=n, latent_length=frames)
+    context = torch.cat([src, torch.ones_like(src)], dim=-1)
+    return {"encoder_hidden_states": hidden.float().cpu(), "context_latents": context.float().cpu()}
+
+
 # -- one denoiser call, per family ----------------------------------------------------------------------
 
 
@@ -152,6 +178,13 @@ def _pred_qwen(pipe, model, x, t, cond, dtype) -> torch.Tensor:
     return _unpack(out, x.shape)
 
 
+def _pred_acestep(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    t = t.to(dtype)
+    return model(hidden_states=x.to(dtype), timestep=t, timestep_r=t,
+                 encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                 context_latents=cond["context_latents"].to(dtype), return_dict=False)[0]
+
+
 def _unpack(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     n, c, h, w = shape
     return tokens.view(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
@@ -177,6 +210,11 @@ FAMILIES: dict[str, Family] = {
         Family("QwenImagePipeline", "flow", "transformer", _enc_qwen, _pred_qwen,
                {"steps": 30, "guidance": 4.0, "scheduler": "flow-euler"}, patch=2, latent_norm="mean-std",
                schedulers={"flow-euler": "FlowMatchEulerDiscreteScheduler"}, true_cfg=True, stochastic=False),
+        # ACE-Step 1.5 (turbo: 8 steps, guidance distilled; base/SFT: APG guidance); its pipeline steps
+        # its own shifted schedule (shift 3), so no sampler choice
+        Family("AceStepPipeline", "flow", "transformer", _enc_acestep, _pred_acestep,
+               {"steps": 8, "guidance": 7.0, "scheduler": "flow-euler"}, latent_norm="audio", cfg=False,
+               stochastic=False, media="music", flow_shift=3.0),
     )
 }
 
@@ -192,11 +230,13 @@ def family_of(pipe_or_name: Any) -> Family:
 
 
 def encode_latent(pipe, family: Family, x: torch.Tensor) -> torch.Tensor:
-    """The training latent of images ``x`` ([1, 3, H, W] in [-1, 1]), normalised as the family's
+    """The training latent of images ``x`` ([1, 3, H, W] in [-1, 1]; audio: [1, channels, samples]), normalised as the family's
     denoiser expects ([C, h, w], float32 on the CPU). Pixel-space models: the image itself."""
     vae = getattr(pipe, "vae", None)
     if vae is None or family.latent_norm == "none":
         return x[0]
+    if family.latent_norm == "audio":  # [1, channels, samples] -> [frames, latent channels], as generated
+        return vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean[0].transpose(0, 1).float().cpu()
     # some VAEs (SDXL's) overflow in fp16: encode in fp32 when the config says so
     original = vae.dtype
     enc_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else original

@@ -51,11 +51,13 @@ def check_pipeline_folder(folder: Path) -> dict[str, Any]:
 
 
 def load_pipeline(ref: ModelRef, *, builtin: Mapping[str, Path], local_classes: Mapping[str, str] | None = None,
-                  restore_hint: str = "", device: str | None = None, dtype: torch.dtype | None = None):
+                  restore_hint: str = "", device: str | None = None, dtype: torch.dtype | None = None,
+                  media: str = "image"):
     """Load a pipeline by hub id, local folder or built-in alias (``builtin``: alias -> folder), with a
     sensible device (CUDA when present) and dtype (fp16/bf16 on GPU, fp32 on CPU); apply
     ``ref.adapter`` after checking it was trained on this model. ``local_classes``: pipeline class name
-    -> ``"module:Class"`` for pipelines that are not diffusers' own. Returns (pipe, name, revision)."""
+    -> ``"module:Class"`` for pipelines that are not diffusers' own; ``media``: the modality loading it (an
+    image modality refuses a music pipeline, and the other way round). Returns (pipe, name, revision)."""
     from diffusers import DiffusionPipeline
 
     device = check_device(device)
@@ -75,10 +77,14 @@ def load_pipeline(ref: ModelRef, *, builtin: Mapping[str, Path], local_classes: 
         ref = ModelRef(ref.id, revision=commit or ref.revision, adapter=ref.adapter)
     class_name = config.get("_class_name", "")
     if class_name not in SUPPORTED_PIPELINES:
+        ours = [n for n, f in FAMILIES.items() if f.media == media]
         raise ModelLoadError(
             f"{source!r} is a {class_name or 'pipeline of unknown class'}, which Palate cannot train yet; "
-            f"supported: {', '.join(SUPPORTED_PIPELINES)}"
+            f"supported: {', '.join(ours)}"
         )
+    if FAMILIES[class_name].media != media:
+        raise ModelLoadError(f"{source!r} is a {class_name}, a {FAMILIES[class_name].media} pipeline: load it in the "
+                             f"{FAMILIES[class_name].media} modality, not {media}")
     is_flow = SUPPORTED_PIPELINES[class_name] == "flow"
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if is_flow else torch.float16)

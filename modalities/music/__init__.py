@@ -1,4 +1,4 @@
-"""Music modality: the melody world, the built-in melody model, and MusicGen.
+"""Music modality: the melody world, the built-in melody model, MusicGen and ACE-Step.
 
 ``SPEC`` is what the rest of Palate knows about music (imported without torch); the model code is
 ``modalities.music.adapter.MusicAdapter``, which loads the family a model belongs to.
@@ -30,20 +30,25 @@ SPEC = ModalitySpec(
     label="Music",
     media="audio/",
     display="audio",
-    score_kinds=("autoregressive",),
-    export_formats=("peft", "merged"),
+    score_kinds=("autoregressive", "flow"),  # melody-lm and MusicGen; ACE-Step
+    export_formats=("peft", "merged", "diffusers"),  # diffusers: ACE-Step only; merged: token models only
     default_model="melody-lm",
     prompt_placeholder="a slow sad melody in A minor on a harp, descending",
     caption=_seconds,
     settings=(
         Setting("duration", float, "clip length in seconds (built-in model: at most 10, its melodies last 5-6 s; "
-                "MusicGen: up to its context, default 8)", min=0.5, max=120.0),
+                "MusicGen: up to its context, default 8; ACE-Step: default 10)", min=0.5, max=120.0),
         Setting("temperature", float, "sampling temperature (0 = greedy; default: the model's)", min=0.0, max=10.0),
         Setting("top_p", float, "nucleus sampling mass (default: the model's)", min=0.0, max=1.0),
         Setting("top_k", int, "MusicGen: sample from the k likeliest codes (0 = off; default: the model's)",
                 min=0, max=4096),
-        Setting("guidance", float, "MusicGen: classifier-free guidance scale (1 = off; default: the model's)",
-                min=0.0, max=30.0),
+        Setting("guidance", float, "MusicGen, ACE-Step: guidance scale (1 = off; default: the model's; ACE-Step "
+                "turbo checkpoints have it distilled in)", min=0.0, max=30.0),
+        Setting("steps", int, "ACE-Step: denoising steps (default 8, as its turbo checkpoints run)", min=1, max=200),
+    ),
+    train_options=(
+        Setting("flow_t", str, "ACE-Step: how flow training times are drawn -- logit-normal (default), shifted (its "
+                "sampler's shift-3 density) or uniform", choices=("logit-normal", "shifted", "uniform")),
     ),
     variations="modalities.music.melody:variations",
     rewards=(

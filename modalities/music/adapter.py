@@ -3,7 +3,9 @@
 - ``melody-events`` (:mod:`.events`): the built-in melody model (``melody-lm``) and any causal LM folder
   marked with ``palate_music.json``: note events rendered by the melody world's synthesiser;
 - ``musicgen`` (:mod:`.musicgen`): transformers' MusicGen checkpoints (facebook/musicgen-small, ...), scored on
-  the EnCodec codes they sampled.
+  the EnCodec codes they sampled;
+- ``acestep`` (:mod:`.acestep`): diffusers' ``AceStepPipeline`` (ACE-Step 1.5), flow matching through the
+  shared diffusers plumbing.
 
 :meth:`MusicAdapter.load` reads which family a model is (its folder, or the hub config) and returns that
 family's adapter; exports go to the family of the adapter's base model.
@@ -19,7 +21,8 @@ from ..loading import ModelLoadError
 from ..protocol import ModalityAdapter, ModelRef, ScoreKind
 from . import events
 
-FAMILIES = ("melody-events", "musicgen")
+FAMILIES = ("melody-events", "musicgen", "acestep")
+ACESTEP_PIPELINE = "AceStepPipeline"
 
 
 def _family_of_config(config: dict[str, Any], source: str) -> str:
@@ -27,8 +30,16 @@ def _family_of_config(config: dict[str, Any], source: str) -> str:
     if kind.startswith("musicgen"):
         return "musicgen"  # musicgen_melody is refused with its reason by the MusicGen loader
     raise ModelLoadError(f"{source} is a {kind or 'model without a model_type'}, not a music model Palate loads: use "
-                         "the built-in melody-lm, a MusicGen checkpoint (e.g. facebook/musicgen-small) or a folder "
-                         "saved from one")
+                         "the built-in melody-lm, a MusicGen checkpoint (e.g. facebook/musicgen-small), an ACE-Step "
+                         "pipeline or a folder saved from one")
+
+
+def _family_of_pipeline(index: dict[str, Any], source: str) -> str:
+    cls = index.get("_class_name") or "a diffusers pipeline of unknown class"
+    if cls != ACESTEP_PIPELINE:
+        raise ModelLoadError(f"{source} is {cls}; the music modality loads ACE-Step pipelines ({ACESTEP_PIPELINE}), "
+                             "MusicGen checkpoints and the built-in melody model")
+    return "acestep"
 
 
 def family_of(model: str, revision: str | None = None) -> str:
@@ -47,17 +58,24 @@ def family_of(model: str, revision: str | None = None) -> str:
                                      f"{', '.join(FAMILIES)}")
             return events.FAMILY
         if (folder / "model_index.json").is_file():
-            cls = loading.read_json(folder / "model_index.json").get("_class_name", "a diffusers pipeline")
-            raise ModelLoadError(f"{folder} is {cls}; the music modality loads MusicGen checkpoints and the built-in "
-                                 "melody model (ACE-Step pipelines are not supported yet)")
+            return _family_of_pipeline(loading.read_json(folder / "model_index.json"), str(folder))
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder} is not a model folder (no config.json); use a MusicGen folder saved with "
                                  "save_pretrained(), or the built-in melody-lm")
         return _family_of_config(loading.read_json(folder / "config.json"), str(folder))
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-    try:
+    try:  # a diffusers pipeline (model_index.json) or a transformers model (config.json)
+        try:
+            path = hf_hub_download(model, "model_index.json", revision=revision)
+        except EntryNotFoundError:
+            path = None
+        if path is not None:
+            return _family_of_pipeline(json.loads(Path(path).read_text()), model)
         path = hf_hub_download(model, "config.json", revision=revision)
+    except ModelLoadError:
+        raise
     except Exception as e:  # huggingface_hub raises many types; all mean "cannot get it"
         raise loading.hub_unavailable(model, e) from None
     return _family_of_config(json.loads(Path(path).read_text()), model)
@@ -70,6 +88,10 @@ def family_class(family: str) -> type[ModalityAdapter]:
         from .musicgen import MusicGenAdapter
 
         return MusicGenAdapter
+    if family == "acestep":
+        from .acestep import AceStepAdapter
+
+        return AceStepAdapter
     raise ValueError(f"unknown music family {family!r}; known: {', '.join(FAMILIES)}")
 
 

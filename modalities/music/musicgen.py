@@ -408,6 +408,10 @@ class MusicGenAdapter(ModalityAdapter):
             if key in given and given[key] != value:
                 raise ValueError(f"{key} given twice with different values ({given[key]!r}, {value!r})")
             given[key] = value
+        if given.get("steps") not in (None, ""):
+            raise ValueError("MusicGen samples codes one step per frame: it has no steps setting (it is ACE-Step's); "
+                             "leave it empty")
+        given.pop("steps", None)
         unknown = set(given) - set(DEFAULT_PARAMS)
         if unknown:
             raise ValueError(f"unknown music setting(s) {sorted(unknown)}; use {', '.join(DEFAULT_PARAMS)} "

@@ -66,9 +66,11 @@ def read_tokens(data: bytes) -> dict[str, Any] | None:
     return None
 
 
-def decode(data: bytes, *, rate: int | None = None, allow_silent: bool = False) -> tuple[np.ndarray, int]:
+def decode(data: bytes, *, rate: int | None = None, allow_silent: bool = False,
+           channels: int | None = None) -> tuple[np.ndarray, int]:
     """(mono float32 samples, sample rate) of an audio file (WAV, FLAC, OGG: what soundfile reads),
-    resampled to ``rate`` when given. Raises ValueError for a file that is not audio, is empty, too long
+    resampled to ``rate`` when given; with ``channels``, [channels, samples] instead (mono repeated,
+    or more channels averaged down to mono first when they do not match). Raises ValueError for a file that is not audio, is empty, too long
     or (unless ``allow_silent``: a generated clip may be) silent, naming which."""
     import soundfile as sf
 
@@ -85,9 +87,12 @@ def decode(data: bytes, *, rate: int | None = None, allow_silent: bool = False) 
         raise ValueError("the audio holds NaN or infinite samples")
     if not allow_silent and float(np.max(np.abs(mono))) < 1e-4:
         raise ValueError("the clip is silent (peak below -80 dBFS)")
+    out = mono
+    if channels is not None:
+        out = audio.T if audio.shape[1] == channels else np.repeat(mono[None], channels, axis=0)
     if rate is not None and int(rate) != sr:
         import librosa
 
-        mono = librosa.resample(mono, orig_sr=sr, target_sr=int(rate)).astype(np.float32)
+        out = librosa.resample(np.ascontiguousarray(out), orig_sr=sr, target_sr=int(rate), axis=-1)
         sr = int(rate)
-    return mono, int(sr)
+    return np.ascontiguousarray(out, dtype=np.float32), int(sr)
