@@ -12,7 +12,9 @@
    - ``dpo-self``: DPO on reward-ranked self-samples (the model samples ``k`` clips per prompt as it trains,
      the user's reward model picks the best and the worst);
    - ``musicrl`` with MusicRL's three recipes: R = the prompt-adherence judge (``melody-judge``), U = the
-     user's reward model, RU = both (``melody-judge+taste``: the mean of their standardised scores).
+     user's reward model, RU = both (``melody-judge+taste``: the mean of their standardised scores), and
+     ``musicrl-R-then-U``, the paper's RU: U trained on top of the R run's adapter (``--init-adapter``; its
+     KL is then to the R model; reported wall time is both stages).
    The online runs sample for the prompts the user ranked.
 4. On ``--eval-prompts`` prompts of ``--eval-split`` (held-out for the report; ``train``: train-split
    prompts the user did not rank, for choosing settings), base and tuned models write one clip each from
@@ -71,10 +73,12 @@ def collect(store, taste: str, prompts: list[str], k: int) -> dict:
             "seconds": round(time.time() - t0, 1)}
 
 
-def train(data_dir: Path, method: str, steps: int, k: int, reward: str | None) -> dict:
+def train(data_dir: Path, method: str, steps: int, k: int, reward: str | None, init: str | None = None) -> dict:
     s = SETTINGS[method]
     args = ["train", "--modality", "music", "--method", method, "--steps", str(steps), "--lr", str(s["lr"]),
             "--beta", str(s["beta"]), "--batch-size", str(s["batch_size"])]
+    if init:
+        args += ["--init-adapter", init]
     if reward:
         args += ["--reward-model", reward, "--option", f"samples={k}"]
     t0 = time.time()
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rankings", type=int, default=50)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--methods", default="dpo,dpo-self,musicrl-R,musicrl-U,musicrl-RU",
+    ap.add_argument("--methods", default="dpo,dpo-self,musicrl-R,musicrl-U,musicrl-RU,musicrl-R-then-U",
                     help="also musicrl-oracle: MusicRL with the taste itself as reward (a perfect reward model)")
     ap.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="override a method's lr")
     ap.add_argument("--beta", action="append", default=[], metavar="METHOD=BETA", help="override a method's beta")
@@ -175,11 +179,20 @@ def main(argv=None) -> int:
         result["reward_model_heldout_accuracy"] = reward["metrics"]["heldout_accuracy"]
         print(json.dumps({"votes": result["votes"], "reward_acc": result["reward_model_heldout_accuracy"]}),
               file=sys.stderr, flush=True)
+        trained: dict[str, dict] = {}
         for name in [m for m in args.methods.split(",") if m]:
             method = "musicrl" if name.startswith("musicrl") else name
-            reward_name = recipes.get(name) or ("taste" if name == "dpo-self" else None)
-            run = train(data_dir, method, args.steps, args.k, reward_name)
+            if name == "musicrl-R-then-U":  # the R run (reused when it ran above), then U on top of it
+                first = trained.get("musicrl-R") or train(data_dir, method, args.steps, args.k, recipes["musicrl-R"])
+                run = train(data_dir, method, args.steps, args.k, "taste", init=first["adapter"])
+                run.update(reward="melody-judge, then taste", steps=2 * args.steps,
+                           train_seconds=round(first["train_seconds"] + run["train_seconds"], 1),
+                           sampled_clips=first["sampled_clips"] + run["sampled_clips"])
+            else:
+                reward_name = recipes.get(name) or ("taste" if name == "dpo-self" else None)
+                run = train(data_dir, method, args.steps, args.k, reward_name)
             run["recipe"] = name
+            trained[name] = run
             result["runs"].append(evaluate(args.taste, eval_prompts, base, base_lm, run, seed0))
     result["wall_seconds"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=2)
