@@ -168,3 +168,32 @@ def test_a_reward_model_trains_as_a_queued_run_that_stops_and_resumes(tmp_path, 
         assert rec.label == "queued@v1" and rec.metrics["votes"] == 28
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5] and lines[-1]["phase"] == "final fit"
+
+
+def test_similarity_rewards_score_prompt_agreement_zero_shot(tmp_path, encoders):
+    """``similarity:<encoder>``: the cosine of the candidate's and the prompt's embeddings (CLAP score for
+    music, CLIPScore / PickScore for images), by name wherever a reward model is named, alone or mixed."""
+    with Store.open(tmp_path / "data") as store:
+        clap = f"similarity:{encoders['clap']}"
+        clips = [_wav(440), _wav(880), _wav(220)]
+        reward = service.load(store, clap, "music")
+        assert reward.kind == "similarity" and reward.dimensions == ("prompt",)
+        got = reward.score("a high flute", clips)["prompt"]
+        x = Encoder(str(encoders["clap"])).features(["a high flute"] * 3, clips)
+        d = x.shape[1] // 3
+        assert np.allclose(got, (x[:, :d] * x[:, d:2 * d]).sum(1).numpy(), atol=1e-6)
+        assert len(set(np.round(got, 6))) == 3 and np.all(np.abs(got) <= 1 + 1e-6)
+        # CLIPScore on images
+        images = [png_bytes((250, 10, 10), 40), png_bytes((10, 10, 250), 40)]
+        assert service.load(store, f"similarity:{encoders['clip']}", "image").score("a red circle", images)["prompt"].shape == (2,)
+        # in a weighted mix, pinned as it is, no generator needed
+        mixed = f"2*melody-judge+{clap}"
+        service.check_name(store, mixed, "music")
+        assert service.pinned(store, mixed, "music") == mixed and not service.needs_model(store, mixed, "music")
+        assert service.load(store, mixed, "music").score("a slow sad melody in A minor on a harp, descending", clips)["prompt"].shape == (3,)
+        # refusals: an encoder that does not read the modality's media, a name without an encoder
+        with pytest.raises(ValueError, match="cannot read Images candidates|cannot read"):
+            service.load(store, clap, "image")
+        for bad in ("similarity:", "similarity:./no-such-folder"):
+            with pytest.raises(ValueError, match="name a pretrained encoder after 'similarity:'"):
+                service.check_name(store, bad, "music")

@@ -1,9 +1,10 @@
 """Reward models behind one signature: a prompt and its candidates in, one score per candidate per
 dimension out (higher is better).
 
-Three kinds: programmatic (a modality's world judge or simulated taste, declared in its spec's
+Four kinds: programmatic (a modality's world judge or simulated taste, declared in its spec's
 ``rewards``), learned (:mod:`.learned`: the generator's own features plus a head trained on the user's
-judgments) and ensembles of either (the mean of standardised scores, or RankDPO's win share).
+judgments), similarity (a pretrained encoder's prompt agreement, zero-shot: CLIPScore, PickScore, CLAP
+score) and ensembles of any (the mean of standardised scores, or RankDPO's win share).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 ENSEMBLES = ("mean", "win-share")
+SIMILARITY_PREFIX = "similarity:"
 
 
 class RewardModel(abc.ABC):
@@ -53,6 +55,29 @@ class Programmatic(RewardModel):
 
     def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
         return {self.dimensions[0]: np.asarray(self._fn(prompt, list(media)), dtype=np.float64)}
+
+
+class Similarity(RewardModel):
+    """How well a candidate agrees with its prompt by a pretrained encoder the user has (``similarity:<hub id
+    or folder>``): the cosine between the normalised embeddings of the candidate and of the prompt --
+    CLIPScore with a CLIP model, PickScore with PickScore_v1 (a CLIP fine-tune on human picks; the same
+    order as its logit-scaled score), the CLAP score with a CLAP model (text adherence for music, as
+    MusicRL's MuLan score). Zero-shot: nothing is trained; the encoder must read the modality's media."""
+
+    kind = "similarity"
+
+    def __init__(self, modality: str, source: str, media_family: str, label: str, device: str | None = None):
+        from modalities import encoders
+
+        self.encoder = encoders.load(source, device)
+        self.encoder.check_reads(media_family, label)
+        self.name, self.modality, self.source = SIMILARITY_PREFIX + source, modality, source
+        self.dimensions = ("prompt",)
+
+    def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
+        f = self.encoder.features([prompt] * len(media), media)  # [N, 3d]: media, text, their product
+        d = f.shape[1] // 3
+        return {"prompt": f[:, 2 * d:].sum(dim=1).double().numpy()}
 
 
 class Ensemble(RewardModel):

@@ -4,7 +4,9 @@ and load any of them for scoring.
 Names: a programmatic reward (``taste-saturated``), a learned one (``my-taste``, its latest version, or
 ``my-taste@v2``), or an ensemble of either joined by ``+`` (``my-taste+taste-clean``; ``how`` picks the
 mean of standardised scores or RankDPO's win share). A part may carry a weight, ``2*melody-judge+my-ears``:
-the weighted mean of the standardised scores (MusicRL's mix of rewards).
+the weighted mean of the standardised scores (MusicRL's mix of rewards). ``similarity:<hub id or folder>``
+is a pretrained encoder's zero-shot prompt agreement (CLIPScore, PickScore, CLAP score; see
+:class:`.base.Similarity`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .base import Ensemble, RewardModel, programmatic  # noqa: F401  (programmatic: part of the interface)
+from .base import SIMILARITY_PREFIX, Ensemble, RewardModel, Similarity, programmatic  # noqa: F401
 from .learned import ENCODER_PREFIX, HeadConfig, LearnedReward, train_reward_model
 
 _VERSIONED = re.compile(r"(?P<name>.+)@v(?P<version>\d+)")
@@ -122,6 +124,11 @@ def load(store: Any, name: str, modality: str, adapter: Any | None = None, *, ho
     builtin = programmatic(modality)
     if name in builtin:
         return builtin[name]
+    if name.startswith(SIMILARITY_PREFIX):
+        from modalities import registry
+
+        spec = registry.spec(modality)
+        return Similarity(modality, _similarity_source(name), spec.media, spec.label)
     m = _VERSIONED.fullmatch(name)
     record = store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(name)
     if record.modality != modality:
@@ -140,6 +147,9 @@ def check_name(store: Any, name: str, modality: str) -> None:
         raise ValueError("name a reward model")
     for part in parts:
         if part in builtin:
+            continue
+        if part.startswith(SIMILARITY_PREFIX):
+            _similarity_source(part)
             continue
         m = _VERSIONED.fullmatch(part)
         try:
@@ -161,11 +171,22 @@ def pinned(store: Any, name: str, modality: str) -> str:
     parts = []
     for weight, part in parts_of(name):
         prefix = "" if weight == 1.0 else f"{weight:g}*"
-        if part in builtin or _VERSIONED.fullmatch(part):
+        if part in builtin or part.startswith(SIMILARITY_PREFIX) or _VERSIONED.fullmatch(part):
             parts.append(prefix + part)
         else:
             parts.append(f"{prefix}{part}@v{store.get_reward_model(part).version}")
     return "+".join(parts)
+
+
+def _similarity_source(part: str) -> str:
+    """The encoder a ``similarity:`` part names, checked without loading it."""
+    from modalities.loading import looks_like_hub_id
+
+    source = part[len(SIMILARITY_PREFIX):].strip()
+    if not source or not (Path(source).expanduser().is_dir() or looks_like_hub_id(source)):
+        raise ValueError(f"{part!r}: name a pretrained encoder after 'similarity:' -- a local folder or a hub id "
+                         "(a CLIP, PickScore, SigLIP or CLAP model)")
+    return source
 
 
 def reads_media(record: Any) -> bool:
@@ -177,8 +198,8 @@ def reads_media(record: Any) -> bool:
 def needs_model(store: Any, name: str, modality: str) -> bool:
     """Whether the reward model(s) named need the generating model loaded (their own-feature backbone)."""
     builtin = programmatic(modality)
-    for part in (p for p in name.split("+") if p):
-        if part in builtin:
+    for _, part in parts_of(name):
+        if part in builtin or part.startswith(SIMILARITY_PREFIX):
             continue
         m = _VERSIONED.fullmatch(part)
         record = store.get_reward_model(m["name"], int(m["version"])) if m else store.get_reward_model(part)

@@ -54,6 +54,9 @@ SPEC = ModalitySpec(
     rewards=(
         Reward("melody-judge", "the melody world's judge: share of the prompt's key, tempo, instrument, register "
                "and contour it hears", "modalities.music.rewards:adherence", dimension="prompt"),
+        Reward("clip-quality", "signal quality of any clip: penalises silence, clipping and noise (spectral flatness); "
+               "a designed stand-in for MusicRL's quality model", "modalities.music.rewards:quality",
+               dimension="quality"),
         *(Reward(f"taste-{name}", f"a simulated listener who {what} (the opposite of taste-{opposite})",
                  f"modalities.music.rewards:{name}") for name, what, opposite in _TASTES),
     ),

@@ -9,11 +9,16 @@ pairs, each the negative of the other:
 - consonant / tense: the share of out-of-key notes and dissonant leaps;
 - staccato / legato: how much of each note's time it sounds;
 - bright / dark: the spectral centroid (log Hz).
+
+``quality`` is not the world's: a signal-level quality measure of any clip (silence, clipping, noise), the
+designed stand-in for MusicRL's learned quality model.
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import numpy as np
 
 from . import judge, wav
 
@@ -72,3 +77,37 @@ def bright(prompt: str, media: Sequence[bytes]) -> list[float]:
 
 def dark(prompt: str, media: Sequence[bytes]) -> list[float]:
     return [-math.log(a.centroid_hz) if a.centroid_hz > 1.0 else -20.0 for a in _analyses(media)]  # silence: worst
+
+
+SILENT_DB = -50.0  # a frame quieter than this (RMS, dBFS) is silence
+
+
+def clip_quality(audio: np.ndarray, rate: int) -> float:
+    """Signal quality of a mono clip in [0, 1]: 1 minus penalties for silence (0.35, for the share of silent
+    frames beyond the 20% that rests and a tail take), clipping (0.25, full at 1% of samples clipped) and
+    noise (0.4, the mean spectral flatness of the sounding frames, full at 0.5: about 0 for tones, 0.5 and
+    more for broadband noise). Silence scores 0."""
+    import librosa
+
+    a = np.asarray(audio, dtype=np.float32)
+    if a.size < 2048 or float(np.max(np.abs(a))) < 1e-4:
+        return 0.0
+    frame, hop = 2048, 512
+    rms = librosa.feature.rms(y=a, frame_length=frame, hop_length=hop)[0]
+    sounding = 20 * np.log10(np.maximum(rms, 1e-10)) > SILENT_DB
+    silent_share = 1.0 - float(sounding.mean())
+    clipped_share = float(np.mean(np.abs(a) >= 0.999))
+    flat = librosa.feature.spectral_flatness(y=a, n_fft=frame, hop_length=hop)[0]
+    noise = float(np.mean(flat[sounding[: len(flat)]])) if sounding.any() else 1.0
+    score = (1.0 - 0.35 * max(0.0, silent_share - 0.2) / 0.8 - 0.25 * min(1.0, clipped_share * 100)
+             - 0.4 * min(1.0, 2 * noise))
+    return float(max(0.0, score))
+
+
+def quality(prompt: str, media: Sequence[bytes]) -> list[float]:
+    """:func:`clip_quality` of each candidate (any audio; the prompt is not read)."""
+    out = []
+    for m in media:
+        audio, rate = wav.decode(m, allow_silent=True)
+        out.append(clip_quality(audio, rate))
+    return out
