@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 class View:
@@ -28,21 +29,24 @@ DISPLAYS = (View.IMAGE, View.TEXT, View.AUDIO, View.VIDEO, View.HTML)
 @dataclass(frozen=True)
 class Setting:
     """One generation setting: a typed, ranged value with help text. ``default`` None means the model
-    decides (its own default), which is what an empty field in the app or a missing flag gives."""
+    decides (its own default), which is what an empty field in the app or a missing flag gives. A
+    ``Path`` setting is a local file (the app shows an upload; ``accept`` is its MIME family, e.g.
+    ``audio/``); its value is the file's path, checked to exist."""
 
     name: str
-    kind: type  # int, float, str or bool
+    kind: type  # int, float, str, bool or Path
     help: str
     default: Any = None
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    accept: str | None = None  # Path settings: the MIME family of the file
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ValueError(f"setting names are identifiers like 'max_tokens'; got {self.name!r}")
-        if self.kind not in (int, float, str, bool):
-            raise ValueError(f"setting {self.name}: kind must be int, float, str or bool, not {self.kind!r}")
+        if self.kind not in (int, float, str, bool, Path):
+            raise ValueError(f"setting {self.name}: kind must be int, float, str, bool or Path, not {self.kind!r}")
 
     @property
     def flag(self) -> str:
@@ -58,6 +62,11 @@ class Setting:
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             return None
         text = raw.strip() if isinstance(raw, str) else raw
+        if self.kind is Path:
+            path = Path(str(text)).expanduser()
+            if not path.is_file():
+                raise ValueError(f"{self.name}: no file {str(text)!r}")
+            return str(path)
         try:
             if self.kind is bool:
                 value = text if isinstance(text, bool) else {"true": True, "false": False, "1": True, "0": False}[

@@ -733,4 +733,15 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
     page.wait_for_function("() => document.querySelector('#adapter-format input').value === 'peft'", timeout=600_000)
     msg = act(page, "adapter-msg", lambda: page.click("#adapter-export"))
     assert "Exported to" in msg, msg
+
+    # a melody file goes up through the settings' upload and reaches the model, which says whose setting it is
+    tab(page, "Generate & rank")
+    page.get_by_text("Settings (empty = the model's default)").click()
+    tune = Path(app["data_dir"]).parent / "tune.wav"
+    with store_of(app) as s:
+        tune.write_bytes(s.media_bytes(clips[0]))
+    page.set_input_files("#setting-music-melody input[type=file]", str(tune))
+    page.wait_for_selector("#setting-music-melody button.play-pause-button", timeout=60_000)
+    status = generate(page, n=2, seed=0, prompt=MUSIC_PROMPT)
+    assert "no melody setting (it is MusicGen-Melody's)" in status, status
     assert not page.errors, page.errors

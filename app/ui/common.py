@@ -46,6 +46,17 @@ def opt_box(label: str, **kw: Any) -> gr.Textbox:
     return gr.Textbox(value="", label=label, placeholder=kw.pop("placeholder", "default"), max_lines=1, **kw)
 
 
+def setting_field(setting: Any, *, elem_id: str) -> Any:
+    """The field of one generation setting: an optional value, or an upload for a file setting."""
+    from pathlib import Path
+
+    if setting.kind is Path:
+        if (setting.accept or "").startswith("audio/"):
+            return gr.Audio(label=setting.label, type="filepath", sources=["upload"], elem_id=elem_id)
+        return gr.File(label=setting.label, type="filepath", elem_id=elem_id)
+    return opt_box(setting.label, info=setting.help, elem_id=elem_id)
+
+
 def display_of(gen: Generation) -> str:
     """How a stored candidate is shown: its modality's spec says; an unknown one goes by its MIME type."""
     if gen.modality in registry.with_spec():

@@ -15,7 +15,7 @@ from app.generation import default_model, generate_candidates, get_adapter
 from modalities import registry
 from storage import Generation
 
-from .common import MAX_N, candidate_slot, err, modality_choices, opt_box, opt_int, plays_audio, render
+from .common import MAX_N, candidate_slot, err, modality_choices, opt_box, opt_int, plays_audio, render, setting_field
 
 MODES = ("Best of N", "A/B", "Rank")
 NO_REWARD = "(none)"
@@ -302,7 +302,7 @@ class GenerateTab:
             for m in mods:
                 with gr.Row(visible=m == mods[0], elem_id=f"settings-{m}") as row:
                     for s in registry.spec(m).settings:
-                        fields.append(opt_box(s.label, info=s.help, elem_id=f"setting-{m}-{s.name}"))
+                        fields.append(setting_field(s, elem_id=f"setting-{m}-{s.name}"))
                 rows.append(row)
         status = gr.Markdown("", elem_id="gen-status")
         with gr.Row():

@@ -225,7 +225,8 @@ class TrainTab:
                 option_rows.append(row)
         with gr.Row(visible=is_online(first)) as online_row:
             t_reward = gr.Dropdown(self.reward_choices(mods[0]), value=None, label="Reward model (judges the samples)",
-                                   info="a taste, a reward model trained on your votes (Rewards tab), similarity:<CLIP/PickScore/CLAP folder or hub id>, or a mix a+2*b",
+                                   info="a taste, a reward model trained on your votes (Rewards tab), "
+                                   "similarity:<CLIP/PickScore/CLAP folder or hub id>, or a mix a+2*b",
                                    allow_custom_value=True, elem_id="train-reward-model")
             t_rmode = gr.Dropdown(["auto", "noisy", "x0"], value="auto", label="Reward model scores",
                                   info="noisy: a noise-aware model on each noisy sample; x0: any model on the image "

@@ -3,6 +3,7 @@
 ``SPEC`` is what the rest of Palate knows about music (imported without torch); the model code is
 ``modalities.music.adapter.MusicAdapter``, which loads the family a model belongs to.
 """
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..spec import ModalitySpec, Reward, Setting
@@ -45,6 +46,8 @@ SPEC = ModalitySpec(
         Setting("guidance", float, "MusicGen, ACE-Step: guidance scale (1 = off; default: the model's; ACE-Step "
                 "turbo checkpoints have it distilled in)", min=0.0, max=30.0),
         Setting("steps", int, "ACE-Step: denoising steps (default 8, as its turbo checkpoints run)", min=1, max=200),
+        Setting("melody", Path, "MusicGen-Melody: a reference tune (audio file) whose melody the clips follow "
+                "(its chroma, the first 30 s)", accept="audio/"),
     ),
     train_options=(
         Setting("flow_t", str, "ACE-Step: how flow training times are drawn -- logit-normal (default), shifted (its "

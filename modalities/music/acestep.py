@@ -82,6 +82,8 @@ class AceStepAdapter(DiffusersAdapter):
             if key in given:
                 raise ValueError(f"ACE-Step denoises a whole clip at once: it has no {key} setting (it is for "
                                  "token models such as MusicGen); leave it empty")
+        if "melody" in given:
+            raise ValueError("ACE-Step takes no melody file (that is MusicGen-Melody's); leave it empty")
         unknown = set(given) - {"duration", "steps", "guidance"}
         if unknown:
             raise ValueError(f"unknown ACE-Step setting(s) {sorted(unknown)}; use duration, steps, guidance")

@@ -28,7 +28,7 @@ ACESTEP_PIPELINE = "AceStepPipeline"
 def _family_of_config(config: dict[str, Any], source: str) -> str:
     kind = str(config.get("model_type", ""))
     if kind.startswith("musicgen"):
-        return "musicgen"  # musicgen_melody is refused with its reason by the MusicGen loader
+        return "musicgen"  # MusicGen and MusicGen-Melody; the MusicGen loader refuses the rest with its reason
     raise ModelLoadError(f"{source} is a {kind or 'model without a model_type'}, not a music model Palate loads: use "
                          "the built-in melody-lm, a MusicGen checkpoint (e.g. facebook/musicgen-small), an ACE-Step "
                          "pipeline or a folder saved from one")

@@ -48,7 +48,8 @@ class MelodyLMAdapter(TextAdapter):
     # -- generation ---------------------------------------------------------------------------------------
     def music_params(self, request: GenerationRequest, prompt_len: int) -> dict[str, Any]:
         given = dict(request.params)
-        for key, whose in (("guidance", "MusicGen's and ACE-Step's"), ("top_k", "MusicGen's"), ("steps", "ACE-Step's")):
+        for key, whose in (("guidance", "MusicGen's and ACE-Step's"), ("top_k", "MusicGen's"), ("steps", "ACE-Step's"),
+                           ("melody", "MusicGen-Melody's")):
             if given.pop(key, None) not in (None, ""):
                 raise ValueError(f"the built-in melody model has no {key} setting (it is {whose}); leave it empty")
         unknown = set(given) - set(PARAMS)

@@ -21,8 +21,11 @@ generator is unused.
 encoder and the codec stay frozen. The trainable module is the whole ``MusicgenForConditionalGeneration``,
 so a trained PEFT folder loads on the stock model with ``PeftModel.from_pretrained``.
 
-MusicGen-Melody (``musicgen_melody``, conditioned on a chroma of a reference tune by prefixing rather
-than cross-attention) is refused at load: its score needs another input layout.
+**MusicGen-Melody** (``musicgen_melody``) takes a reference tune as well: its chroma (the dominant pitch
+class of each frame, :mod:`.chroma`) is projected and *prefixed* to the decoder's input with the text
+(no cross-attention). The ``melody`` setting names an audio file; the chroma is kept with each clip (the
+``pltk`` chunk), so training scores a clip under the melody it was made with (a clip made without one,
+or imported, under the model's null melody), and the score reads only the positions after the prefix.
 """
 from __future__ import annotations
 
@@ -37,10 +40,9 @@ import numpy as np
 import torch
 
 from .. import loading, lora
-from ..loading import (ModelLoadError, adapter_mismatch, check_adapter_base, check_device, folder_revision,
-                       hub_unavailable, read_json, refuse_remote_code)
 from ..protocol import GenerationRequest, Group, ModalityAdapter, ModelRef, Provenance, Sample, ScoreKind, TrainingBatch
-from . import wav
+from . import chroma, wav
+from .musicgen_loading import ModelLoadError, load_musicgen
 
 __all__ = ["MusicGenAdapter", "ModelLoadError", "DEFAULT_PARAMS", "FORMATS", "delayed_sequence"]
 
@@ -52,9 +54,6 @@ MAX_GUIDANCE = 30.0
 SCORE_CHUNK = 8  # rows (clips) per forward pass in ``score``
 FORMATS = ("peft", "merged")
 PROBE = "an upbeat jazz tune with a walking bass"
-_TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "vocab.txt",
-                    "tokenizer_config.json")
-_PICKLE_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 # ---------------------------------------------------------------------------
@@ -95,178 +94,6 @@ def delayed_sequence(codes: torch.Tensor, lengths: torch.Tensor, start: int, del
 
 
 # ---------------------------------------------------------------------------
-# loading
-# ---------------------------------------------------------------------------
-
-
-def _first_line(e: Exception, n: int = 240) -> str:
-    return str(e).splitlines()[0][:n] if str(e) else ""
-
-
-def _check_config(config: dict[str, Any], source: str) -> None:
-    """Refuse configs that are not a complete MusicGen (text encoder, codec, decoder)."""
-    model_type = config.get("model_type")
-    if model_type == "musicgen_melody":
-        raise ModelLoadError(
-            f"{source!r} is MusicGen-Melody (musicgen_melody), which Palate does not support yet: it conditions on a "
-            "reference tune's chroma and needs another score layout. Use a text-to-music MusicGen such as "
-            "facebook/musicgen-small")
-    if model_type != "musicgen":
-        what = f"a {model_type!r} model" if model_type else "a model without a model_type in its config.json"
-        hint = (" It is the decoder alone (MusicgenForCausalLM) without its text encoder and codec; "
-                "save the whole MusicgenForConditionalGeneration." if model_type == "musicgen_decoder" else "")
-        raise ModelLoadError(f"{source!r} is {what}, not MusicGen (model_type 'musicgen').{hint} The music modality "
-                             "loads MusicGen checkpoints such as facebook/musicgen-small")
-    missing = [part for part in ("text_encoder", "audio_encoder", "decoder") if not isinstance(config.get(part), dict)]
-    if "audio_encoder" in missing:
-        raise ModelLoadError(
-            f"{source!r} is a MusicGen folder without its codec: config.json has no audio_encoder (the EnCodec model "
-            "that turns codes into audio). Save the whole model with MusicgenForConditionalGeneration.save_pretrained()")
-    if missing:
-        raise ModelLoadError(f"{source!r} is an incomplete MusicGen config: no {' and no '.join(missing)} part in "
-                             "config.json")
-
-
-def _check_folder(folder: Path, trust_remote_code: bool) -> dict[str, Any]:
-    if not folder.exists():
-        raise ModelLoadError(f"model folder {folder} does not exist")
-    if not folder.is_dir():
-        raise ModelLoadError(f"{folder} is a file; point at the folder a MusicGen model was saved to with "
-                             "save_pretrained()")
-    if not (folder / "config.json").is_file():
-        hint = " It is a diffusers pipeline." if (folder / "model_index.json").is_file() else ""
-        raise ModelLoadError(f"{folder} is not a transformers model folder (no config.json).{hint} Use a folder saved "
-                             "with MusicgenForConditionalGeneration.save_pretrained() and the processor's "
-                             "save_pretrained(), or a hub id such as facebook/musicgen-small")
-    config = read_json(folder / "config.json")
-    configs = {"config.json": config}
-    if (folder / "tokenizer_config.json").is_file():
-        configs["tokenizer_config.json"] = read_json(folder / "tokenizer_config.json")
-    refuse_remote_code(str(folder), configs, trust_remote_code)
-    _check_config(config, str(folder))
-    if not any(folder.glob("*.safetensors")):
-        if any(any(folder.glob(g)) for g in _PICKLE_GLOBS):
-            raise ModelLoadError(
-                f"{folder} holds only pickle weights (.bin/.pt); Palate loads safetensors only, since unpickling can "
-                "run arbitrary code. Convert it once with model.save_pretrained(..., safe_serialization=True)")
-        raise ModelLoadError(f"model folder {folder} has no weights (*.safetensors)")
-    keys = _weight_keys(folder)
-    if keys is not None and not any(k.startswith("audio_encoder.") for k in keys):
-        raise ModelLoadError(f"{folder} is a MusicGen folder without its codec: its weights hold no audio_encoder "
-                             "(EnCodec) tensors. Save the whole model with save_pretrained()")
-    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        raise ModelLoadError(f"model folder {folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:3])}, ...); "
-                             "save the processor (or T5 tokenizer) beside the weights with save_pretrained(folder)")
-    return config
-
-
-def _weight_keys(folder: Path) -> set[str] | None:
-    """Tensor names of a folder's safetensors weights (None when they cannot be listed)."""
-    index = folder / "model.safetensors.index.json"
-    try:
-        if index.is_file():
-            return set(read_json(index).get("weight_map", {}))
-        from safetensors import safe_open
-
-        keys: set[str] = set()
-        for f in folder.glob("*.safetensors"):
-            with safe_open(str(f), "pt") as fh:
-                keys.update(fh.keys())
-        return keys
-    except Exception:  # an unreadable file: from_pretrained says what is wrong with it
-        return None
-
-
-def _hub_config(ref: ModelRef, trust_remote_code: bool) -> tuple[str | None, dict[str, Any]]:
-    """The hub model's config (fetched or from the cache), checked; and the commit it comes from."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        path = Path(hf_hub_download(ref.id, "config.json", revision=ref.revision))
-    except Exception as e:  # huggingface_hub raises many types; all mean "cannot get it"
-        raise hub_unavailable(ref.id, e) from None
-    config = read_json(path)
-    refuse_remote_code(ref.id, {"config.json": config}, trust_remote_code)
-    _check_config(config, ref.id)
-    revision = path.parent.name if path.parent.parent.name == "snapshots" else ref.revision
-    return revision, config
-
-
-def _default_dtype(device: str) -> torch.dtype:
-    if device == "cpu":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _merge_lora(model, adapter: str, name: str, revision: str | None):
-    """Apply a PEFT LoRA folder (trained on the whole MusicGen model) and merge it into the weights;
-    "adapter disabled" is then base + this adapter, as the protocol asks when training on top."""
-    from peft import PeftModel
-
-    path = Path(adapter).expanduser()
-    check_adapter_base(path, name, revision)
-    if not path.is_dir() or not (path / lora.PEFT_CONFIG).is_file():
-        raise ModelLoadError(f"adapter {adapter!r} is not a PEFT adapter folder (no {lora.PEFT_CONFIG})")
-    if not (path / lora.PEFT_WEIGHTS).is_file():
-        raise ModelLoadError(f"adapter {adapter!r} has no {lora.PEFT_WEIGHTS} (only safetensors adapters load)")
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(path), adapter_name="palate", is_trainable=False)
-        return peft_model.merge_and_unload()
-    except Exception as e:
-        raise adapter_mismatch(adapter, name, e) from None
-
-
-def load_musicgen(ref: ModelRef, *, device: str | None = None, dtype: torch.dtype | None = None,
-                  trust_remote_code: bool = False):
-    """(model, tokenizer, feature extractor or None, name to record, revision)."""
-    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
-
-    device = check_device(device)
-    name, folder = loading.resolve_model(ref.id)
-    if folder is not None:
-        _check_folder(folder, trust_remote_code)
-        source, revision = str(folder), ref.revision
-    else:
-        source = ref.id
-        revision, _ = _hub_config(ref, trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {source!r}, and MusicGen cannot read a prompt without one: "
-                             f"{type(e).__name__}: {_first_line(e, 200)}") from None
-    if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
-        raise ModelLoadError(f"{source!r} has no usable tokenizer")
-    feature_extractor = None
-    try:
-        from transformers import AutoFeatureExtractor
-
-        feature_extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
-    except Exception:
-        pass  # optional: only exports copy it (Palate feeds the codec raw samples itself)
-    dtype = dtype or _default_dtype(device)
-    try:
-        model, info = MusicgenForConditionalGeneration.from_pretrained(
-            source, revision=revision, dtype=dtype, use_safetensors=True, output_loading_info=True)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the MusicGen model {source!r}: {type(e).__name__}: {_first_line(e, 300)}"
-                             ) from None
-    missing = list(info.get("missing_keys") or [])
-    if any(k.startswith("audio_encoder.") for k in missing):
-        raise ModelLoadError(f"{source!r} is a MusicGen folder without its codec: the audio_encoder (EnCodec) weights "
-                             f"are missing ({len(missing)} missing tensors)")
-    if missing:
-        raise ModelLoadError(f"{source!r} is an incomplete MusicGen checkpoint: {len(missing)} weights are missing, "
-                             f"e.g. {', '.join(sorted(missing)[:3])}")
-    revision = revision or (folder_revision(folder) if folder is not None else None)
-    if ref.adapter:
-        model = _merge_lora(model, ref.adapter, name, revision)
-    model.to(device)
-    model.audio_encoder.float()  # the codec decodes and encodes in float32 whatever the decoder runs in
-    model.eval()
-    return model, tokenizer, feature_extractor, name, revision
-
-
-# ---------------------------------------------------------------------------
 # the adapter
 # ---------------------------------------------------------------------------
 
@@ -286,8 +113,11 @@ class MusicGenAdapter(ModalityAdapter):
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
     def __init__(self, model, tokenizer, *, model_name: str, revision: str | None = None,
-                 adapter: str | None = None, feature_extractor: Any = None):
+                 adapter: str | None = None, feature_extractor: Any = None,
+                 melody: chroma.ChromaSettings | None = None):
         self.model = model
+        #: MusicGen-Melody: how a melody file becomes its chroma (None: a text-only MusicGen)
+        self.melody = melody
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.model_name = model_name
@@ -306,9 +136,10 @@ class MusicGenAdapter(ModalityAdapter):
         on CPU, bf16 on CUDA (the codec in fp32). ``ref.adapter`` (a PEFT LoRA folder) is merged
         into the weights. ``cache_dir`` is unused."""
         del cache_dir
-        model, tokenizer, fe, name, revision = load_musicgen(ref, device=device, dtype=dtype,
-                                                             trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, model_name=name, revision=revision, adapter=ref.adapter, feature_extractor=fe)
+        model, tokenizer, fe, name, revision, melody = load_musicgen(ref, device=device, dtype=dtype,
+                                                                     trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, model_name=name, revision=revision, adapter=ref.adapter, feature_extractor=fe,
+                   melody=melody)
 
     # -- properties ----------------------------------------------------------
     @property
@@ -357,8 +188,10 @@ class MusicGenAdapter(ModalityAdapter):
 
     @property
     def max_frames(self) -> int:
-        """Longest clip in frames: the decoder's positions minus the delay of the last codebook."""
-        return int(self.decoder_config.max_position_embeddings) - max(self.delays)
+        """Longest clip in frames: the decoder's positions minus the delay of the last codebook (MusicGen-Melody:
+        and minus the melody prefix, which takes positions before the codes)."""
+        prefix = int(self.model.config.chroma_length) if self.melody is not None else 0
+        return int(self.decoder_config.max_position_embeddings) - max(self.delays) - prefix
 
     @property
     def max_duration(self) -> float:
@@ -412,6 +245,10 @@ class MusicGenAdapter(ModalityAdapter):
             raise ValueError("MusicGen samples codes one step per frame: it has no steps setting (it is ACE-Step's); "
                              "leave it empty")
         given.pop("steps", None)
+        melody_file = given.pop("melody", None)
+        if melody_file not in (None, "") and self.melody is None:
+            raise ValueError("this MusicGen takes no melody (it is text-to-music); a melody needs a MusicGen-Melody "
+                             "checkpoint such as facebook/musicgen-melody")
         unknown = set(given) - set(DEFAULT_PARAMS)
         if unknown:
             raise ValueError(f"unknown music setting(s) {sorted(unknown)}; use {', '.join(DEFAULT_PARAMS)} "
@@ -453,8 +290,39 @@ class MusicGenAdapter(ModalityAdapter):
             frames, duration = max_frames, max_frames / self.frame_rate  # a default shrinks to fit
         if frames < 1:
             raise ValueError(f"duration {duration:g} s is shorter than one codec frame ({1 / self.frame_rate:.3g} s)")
-        return {"duration": duration, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "guidance": guidance, "frames": frames}
+        out = {"duration": duration, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "guidance": guidance, "frames": frames}
+        if melody_file not in (None, ""):
+            out["melody"] = self._melody_of(str(melody_file))
+        return out
+
+    def _melody_of(self, path: str) -> dict[str, Any]:
+        """A melody file as its name, content hash and chroma indices (checked to be readable audio)."""
+        import hashlib
+
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ValueError(f"melody file {path!r} does not exist")
+        data = file.read_bytes()
+        return {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(),
+                "chroma": chroma.melody_indices(data, self.melody)}
+
+    def _chroma_features(self, indices: Sequence[list[int] | None]) -> torch.Tensor:
+        """One-hot ``input_features`` [n, chroma_length, num_chroma] of stored melodies (None: null)."""
+        length = int(self.model.config.chroma_length)
+        return self._one_hot(torch.stack([chroma.frames(i, length) for i in indices]))
+
+    def _one_hot(self, bins: torch.Tensor) -> torch.Tensor:
+        return chroma.one_hot(bins, int(self.model.config.num_chroma)).to(self.device, self.model.dtype)
+
+    def clip_melody(self, data: bytes) -> list[int] | None:
+        """The chroma a MusicGen-Melody clip was made with (None: none, or not a clip of this model)."""
+        tokens = wav.read_tokens(data)
+        if tokens is None or self._stored_codes(tokens) is None:
+            return None
+        melody = tokens.get("melody")
+        ok = isinstance(melody, list) and melody and all(isinstance(i, int) and 0 <= i < 64 for i in melody)
+        return melody if ok else None
 
     @torch.no_grad()
     def generate(self, request: GenerationRequest) -> list[Sample]:
@@ -477,6 +345,9 @@ class MusicGenAdapter(ModalityAdapter):
                       "frames": int(codes.shape[-1]), "sampling_rate": self.sampling_rate,
                       "dtype": str(self.model.decoder.dtype).replace("torch.", ""), "device": self.device.type}
             tokens = {"family": FAMILY, "model": self.model_name, "codes": codes.tolist(), "codec": self._codec_info()}
+            if "melody" in params:
+                record["melody"] = {k: params["melody"][k] for k in ("file", "sha256")}
+                tokens["melody"] = params["melody"]["chroma"]
             data = wav.encode_wav(audio, self.sampling_rate, tokens)
             prov = Provenance("music", self.model_name, seed, record, revision=self.revision, adapter=self.adapter_name)
             out.append(Sample(data, "audio/wav", prov))
@@ -513,6 +384,8 @@ class MusicGenAdapter(ModalityAdapter):
             shadowed = codec.__dict__.get("decode")
             codec.decode = capture  # an instance attribute shadows the method for this call only
             try:
+                if "melody" in params:
+                    kwargs["input_features"] = self._chroma_features([params["melody"]["chroma"]])
                 out = model.generate(input_ids=prompt["input_ids"].to(device),
                                      attention_mask=prompt["attention_mask"].to(device), **kwargs)
             finally:
@@ -605,8 +478,12 @@ class MusicGenAdapter(ModalityAdapter):
                 mask[b, k, :codes.shape[1]] = 1
                 reenc[b, k] = int(was_reencoded)
         prompts = [g.prompt for g in groups]
-        return TrainingBatch(prompts, {"codes": codes_t, "code_mask": mask, "reencoded": reenc},
-                             self._prompt_tokens(prompts))
+        tensors = {"codes": codes_t, "code_mask": mask, "reencoded": reenc}
+        if self.melody is not None:  # MusicGen-Melody: the chroma each clip was made with, over chroma_length frames
+            length = int(self.model.config.chroma_length)
+            tensors["chroma"] = torch.stack([torch.stack([chroma.frames(self.clip_melody(d), length) for d in g.samples])
+                                             for g in groups])
+        return TrainingBatch(prompts, tensors, self._prompt_tokens(prompts))
 
     # -- score ---------------------------------------------------------------
     def _forward(self, model: torch.nn.Module, batch: TrainingBatch, sl: slice, hidden: bool = False):
@@ -624,6 +501,8 @@ class MusicGenAdapter(ModalityAdapter):
         inputs = seq[..., :-1].to(device)
         n, _, L = inputs.shape
         kwargs = dict(input_ids=ids, attention_mask=attn, decoder_input_ids=inputs.reshape(n * C, L), use_cache=False)
+        if "chroma" in t:  # MusicGen-Melody: the melody prefix; its positions come first and predict no code
+            kwargs["input_features"] = self._one_hot(t["chroma"].reshape(B * K, -1)[sl])
         if hidden:
             seen: list[torch.Tensor] = []
             handle = _decoder_stack(model).register_forward_hook(lambda m, a, o: seen.append(o.last_hidden_state))
@@ -631,9 +510,10 @@ class MusicGenAdapter(ModalityAdapter):
                 model(**kwargs)
             finally:
                 handle.remove()
-            out = seen[-1]
+            out = seen[-1][:, -L:]
         else:
-            out = model(**kwargs).logits.reshape(n, C, L, -1)
+            logits = model(**kwargs).logits
+            out = logits.reshape(n, C, -1, logits.shape[-1])[:, :, -L:]
         return out, seq[..., 1:].to(device), valid.to(device)
 
     def score(self, model: torch.nn.Module, batch: TrainingBatch, generator: torch.Generator | None = None, *,
@@ -741,7 +621,7 @@ class MusicGenAdapter(ModalityAdapter):
         """Load ``exported`` as people would (peft: the stock model + ``PeftModel``; merged:
         ``MusicgenForConditionalGeneration`` alone) and compare its logits on a fixed prompt and clip
         with Palate's model + adapter, on the CPU in float32; raise ``ValueError`` above ``atol``."""
-        from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+        from transformers import AutoTokenizer
 
         ours = cls.load(ModelRef(base_model, adapter=str(adapter_dir)), device="cpu", dtype=torch.float32)
         C, V = ours.num_codebooks, int(ours.decoder_config.vocab_size)
@@ -760,12 +640,11 @@ class MusicGenAdapter(ModalityAdapter):
             from peft import PeftModel
 
             _, folder = loading.resolve_model(base_model)
-            base = MusicgenForConditionalGeneration.from_pretrained(str(folder) if folder else base_model,
-                                                                    dtype=torch.float32, use_safetensors=True)
+            base = type(ours.model).from_pretrained(str(folder) if folder else base_model, dtype=torch.float32,
+                                                    use_safetensors=True)
             model = PeftModel.from_pretrained(base, str(exported))
         elif fmt == "merged":
-            model = MusicgenForConditionalGeneration.from_pretrained(str(exported), dtype=torch.float32,
-                                                                     use_safetensors=True)
+            model = type(ours.model).from_pretrained(str(exported), dtype=torch.float32, use_safetensors=True)
             tok = AutoTokenizer.from_pretrained(str(exported))
             if tok(PROBE)["input_ids"] != ours.tokenizer(PROBE)["input_ids"]:
                 raise ValueError("the merged export's tokenizer does not tokenize like the base model's")
@@ -780,8 +659,9 @@ class MusicGenAdapter(ModalityAdapter):
 def _decoder_stack(model: torch.nn.Module) -> torch.nn.Module:
     """The ``MusicgenDecoder`` (its output is the last hidden state after the final layer norm)."""
     from transformers.models.musicgen.modeling_musicgen import MusicgenDecoder
+    from transformers.models.musicgen_melody.modeling_musicgen_melody import MusicgenMelodyDecoder
 
     for m in model.modules():
-        if isinstance(m, MusicgenDecoder):
+        if isinstance(m, (MusicgenDecoder, MusicgenMelodyDecoder)):
             return m
     raise TypeError(f"{type(model).__name__} holds no MusicGen decoder")
