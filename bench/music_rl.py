@@ -141,6 +141,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--methods", default="dpo,dpo-self,musicrl-R,musicrl-U,musicrl-RU,musicrl-R-then-U",
                     help="also musicrl-oracle: MusicRL with the taste itself as reward (a perfect reward model)")
+    ap.add_argument("--run", action="append", default=[], metavar="NAME=METHOD:REWARD",
+                    help="another run: a method with a reward (e.g. dpo-self-mix=dpo-self:2*taste+melody-judge; "
+                         "'taste' is the listener's learned reward model); add NAME to --methods")
     ap.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="override a method's lr")
     ap.add_argument("--beta", action="append", default=[], metavar="METHOD=BETA", help="override a method's beta")
     ap.add_argument("--eval-prompts", type=int, default=100)
@@ -171,6 +174,13 @@ def main(argv=None) -> int:
                        "base_seconds": round(time.time() - t0, 1)}, "runs": []}
     recipes = {"musicrl-R": "melody-judge", "musicrl-U": "taste", "musicrl-RU": "melody-judge+taste",
                "musicrl-oracle": f"taste-{args.taste}"}
+    methods_of: dict[str, str] = {}
+    for item in args.run:
+        name, _, rest = item.partition("=")
+        method, _, reward_name = rest.partition(":")
+        if not (name and method in SETTINGS and reward_name):
+            raise SystemExit(f"--run {item!r}: use NAME=METHOD:REWARD with METHOD one of {', '.join(SETTINGS)}")
+        recipes[name], methods_of[name] = reward_name, method
     with tempfile.TemporaryDirectory(prefix="palate-musicrl-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         with Store.open(data_dir) as store:
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         trained: dict[str, dict] = {}
         for name in [m for m in args.methods.split(",") if m]:
-            method = "musicrl" if name.startswith("musicrl") else name
+            method = methods_of.get(name) or ("musicrl" if name.startswith("musicrl") else name)
             if name == "musicrl-R-then-U":  # the R run (reused when it ran above), then U on top of it
                 first = trained.get("musicrl-R") or train(data_dir, method, args.steps, args.k, recipes["musicrl-R"])
                 run = train(data_dir, method, args.steps, args.k, "taste", init=first["adapter"])
