@@ -18,6 +18,7 @@ from modalities.contract import check_adapter
 from modalities.diffusion.families import FAMILIES
 from modalities.loading import ModelLoadError
 from modalities.music import adapter as music
+from modalities.music import wav
 from modalities.music.acestep import AceStepAdapter
 from modalities.protocol import GenerationRequest, Group, ModelRef, ScoreKind
 from storage import Store
@@ -67,7 +68,9 @@ def test_clips_are_stereo_wav_deterministic_per_seed(adapter):
 def test_setting_errors(adapter, tmp_path):
     for params, match in (({"temperature": 1.0}, "no temperature setting"), ({"steps": 0}, "steps must be"),
                           ({"steps": 2.5}, "whole number"), ({"guidance": 0.5}, "guidance must be between 1"),
-                          ({"duration": -1}, "duration must be"), ({"seed_count": 3}, "unknown ACE-Step setting")):
+                          ({"duration": -1}, "duration must be"), ({"seed_count": 3}, "unknown ACE-Step setting"),
+                          ({"top_k": 5}, "no top_k setting"), ({"top_p": 0.9}, "no top_p setting"),
+                          ({"melody": "tune.wav"}, "takes no melody file")):
         with pytest.raises(ValueError, match=match):
             _gen(adapter, **params)
     turbo = music.MusicAdapter.load(ModelRef(str(tiny_pipelines.save(tiny_pipelines.tiny_acestep(turbo=True),
@@ -92,6 +95,33 @@ def test_the_training_call_is_the_pipelines_own(adapter):
     cond = adapter._conditioning(["a calm piano piece"], x.shape[-2:])
     ours = adapter.fam.predict(adapter.pipe, tr, x, t, cond, adapter.dtype)
     assert torch.allclose(ours, out, atol=1e-5)
+
+
+def test_prompts_of_different_lengths_condition_as_each_alone(adapter):
+    """No padding reaches the transformer (its cross-attention has no mask): a batch of prompts of different
+    lengths predicts what each prompt alone does."""
+    prompts = ["a calm piano piece", "a very long and winding prompt about a slow sad waltz on an old organ"]
+    x, t = torch.randn(2, 50, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.7])
+    tr = adapter.pipe.transformer
+    together = adapter.fam.predict(adapter.pipe, tr, x, t, adapter._conditioning(prompts, (50, 8)), adapter.dtype)
+    alone = torch.cat([adapter.fam.predict(adapter.pipe, tr, x[i:i + 1], t[i:i + 1],
+                                           adapter._conditioning([p], (50, 8)), adapter.dtype)
+                       for i, p in enumerate(prompts)])
+    mask = adapter._conditioning(prompts, (50, 8))["encoder_mask"]
+    assert mask[0].sum() < mask[1].sum()  # the prompts really differ in length
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_training_uses_the_sampled_latent(adapter):
+    """A clip keeps the latent it was sampled as (the pipeline rescales the audio before it is stored); an
+    imported clip is encoded by the VAE."""
+    clip = _gen(adapter, n=1, seeds=(9,))[0]
+    out = adapter.pipe(prompt="a calm piano piece", lyrics="", audio_duration=SECONDS, num_inference_steps=2,
+                       guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(9), output_type="latent")
+    assert torch.allclose(adapter.stored_latent(clip.data), out.audios[0].float(), atol=1e-6)
+    assert torch.equal(adapter._latent(clip.data), adapter.stored_latent(clip.data))
+    bare = wav.encode_wav(wav.decode(clip.data, channels=2)[0], 800)  # the same audio, imported
+    assert adapter.stored_latent(bare) is None and adapter._latent(bare).shape == (50, 8)
 
 
 def test_contract_and_scores(adapter):

@@ -192,7 +192,7 @@ def test_similarity_rewards_score_prompt_agreement_zero_shot(tmp_path, encoders)
         assert service.pinned(store, mixed, "music") == mixed and not service.needs_model(store, mixed, "music")
         assert service.load(store, mixed, "music").score("a slow sad melody in A minor on a harp, descending", clips)["prompt"].shape == (3,)
         # refusals: an encoder that does not read the modality's media, a name without an encoder
-        with pytest.raises(ValueError, match="cannot read Images candidates|cannot read"):
+        with pytest.raises(ValueError, match="is a clap encoder of audio and cannot read Images candidates"):
             service.load(store, clap, "image")
         for bad in ("similarity:", "similarity:./no-such-folder"):
             with pytest.raises(ValueError, match="name a pretrained encoder after 'similarity:'"):

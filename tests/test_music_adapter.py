@@ -88,7 +88,7 @@ def test_the_family_dispatch_refuses_what_is_not_music(tmp_path):
         music.family_of(str(tmp_path / "pipe"))
     (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "AceStepPipeline"}))
     assert music.family_of(str(tmp_path / "pipe")) == "acestep"
-    with pytest.raises(ModelLoadError, match="missing its 'vae' component|not a diffusers pipeline|cannot load"):
+    with pytest.raises(ModelLoadError, match="missing its 'vae' component"):
         (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(
             {"_class_name": "AceStepPipeline", "vae": ["diffusers", "AutoencoderOobleck"]}))
         music.MusicAdapter.load(ModelRef(str(tmp_path / "pipe")))

@@ -135,6 +135,21 @@ def test_the_score_is_the_models_own_loss_under_the_clips_melody(adapter, tunes)
     assert torch.isfinite(adapter.reward_features(["a waltz"] * 2, [c.data for c in clips])).all()
 
 
+def test_prompts_of_different_lengths_score_as_each_alone(adapter, tunes):
+    """The prefix has no padding mask: a batch of prompts of different lengths scores each clip as its group
+    alone does (and as generated, with its own unpadded prompt)."""
+    up, down = tunes
+    a = adapter.generate(GenerationRequest("a waltz", n=2, seeds=(1, 2), params={"duration": 0.1, "melody": str(up)}))
+    b = adapter.generate(GenerationRequest("a very long and slow funeral march in a minor key", n=2, seeds=(3, 4),
+                                           params={"duration": 0.1, "melody": str(down)}))
+    groups = [Group("a waltz", (a[0].data, a[1].data)),
+              Group("a very long and slow funeral march in a minor key", (b[0].data, b[1].data))]
+    with torch.no_grad():
+        together = adapter.score(adapter.model, adapter.encode(groups))
+        alone = torch.cat([adapter.score(adapter.model, adapter.encode([g])) for g in groups])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
 def test_trains_on_votes_and_exports(tiny_dir, tunes, tmp_path):
     from alignment.config import TrainConfig
     from alignment.train import train
@@ -170,6 +185,8 @@ def test_bad_melody_inputs(adapter, tmp_path):
     silent.write_bytes(wav.encode_wav(np.zeros(8000, np.float32), 8000))
     with pytest.raises(ValueError, match="silent"):
         adapter.generate(GenerationRequest("a waltz", n=1, params={"duration": 0.1, "melody": str(silent)}))
+    with pytest.raises(ValueError, match="beyond this MusicGen-Melody's limit"):
+        adapter.generate(GenerationRequest("a waltz", n=1, params={"duration": (MAX_POS - 1 - CHROMA) / 100}))
     with pytest.raises(ValueError, match="does not exist"):
         adapter.generate(GenerationRequest("a waltz", n=1, params={"duration": 0.1, "melody": str(tmp_path / "x")}))
     text_only = MusicGenAdapter.load(ModelRef(str(save_tiny_musicgen(tmp_path / "mg"))))

@@ -115,20 +115,29 @@ def _enc_acestep(pipe, prompts, latent_hw, device) -> Cond:
     """ACE-Step text-to-music conditioning, built as its pipeline builds it for ``text2music``: the
     prompt with the clip's duration in its metadata (so it depends on the latent length), no lyrics
     (instrumental), the learned silence as timbre reference; the context latents are the silence
-    latent with an all-ones chunk mask (generate every frame)."""
-    n, frames = len(prompts), int(latent_hw[0])
-    dtype = pipe.transformer.dtype
-    text, text_mask, lyric, lyric_mask = pipe.encode_prompt(
-        prompt=list(prompts), lyrics=[""] * n, device=device, audio_duration=frames / pipe.latents_per_second,
-        instruction=pipe._get_task_instruction(task_type="text2music"))
+    latent with an all-ones chunk mask (generate every frame). Each prompt is encoded alone, as
+    generation encodes it: its text encoder and cross-attention take no padding mask, so padding would
+    change the conditioning. ``encoder_mask`` marks a prompt's positions once prompts are stacked."""
+    frames, dtype = int(latent_hw[0]), pipe.transformer.dtype
     ce = pipe.condition_encoder
-    timbre = ce.silence_latent[:, :math.ceil(30 * pipe.latents_per_second), :].to(device, dtype).expand(n, -1, -1)
-    hidden, _ = ce(text_hidden_states=text, text_attention_mask=text_mask, lyric_hidden_states=lyric,
-                   lyric_attention_mask=lyric_mask, refer_audio_acoustic_hidden_states_packed=timbre.contiguous(),
-                   refer_audio_order_mask=torch.arange(n, device=device))
+    timbre = ce.silence_latent[:, :math.ceil(30 * pipe.latents_per_second), :].to(device, dtype).contiguous()
+    hidden = []
+    for prompt in prompts:
+        text, text_mask, lyric, lyric_mask = pipe.encode_prompt(
+            prompt=[prompt], lyrics=[""], device=device, audio_duration=frames / pipe.latents_per_second,
+            instruction=pipe._get_task_instruction(task_type="text2music"))
+        h, _ = ce(text_hidden_states=text, text_attention_mask=text_mask, lyric_hidden_states=lyric,
+                  lyric_attention_mask=lyric_mask, refer_audio_acoustic_hidden_states_packed=timbre,
+                  refer_audio_order_mask=torch.zeros(1, dtype=torch.long, device=device))
+        hidden.append(h[0].float().cpu())
+    n, longest = len(hidden), max(h.shape[0] for h in hidden)
+    states = torch.zeros(n, longest, hidden[0].shape[-1])
+    mask = torch.zeros(n, longest)
+    for i, h in enumerate(hidden):
+        states[i, :h.shape[0]], mask[i, :h.shape[0]] = h, 1.0
     src, _ = pipe.prepare_src_latents(device=device, dtype=dtype, batch_size=n, latent_length=frames)
     context = torch.cat([src, torch.ones_like(src)], dim=-1)
-    return {"encoder_hidden_states": hidden.float().cpu(), "context_latents": context.float().cpu()}
+    return {"encoder_hidden_states": states, "encoder_mask": mask, "context_latents": context.float().cpu()}
 
 
 # -- one denoiser call, per family ----------------------------------------------------------------------
@@ -179,10 +188,21 @@ def _pred_qwen(pipe, model, x, t, cond, dtype) -> torch.Tensor:
 
 
 def _pred_acestep(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    """One transformer call per prompt length: its cross-attention has no mask, so each row sees exactly
+    its own prompt's positions, as when it was generated."""
     t = t.to(dtype)
-    return model(hidden_states=x.to(dtype), timestep=t, timestep_r=t,
-                 encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-                 context_latents=cond["context_latents"].to(dtype), return_dict=False)[0]
+    lengths = cond["encoder_mask"].sum(-1).long().tolist()
+    out = None
+    for length in sorted(set(lengths)):
+        rows = [i for i, n in enumerate(lengths) if n == length]
+        idx = torch.tensor(rows, device=x.device)
+        part = model(hidden_states=x[idx].to(dtype), timestep=t[idx], timestep_r=t[idx],
+                     encoder_hidden_states=cond["encoder_hidden_states"][idx, :length].to(dtype),
+                     context_latents=cond["context_latents"][idx].to(dtype), return_dict=False)[0]
+        if out is None:
+            out = part.new_empty((x.shape[0], *part.shape[1:]))
+        out[idx] = part
+    return out
 
 
 def _unpack(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -8,15 +8,21 @@ other flow losses train ACE-Step as they train SD3. What is music's own is here:
 (duration, steps, guidance), clips as WAV at the VAE's rate and channels, and the exports (diffusers
 format, which ``AceStepPipeline.load_lora_weights`` loads, and PEFT).
 
+A generated clip carries the latent it was sampled as (the WAV's ``pltk`` chunk, float32): the pipeline
+rescales every clip to a -1 dBFS peak before it is stored, so re-encoding the audio would train on another
+latent than the one sampled. Imported audio (and a clip of another model) is encoded by the VAE.
+
 Clips are instrumental: the prompt is the caption, lyrics are empty (a lyrics setting would have to be
 stored with each clip and fed to training, which this adapter does not do yet).
 """
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..diffusion.adapter import DiffusersAdapter
@@ -102,7 +108,8 @@ class AceStepAdapter(DiffusersAdapter):
         if frames < 1:
             raise ValueError(f"duration {duration:g} s is shorter than one latent frame "
                              f"({1 / self.pipe.latents_per_second:.3g} s)")
-        return {"duration": duration, "steps": int(steps), "guidance": guidance}
+        # whole latent frames: the prompt's metadata then says the duration training reads from the latent
+        return {"duration": frames / self.pipe.latents_per_second, "steps": int(steps), "guidance": guidance}
 
     # -- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -111,19 +118,48 @@ class AceStepAdapter(DiffusersAdapter):
         seed must give the same clip whatever ``n``), as WAV at the VAE's rate and channels."""
         params = self._params(request)
         seeds = request.resolved_seeds()
-        audio = [self.pipe(prompt=request.prompt, lyrics="", audio_duration=params["duration"],
-                           num_inference_steps=params["steps"], guidance_scale=params["guidance"],
-                           generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").audios[0].float().cpu()
-                 for seed in seeds]
         samples = []
-        for seed, clip in zip(seeds, audio):
+        for seed in seeds:
+            final: list[torch.Tensor] = []
+
+            def keep(pipe, step, t, kw):  # the latent after each step; the last one is the sample
+                final[:] = [kw["latents"]]
+                return {}
+
+            clip = self.pipe(prompt=request.prompt, lyrics="", audio_duration=params["duration"],
+                             num_inference_steps=params["steps"], guidance_scale=params["guidance"],
+                             generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+                             callback_on_step_end=keep).audios[0].float().cpu()
+            latent = final[0][0].float().cpu().numpy()
+            tokens = {"family": FAMILY, "model": self.model_name, "shape": list(latent.shape),
+                      "latent": base64.b64encode(np.ascontiguousarray(latent, dtype="<f4").tobytes()).decode()}
             record = {**params, "seconds": round(clip.shape[-1] / self.sample_rate, 3), "sample_rate": self.sample_rate,
                       "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type}
             prov = Provenance("music", self.model_name, seed, record, revision=self.revision, adapter=self.adapter_name)
-            samples.append(Sample(wav.encode_wav(clip.numpy(), self.sample_rate), "audio/wav", prov))
+            samples.append(Sample(wav.encode_wav(clip.numpy(), self.sample_rate, tokens), "audio/wav", prov))
         return samples
 
     # -- training tensors ------------------------------------------------------------------------------
+    def stored_latent(self, data: bytes) -> torch.Tensor | None:
+        """The latent a clip of this model was sampled as ([frames, channels]), or None."""
+        tokens = wav.read_tokens(data)
+        if not tokens or tokens.get("family") != FAMILY or tokens.get("model") != self.model_name:
+            return None
+        try:
+            shape = [int(x) for x in tokens["shape"]]
+            flat = np.frombuffer(base64.b64decode(tokens["latent"]), dtype="<f4")
+            latent = torch.from_numpy(flat.copy()).reshape(shape)
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            return None
+        width = int(self.trainable_module().config.audio_acoustic_hidden_dim)
+        if latent.dim() != 2 or latent.shape[1] != width or not torch.isfinite(latent).all():
+            return None
+        return latent
+
+    def _latent(self, data: bytes) -> torch.Tensor:
+        stored = self.stored_latent(data)
+        return stored if stored is not None else super()._latent(data)
+
     def media_tensor(self, data: bytes) -> torch.Tensor:
         """A clip as the VAE takes it: [channels, samples] at its rate (resampled; mono repeated)."""
         audio, _ = wav.decode(data, rate=self.sample_rate, allow_silent=True, channels=self.audio_channels)

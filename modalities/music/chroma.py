@@ -42,10 +42,15 @@ def melody_indices(data: bytes, settings: ChromaSettings) -> list[int]:
     """The dominant chroma bin of each frame of an audio file (its first ``chunk_length`` seconds).
     Raises ValueError for a file that is not audio or is silent."""
     try:
-        audio, _ = wav.decode(data, rate=settings.sampling_rate)
+        audio, rate = wav.decode(data)
     except ValueError as e:
         raise ValueError(f"the melody file is not usable audio: {e}") from None
-    x = torch.from_numpy(audio[: settings.chunk_length * settings.sampling_rate].astype(np.float32))
+    audio = audio[: settings.chunk_length * rate]  # the part that is read, before resampling
+    if rate != settings.sampling_rate:
+        import librosa
+
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=settings.sampling_rate)
+    x = torch.from_numpy(np.ascontiguousarray(audio[: settings.chunk_length * settings.sampling_rate], np.float32))
     if x.numel() < settings.n_fft:  # as the extractor: pad a short tune to one window, centred
         pad = settings.n_fft - x.numel()
         x = torch.nn.functional.pad(x, (pad // 2, pad - pad // 2))

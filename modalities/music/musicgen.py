@@ -321,7 +321,8 @@ class MusicGenAdapter(ModalityAdapter):
         if tokens is None or self._stored_codes(tokens) is None:
             return None
         melody = tokens.get("melody")
-        ok = isinstance(melody, list) and melody and all(isinstance(i, int) and 0 <= i < 64 for i in melody)
+        bins = int(self.model.config.num_chroma)
+        ok = isinstance(melody, list) and melody and all(isinstance(i, int) and 0 <= i < bins for i in melody)
         return melody if ok else None
 
     @torch.no_grad()
@@ -332,6 +333,12 @@ class MusicGenAdapter(ModalityAdapter):
         params = self._params(request)
         seeds = request.resolved_seeds()
         prompt = self._prompt_tokens([request.prompt])
+        if self.melody is not None:  # the prompt's tokens are prefixed too: they take positions as well
+            room = self.max_frames - int(prompt["input_ids"].shape[1])
+            if params["frames"] > room:
+                raise ValueError(f"duration {params['duration']:g} s with this prompt is beyond this MusicGen-Melody's "
+                                 f"limit of {room / self.frame_rate:.2f} s (the melody and the prompt's "
+                                 f"{prompt['input_ids'].shape[1]} tokens take positions); ask for less")
         model = self.model
         was_training = model.training
         model.eval()
@@ -499,10 +506,30 @@ class MusicGenAdapter(ModalityAdapter):
         group = torch.arange(B * K)[sl] // K
         ids, attn = cond["input_ids"][group].to(device), cond["attention_mask"][group].to(device)
         inputs = seq[..., :-1].to(device)
-        n, _, L = inputs.shape
+        n = inputs.shape[0]
+        if "chroma" not in t:
+            return self._run(model, ids, attn, inputs, None, hidden), seq[..., 1:].to(device), valid.to(device)
+        # MusicGen-Melody: the melody and prompt are a prefix the decoder attends to without a padding mask, so
+        # each row gets its own prompt unpadded (as generated), rows of one prompt length in one call
+        features = self._one_hot(t["chroma"].reshape(B * K, -1)[sl])
+        plen = attn.sum(-1).tolist()
+        parts: dict[int, torch.Tensor] = {}
+        for length in sorted(set(plen)):
+            rows = torch.tensor([i for i, x in enumerate(plen) if x == length], device=device)
+            keep = attn[rows].bool()
+            p_ids, p_attn = ids[rows][keep].view(len(rows), -1), attn[rows][keep].view(len(rows), -1)
+            out = self._run(model, p_ids, p_attn, inputs[rows], features[rows], hidden)
+            for j, r in enumerate(rows.tolist()):
+                parts[r] = out[j]
+        return torch.stack([parts[i] for i in range(n)]), seq[..., 1:].to(device), valid.to(device)
+
+    def _run(self, model, ids, attn, inputs, features, hidden: bool) -> torch.Tensor:
+        """One teacher-forced call: logits [n, C, L, V] or the decoder's last hidden state [n, L, H] of the
+        code positions (MusicGen-Melody's prefix positions dropped)."""
+        n, C, L = inputs.shape
         kwargs = dict(input_ids=ids, attention_mask=attn, decoder_input_ids=inputs.reshape(n * C, L), use_cache=False)
-        if "chroma" in t:  # MusicGen-Melody: the melody prefix; its positions come first and predict no code
-            kwargs["input_features"] = self._one_hot(t["chroma"].reshape(B * K, -1)[sl])
+        if features is not None:
+            kwargs["input_features"] = features
         if hidden:
             seen: list[torch.Tensor] = []
             handle = _decoder_stack(model).register_forward_hook(lambda m, a, o: seen.append(o.last_hidden_state))
@@ -510,11 +537,9 @@ class MusicGenAdapter(ModalityAdapter):
                 model(**kwargs)
             finally:
                 handle.remove()
-            out = seen[-1][:, -L:]
-        else:
-            logits = model(**kwargs).logits
-            out = logits.reshape(n, C, -1, logits.shape[-1])[:, :, -L:]
-        return out, seq[..., 1:].to(device), valid.to(device)
+            return seen[-1][:, -L:]
+        logits = model(**kwargs).logits
+        return logits.reshape(n, C, -1, logits.shape[-1])[:, :, -L:]
 
     def score(self, model: torch.nn.Module, batch: TrainingBatch, generator: torch.Generator | None = None, *,
               mean: bool | None = None) -> torch.Tensor:
