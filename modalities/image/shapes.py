@@ -31,6 +31,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..pixels import components as _components
+
 # -- vocabulary -------------------------------------------------------------
 
 # Fully saturated reference colours. Shape colours and backgrounds share names.
@@ -338,27 +340,6 @@ def _classify_colour(rgb: np.ndarray, candidates: Iterable[str]) -> str:
 
     # pink and purple share hues with red/blue; lightness separates them a little
     return min(chromatic, key=lambda n: hue_dist(n) + 0.15 * abs(colorsys.rgb_to_hls(*(c / 255 for c in PALETTE[n]))[1] - l))
-
-
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a boolean mask, as arrays of (y, x)."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    comps = []
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        stack, pix = [(y0, x0)], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            pix.append((y, x))
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        comps.append(np.array(pix))
-    return comps
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:

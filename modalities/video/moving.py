@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..pixels import components
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40),
            "purple": (150, 60, 200), "orange": (245, 140, 30)}
@@ -177,10 +179,13 @@ def _nearest(rgb: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
 
 
 def _components(mask: np.ndarray) -> list[np.ndarray]:
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask)
-    return [labels == i for i in range(1, n + 1)]
+    """4-connected components of a boolean mask, as boolean masks."""
+    out = []
+    for pix in components(mask):
+        m = np.zeros_like(mask, dtype=bool)
+        m[pix[:, 0], pix[:, 1]] = True
+        out.append(m)
+    return out
 
 
 def analyse(clip: np.ndarray) -> Analysis:
