@@ -135,8 +135,8 @@ class Training:
             from .methods import methods_for
 
             ok = methods_for((kind,), registry.spec(cfg.modality).capabilities)
-            raise TrainingError(f"method {cfg.method!r} is not for {cfg.model} ({kind} scores); use one of the "
-                                f"methods for {kind} models: {', '.join(ok)}")
+            raise TrainingError(f"method {cfg.method!r} is not for {cfg.modality} models with {kind} scores "
+                                f"({cfg.model}); use one of the methods for {kind} models: {', '.join(ok)}")
         self.module = self.adapter.trainable_module()
         if cfg.gradient_checkpointing:
             for name in ("enable_gradient_checkpointing", "gradient_checkpointing_enable"):  # diffusers, transformers

@@ -199,4 +199,4 @@ def test_autoregressive_methods_are_refused_for_acestep(tiny_dir, tmp_path, caps
                            "validation_count": 0}).save(run_dir)
     assert train(run_dir) != 0
     err = capsys.readouterr().err
-    assert "method 'simpo' is not for" in err and "(flow scores)" in err and "flow-dpo" in err
+    assert "method 'simpo' is not for music models with flow scores" in err and "flow-dpo" in err
