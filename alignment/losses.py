@@ -163,6 +163,14 @@ def flow_rwr(policy, reference=None, *, beta: float, labels: torch.Tensor | None
     return -(weights * torch.cat([w, l])).mean(), _metrics(w, l)
 
 
+def sft(policy, reference=None, *, beta: float, **_):
+    """Supervised fine-tuning on the preferred samples (the baseline VideoAlign compares its methods with):
+    -s_w, the plain flow-matching (or denoising) loss of the winner; the loser is not trained on (its
+    score enters the metrics only). beta is unused."""
+    w, l = _pair(policy, None)
+    return -w.mean(), _metrics(w, l)
+
+
 def spo(policy, reference, *, beta: float, clip: float = 0.1, **_):
     """SPO (Liang et al. 2024, "Step-aware Preference Optimization"): scores are one denoising step's
     transition log-probabilities (per element, mean over the latent) of the step-aware preference
@@ -289,5 +297,5 @@ FUNCTIONS: dict[str, LossFn] = {
     "dpo": with_nll(dpo), "ipo": with_nll(ipo), "hinge": with_nll(hinge),
     "conservative_dpo": with_nll(conservative_dpo), "simpo": with_nll(simpo), "irepo": with_nll(irepo),
     "diffusion_dpo": diffusion_dpo, "mapo": mapo, "rankdpo": rankdpo, "flow_dpo": flow_dpo, "flow_rwr": flow_rwr,
-    "spo": spo, "rloo_kl": rloo_kl,
+    "sft": sft, "spo": spo, "rloo_kl": rloo_kl,
 }

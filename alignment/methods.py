@@ -162,6 +162,9 @@ LOSSES: dict[str, LossSpec] = {
                  presets=(Preset("DPO on self-samples · 40 steps (needs a reward model)", 40, 3e-3, 0.1),)),
         LossSpec("flow-rwr", "flow_rwr", False, "Liu et al. 2025", 1.0, 5e-4, "reward-weighted flow matching (beta is "
                  "the temperature)", uses_labels=True, score_kinds=("flow",)),
+        LossSpec("sft", "sft", False, "Liu et al. 2025 (their baseline)", 1.0, 5e-4, "supervised fine-tuning on the "
+                 "preferred samples only (the denoising / flow-matching loss of each pair's winner; beta unused)",
+                 score_kinds=("diffusion", "flow")),
     )
 }
 

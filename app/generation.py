@@ -151,10 +151,19 @@ def generate_candidates(
         seeds = [seed + i for i in range(n)]
     request = GenerationRequest(prompt=prompt, n=n, seeds=tuple(seeds) if seeds is not None else None,
                                 negative_prompt=negative_prompt or None, params=dict(params or {}))
+    guiding = "reward-guidance" in registry.spec(modality).capabilities and any(
+        k.startswith("guide_") for k in request.params)
     # 2. Load (or reuse) the model and generate
     with device_lock(device):
         adapter, lock = get_adapter(store, modality, model or default_model(modality), device=device, lora=lora)
         with lock:
+            if guiding:  # Flow-NRG: the reward model reads this model's features
+                from dataclasses import replace
+
+                from alignment.rewards.guidance import guide_from_params
+
+                rest = dict(request.params)
+                request = replace(request, params=rest, guide=guide_from_params(store, modality, adapter, rest))
             samples = adapter.generate(request)
     # 3. Store every candidate with its provenance, in one transaction
     with store.write():

@@ -84,7 +84,9 @@ class GenerationRequest:
     ``seeds``: one per candidate, or None to draw them at random (the drawn
     seeds are recorded in each sample's provenance, so every candidate can be
     regenerated). ``params``: the modality's settings (steps, guidance, size,
-    scheduler, temperature, top_p, max_new_tokens, ...).
+    scheduler, temperature, top_p, max_new_tokens, ...). ``guide``: reward guidance while sampling, for
+    modalities that declare the ``reward-guidance`` capability (an object with ``gradient(adapter,
+    prompts, latents, t)`` and ``describe()``; see ``modalities.video.guidance``).
     """
 
     prompt: str
@@ -92,6 +94,7 @@ class GenerationRequest:
     seeds: tuple[int, ...] | None = None
     negative_prompt: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    guide: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():

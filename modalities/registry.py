@@ -23,6 +23,7 @@ _BUILTIN: dict[str, str] = {
     "image": "modalities.image:SPEC",
     "text": "modalities.text:SPEC",
     "music": "modalities.music:SPEC",
+    "video": "modalities.video:SPEC",
 }
 _SPECS: dict[str, Any] = dict(_BUILTIN)  # name -> ModalitySpec | "module:SPEC"
 _ADAPTERS: dict[str, Any] = {}  # name -> adapter class | "module:Class" for modalities registered without a spec

@@ -41,12 +41,15 @@ class Setting:
     max: float | None = None
     choices: tuple[str, ...] | None = None
     accept: str | None = None  # Path settings: the MIME family of the file
+    slider: bool = False  # the app shows a slider from min to max (empty = 0) instead of a text field
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ValueError(f"setting names are identifiers like 'max_tokens'; got {self.name!r}")
         if self.kind not in (int, float, str, bool, Path):
             raise ValueError(f"setting {self.name}: kind must be int, float, str, bool or Path, not {self.kind!r}")
+        if self.slider and (self.kind not in (int, float) or self.min is None or self.max is None):
+            raise ValueError(f"setting {self.name}: a slider is a number with a min and a max")
 
     @property
     def flag(self) -> str:

@@ -28,6 +28,7 @@ def _expected_at_equal(name: str, beta: float, spec) -> float:
         "irepo": 0.0,  # labels 0.5: logit 0, and h = 0
         "mapo": -S + math.log(2),
         "flow-rwr": -S,
+        "sft": -S,
         "spo": math.log(2),  # every ratio 1: -log sigmoid(0)
     }[name]
 

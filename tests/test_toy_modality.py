@@ -40,7 +40,7 @@ def test_spec_is_read_by_the_registry_and_absent_without_the_line():
         assert registry.get(TOY).__name__ == "StripAdapter" and registry.source(TOY) == "tests.toy_modality:SPEC"
         from alignment.methods import methods_for
 
-        assert methods_for(spec.score_kinds) == ["mapo", "rankdpo", "flow-dpo", "flow-rwr"]
+        assert methods_for(spec.score_kinds) == ["mapo", "rankdpo", "flow-dpo", "flow-rwr", "sft"]
     finally:
         registry.unregister(TOY)
 

@@ -252,3 +252,49 @@ def save_tiny_lm(path, chat_template: str | None = None, context: int = CONTEXT)
     tiny_lm_model(len(tok), context).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def _t5(vocab: int, d_model: int = 32, umt5: bool = False):
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    config, model = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    return model(config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                        pad_token_id=0, eos_token_id=3, decoder_start_token_id=0)).eval()
+
+
+def tiny_wan(expand_timesteps: bool = False):
+    """Wan 2.1-like (2.2 TI2V-like with ``expand_timesteps``), sized as diffusers' own Wan tests build it: the
+    Wan video VAE (4x temporal, 8x spatial), a T5 text encoder from config, a 2-block transformer."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer(32)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32)
+    return WanPipeline(tokenizer=tok, text_encoder=_t5(len(tok), umt5=True), vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), expand_timesteps=expand_timesteps)
+
+
+def tiny_ltx():
+    """LTX-Video-like, sized as diffusers' own LTX tests build it: the LTX video VAE (two levels of 2x in time
+    and space, its decoder the mirror of its encoder), a T5 text encoder from config, a 1-block transformer."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    tok = _tokenizer(32)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                        num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
+                                        num_layers=1, caption_channels=32)
+    vae = AutoencoderKLLTXVideo(latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                decoder_block_out_channels=(8, 8, 8, 8), spatio_temporal_scaling=(True, True, False, False),
+                                decoder_spatio_temporal_scaling=(True, True, False, False), layers_per_block=(1, 1, 1, 1, 1),
+                                decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=1, patch_size_t=1,
+                                encoder_causal=True, decoder_causal=False)
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5(len(tok)),
+                       tokenizer=tok, transformer=transformer)

@@ -54,6 +54,9 @@ def setting_field(setting: Any, *, elem_id: str) -> Any:
         if (setting.accept or "").startswith("audio/"):
             return gr.Audio(label=setting.label, type="filepath", sources=["upload"], elem_id=elem_id)
         return gr.File(label=setting.label, type="filepath", elem_id=elem_id)
+    if setting.slider:
+        return gr.Slider(setting.min, setting.max, value=setting.default or 0, step=1 if setting.kind is int else 0.5,
+                         label=setting.label, info=setting.help, elem_id=elem_id)
     return opt_box(setting.label, info=setting.help, elem_id=elem_id)
 
 

@@ -219,7 +219,7 @@ class DiffusersAdapter(ModalityAdapter):
         den = self.trainable_module()
         if getattr(den, "mid_block", None) is not None:
             return den.mid_block
-        for name in ("single_transformer_blocks", "transformer_blocks", "layers"):
+        for name in ("single_transformer_blocks", "transformer_blocks", "blocks", "layers"):
             blocks = getattr(den, name, None)
             if blocks is not None and len(blocks):
                 return blocks[-1]
@@ -262,6 +262,12 @@ class DiffusersAdapter(ModalityAdapter):
         the middle block pooled, then the per-channel mean and spread of ``clean`` (None: of the clean
         latent the denoiser predicts). The module runs as it is: callers disable a LoRA when they want
         the base model's view."""
+        return self.latent_features(prompts, noisy, t, clean).cpu()
+
+    def latent_features(self, prompts: Sequence[str], noisy: torch.Tensor, t: torch.Tensor,
+                        clean: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`latent_reward_features` on the model's device, differentiable in ``noisy`` when grad is
+        enabled (reward guidance follows its gradient)."""
         module, captured = self._feature_module(), []
         hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
         try:
@@ -278,8 +284,8 @@ class DiffusersAdapter(ModalityAdapter):
                 clean = x0_eps(pred, noisy, self._alphas_cumprod.to(noisy.device)[t.long()], self.prediction_type)[0]
             else:
                 clean = noisy.float() - t.float().view(-1, *([1] * (noisy.dim() - 1))) * pred
-        flat = clean.float().flatten(2) if clean.dim() == 4 else clean.float().transpose(1, 2)
-        return torch.cat([pooled, flat.mean(-1), flat.std(-1)], dim=-1).cpu()
+        flat = clean.float().flatten(2) if clean.dim() >= 4 else clean.float().transpose(1, 2)
+        return torch.cat([pooled, flat.mean(-1), flat.std(-1)], dim=-1)
 
     def noise_level_of(self, t: torch.Tensor) -> torch.Tensor:
         """Model times (UNet timesteps or flow times) as noise levels in [0, 1)."""

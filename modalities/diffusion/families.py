@@ -140,6 +140,30 @@ def _enc_acestep(pipe, prompts, latent_hw, device) -> Cond:
     return {"encoder_hidden_states": states, "encoder_mask": mask, "context_latents": context.float().cpu()}
 
 
+WAN_TEXT_TOKENS = 512  # Wan's pipeline pads every prompt's T5 states with zeros to this many positions
+LTX_TEXT_TOKENS = 128  # LTX's pipeline default
+
+
+def _enc_wan(pipe, prompts, latent_hw, device) -> Cond:
+    """Wan's T5 states, kept at each prompt's own length (the pipeline zero-pads them to 512 positions,
+    which :func:`_pred_wan` restores: the zeros are not masked, so they count)."""
+    out = []
+    for prompt in prompts:
+        emb = pipe.encode_prompt([prompt], do_classifier_free_guidance=False, device=device,
+                                 max_sequence_length=WAN_TEXT_TOKENS)[0][0]
+        real = int((emb.abs().sum(-1) > 0).nonzero().max().item()) + 1 if emb.abs().sum() > 0 else 1
+        out.append(emb[:real].float().cpu())
+    width = max(e.shape[0] for e in out)
+    return {"encoder_hidden_states": torch.stack([torch.cat([e, e.new_zeros(width - e.shape[0], e.shape[1])])
+                                                  for e in out])}
+
+
+def _enc_ltx(pipe, prompts, latent_hw, device) -> Cond:
+    emb, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                         max_sequence_length=LTX_TEXT_TOKENS)
+    return {"encoder_hidden_states": emb.float().cpu(), "encoder_attention_mask": mask.float().cpu()}
+
+
 # -- one denoiser call, per family ----------------------------------------------------------------------
 
 
@@ -205,6 +229,43 @@ def _pred_acestep(pipe, model, x, t, cond, dtype) -> torch.Tensor:
     return out
 
 
+def _wan_call(pipe, model, x, t, states, dtype) -> torch.Tensor:
+    """Wan's transformer on latents [N, C, F, H, W] at flow times t, as its pipeline calls it (1000 t;
+    Wan 2.2 TI2V takes one timestep per token)."""
+    ts = t * 1000
+    if getattr(getattr(pipe, "config", None), "expand_timesteps", False):
+        pt, ph, pw = model.config.patch_size
+        n, _, f, h, w = x.shape
+        ts = ts.view(-1, 1).expand(n, (f // pt) * (h // ph) * (w // pw))
+    return model(hidden_states=x.to(dtype), timestep=ts, encoder_hidden_states=states.to(dtype), return_dict=False)[0]
+
+
+def _pred_video_pixel(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    return _wan_call(pipe, model, x, t, cond["encoder_hidden_states"], dtype)
+
+
+def _pred_wan(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    states = cond["encoder_hidden_states"]
+    if states.shape[1] < WAN_TEXT_TOKENS:  # restore the pipeline's zero padding
+        states = torch.cat([states, states.new_zeros(states.shape[0], WAN_TEXT_TOKENS - states.shape[1], states.shape[2])], 1)
+    return _wan_call(pipe, model, x, t, states, dtype)
+
+
+LTX_FPS = 25  # the frame rate LTX's rotary positions are scaled for in training (its pipeline's default)
+
+
+def _pred_ltx(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    n, c, f, h, w = x.shape
+    p, pt = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
+    tokens = pipe._pack_latents(x, p, pt)
+    scale = (pipe.vae_temporal_compression_ratio / LTX_FPS, pipe.vae_spatial_compression_ratio,
+             pipe.vae_spatial_compression_ratio)
+    out = model(hidden_states=tokens.to(dtype), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                timestep=t * 1000, encoder_attention_mask=cond["encoder_attention_mask"].to(dtype),
+                num_frames=f // pt, height=h // p, width=w // p, rope_interpolation_scale=scale, return_dict=False)[0]
+    return pipe._unpack_latents(out, f // pt, h // p, w // p, p, pt)
+
+
 def _unpack(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     n, c, h, w = shape
     return tokens.view(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
@@ -235,6 +296,18 @@ FAMILIES: dict[str, Family] = {
         Family("AceStepPipeline", "flow", "transformer", _enc_acestep, _pred_acestep,
                {"steps": 8, "guidance": 7.0, "scheduler": "flow-euler"}, latent_norm="audio", cfg=False,
                stochastic=False, media="music", flow_shift=3.0),
+        # video: latents [C, frames, h, w]; the built-in model is Wan's transformer in pixel space
+        Family("ShapesVideoPipeline", "flow", "transformer", _enc_pixel, _pred_video_pixel,
+               {"steps": 20, "guidance": 4.0, "scheduler": "flow-euler", "frames": 8, "fps": 8},
+               latent_norm="none", stochastic=False, media="video", flow_shift=1.0),
+        Family("WanPipeline", "flow", "transformer", _enc_wan, _pred_wan,
+               {"steps": 50, "guidance": 5.0, "scheduler": "flow-euler", "frames": 81, "fps": 16,
+                "width": 832, "height": 480},
+               latent_norm="wan", stochastic=False, media="video", flow_shift=3.0),
+        Family("LTXPipeline", "flow", "transformer", _enc_ltx, _pred_ltx,
+               {"steps": 50, "guidance": 3.0, "scheduler": "flow-euler", "frames": 161, "fps": LTX_FPS,
+                "width": 704, "height": 480},
+               latent_norm="ltx", stochastic=False, media="video"),
     )
 }
 
@@ -255,6 +328,8 @@ def encode_latent(pipe, family: Family, x: torch.Tensor) -> torch.Tensor:
     vae = getattr(pipe, "vae", None)
     if vae is None or family.latent_norm == "none":
         return x[0]
+    if family.latent_norm in ("wan", "ltx"):  # video [1, 3, frames, H, W] -> [C, latent frames, h, w]
+        return _video_latent(vae, family, vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean)[0].float().cpu()
     if family.latent_norm == "audio":  # [1, channels, samples] -> [frames, latent channels], as generated
         return vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean[0].transpose(0, 1).float().cpu()
     # some VAEs (SDXL's) overflow in fp16: encode in fp32 when the config says so
@@ -284,11 +359,30 @@ def decode_latent(pipe, family: Family, x0: torch.Tensor) -> torch.Tensor:
     vae = getattr(pipe, "vae", None)
     if vae is None or family.latent_norm == "none":
         return x0.float().clamp(-1, 1)
+    if family.latent_norm in ("wan", "ltx"):
+        z = _video_latent(vae, family, x0.to(vae.device, torch.float32), inverse=True).to(vae.dtype)
+        kw = {"temb": torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)} if (
+            family.latent_norm == "ltx" and getattr(vae.config, "timestep_conditioning", False)) else {}
+        return vae.decode(z, **kw).sample.float().clamp(-1, 1)
     if family.latent_norm != "shift-scale":
         raise NotImplementedError(f"decoding {family.name} latents is not supported")
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     z = x0.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
     return vae.decode(z).sample.float().clamp(-1, 1)
+
+
+def _video_latent(vae, family: Family, z: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Video VAE latents [N, C, F, h, w] normalised per channel as the family's pipeline does (Wan:
+    (z - mean) / std; LTX: (z - mean) * scaling_factor / std), or back with ``inverse``."""
+    if family.latent_norm == "wan":
+        mean, std, scale = vae.config.latents_mean, vae.config.latents_std, 1.0
+    else:
+        mean, std, scale = vae.latents_mean, vae.latents_std, float(vae.config.scaling_factor)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+    if inverse:
+        return z.float() * s / scale + m
+    return (z.float() - m) * scale / s
 
 
 def vae_scale(pipe) -> int:

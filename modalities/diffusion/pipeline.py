@@ -83,8 +83,10 @@ def load_pipeline(ref: ModelRef, *, builtin: Mapping[str, Path], local_classes: 
             f"supported: {', '.join(ours)}"
         )
     if FAMILIES[class_name].media != media:
-        raise ModelLoadError(f"{source!r} is a {class_name}, a {FAMILIES[class_name].media} pipeline: load it in the "
-                             f"{FAMILIES[class_name].media} modality, not {media}")
+        kind = FAMILIES[class_name].media
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ModelLoadError(f"{source!r} is a {class_name}, {article} {kind} pipeline: load it in the {kind} modality, "
+                             f"not {media}")
     is_flow = SUPPORTED_PIPELINES[class_name] == "flow"
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if is_flow else torch.float16)

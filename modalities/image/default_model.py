@@ -14,8 +14,6 @@ import torch
 
 from .shapes import RESOLUTION, vocabulary
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
-
 
 @dataclass(frozen=True)
 class DefaultModelConfig:
@@ -35,22 +33,9 @@ class DefaultModelConfig:
 
 def build_tokenizer(max_tokens: int):
     """A word-level tokenizer over the shapes world's words (others map to [UNK])."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from ..wordlevel import word_level_tokenizer
 
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for w in vocabulary():
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(",", " ")])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]",
-        model_max_length=max_tokens,
-    )
+    return word_level_tokenizer(vocabulary(), max_tokens)
 
 
 def build_pipeline(cfg: DefaultModelConfig = DefaultModelConfig(), *, seed: int = 0):

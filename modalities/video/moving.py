@@ -85,6 +85,13 @@ def parse_prompt(prompt: str) -> Spec | None:
     return Spec(m["shape"], m["colour"], 1 if m["count"] == "a" else 2, direction, m["speed"], m["bg"])
 
 
+def vocabulary() -> list[str]:
+    """Every word a prompt of the world can use (for the built-in model's tokenizer)."""
+    words = {"a", "an", "two", "moving", "to", "the", "on", "background", "upwards", "downwards", "left", "right"}
+    words |= set(SHAPES) | {s + "s" for s in SHAPES} | set(COLOURS) | set(BACKGROUNDS) | set(SPEEDS)
+    return sorted(words)
+
+
 def all_specs() -> list[Spec]:
     return [Spec(s, c, n, d, v, b) for s in SHAPES for c in COLOURS for n in COUNTS for d in DIRECTIONS
             for v in SPEEDS for b in BACKGROUNDS if not (c == "yellow" and b == "white")]  # yellow on white: too faint
@@ -100,6 +107,33 @@ def split_prompts(split: str, n: int, seed: int = 0) -> list[str]:
     pool = [prompt_of(s) for s in all_specs() if split_of(s) == split]
     random.Random(seed).shuffle(pool)
     return [pool[i % len(pool)] for i in range(n)]
+
+
+def variations(prompts: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` new prompts for each world prompt of ``prompts``, each with one attribute changed, none already in
+    ``prompts``; prompts outside the world's grammar have none."""
+    rng = random.Random(seed)
+    seen, out = set(prompts), []
+    choices = {"shape": SHAPES, "colour": tuple(COLOURS), "count": COUNTS, "direction": tuple(DIRECTIONS),
+               "speed": tuple(SPEEDS), "background": tuple(BACKGROUNDS)}
+    for prompt in prompts:
+        spec = parse_prompt(prompt)
+        if spec is None:
+            continue
+        made = 0
+        for _ in range(50 * n):
+            if made == n:
+                break
+            attr = rng.choice(sorted(choices))
+            varied = Spec(**{**spec.__dict__, attr: rng.choice(choices[attr])})
+            if varied.colour == "yellow" and varied.background == "white":
+                continue
+            text = prompt_of(varied)
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
+                made += 1
+    return out
 
 
 # -- rendering ---------------------------------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""Train the built-in moving-shapes text-to-video model from scratch.
+
+    .venv/bin/python scripts/train_video_default.py --run-dir runs/video-default --out models/moving-shapes-video
+
+Renders training clips on the fly from the moving-shapes world (train split of the prompts only, random
+motion styles: smooth or jerky, centred or off to a side), trains the pixel-space Wan transformer and its
+small text encoder by flow matching (x_t = (1 - t) x0 + t noise, velocity target noise - x0, t drawn
+logit-normal as SD3's and Wan's trainers do), keeps an exponential moving average (EMA) of the weights,
+and writes the EMA weights as a diffusers pipeline folder.
+
+Checkpoints go to ``RUN_DIR/checkpoint.pt`` every ``--checkpoint-every`` steps and on Ctrl-C/SIGTERM;
+running the same command again resumes from it exactly (model, EMA, optimizer, step and every random
+state). Uses a CUDA GPU when one is present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modalities.video import moving  # noqa: E402
+from modalities.video.default_model import DefaultModelConfig, build_pipeline  # noqa: E402
+
+SAME = ("steps", "batch_size", "lr", "warmup", "seed", "ema_decay", "cond_dropout")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default="runs/video-default", help="checkpoints and the training log")
+    p.add_argument("--out", default="models/moving-shapes-video", help="where the finished pipeline is written")
+    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--cond-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--stop-after", type=int, default=0, help="stop (as if interrupted) after this step; for tests")
+    p.add_argument("--export-only", action="store_true",
+                   help="write the last checkpoint's EMA weights to --out and exit (to evaluate mid-training)")
+    return p.parse_args(argv)
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def batch(rng: random.Random, prompts: list[str], n: int, cfg: DefaultModelConfig) -> tuple[list[str], torch.Tensor]:
+    """``n`` train prompts and their rendered clips as [n, 3, frames, H, W] in [-1, 1]."""
+    chosen = [rng.choice(prompts) for _ in range(n)]
+    clips = [moving.render(moving.parse_prompt(p), moving.sample_style(rng), seed=rng.randrange(2**31),
+                           frames=cfg.frames, size=cfg.size)[0] for p in chosen]
+    x = torch.from_numpy(np.stack(clips).astype(np.float32)).permute(0, 4, 1, 2, 3)
+    return chosen, x / 127.5 - 1.0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    run_dir, out_dir = Path(args.run_dir), Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    cfg = DefaultModelConfig()
+
+    # 1. Model, EMA copy, optimizer
+    pipe = build_pipeline(cfg, seed=args.seed)
+    transformer, text_encoder, tokenizer = pipe.transformer.to(device), pipe.text_encoder.to(device), pipe.tokenizer
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    train_prompts = [moving.prompt_of(s) for s in moving.all_specs() if moving.split_of(s) == "train"]
+    data_rng = random.Random(args.seed)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    step, elapsed_before = 0, 0.0
+
+    # 2. Resume
+    if ckpt_path.exists():
+        try:  # tensors and plain values only: a planted pickle cannot run code here
+            ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise SystemExit(f"{ckpt_path} was not loaded: it is damaged, or holds objects other than tensors and "
+                             "plain values (which could run code); delete it or use another --run-dir") from None
+        if any(ck["args"][k] != getattr(args, k) for k in SAME):
+            raise SystemExit(f"{ckpt_path} was made with other settings ({ck['args']}); use another --run-dir")
+        transformer.load_state_dict(ck["transformer"])
+        text_encoder.load_state_dict(ck["text_encoder"])
+        for e, v in zip(ema, ck["ema"]):
+            e.copy_(v)
+        opt.load_state_dict(ck["opt"])
+        step, elapsed_before = ck["step"], ck["elapsed"]
+        data_rng.setstate(ck["data_rng"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from step {step} ({elapsed_before / 60:.1f} min done)", flush=True)
+
+    t_start = time.time()
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"args": vars(args), "transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
+                    "ema": ema, "opt": opt.state_dict(), "step": step, "elapsed": elapsed_before + time.time() - t_start,
+                    "data_rng": data_rng.getstate(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    if args.export_only:
+        if not ckpt_path.exists():
+            raise SystemExit(f"no checkpoint in {run_dir} to export")
+        return export(pipe, params, ema, cfg, args, out_dir, step, elapsed_before, device)
+
+    stop = {"now": False}
+
+    def on_signal(signum, frame):  # finish the step, checkpoint, exit
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    # 3. Train
+    log = open(run_dir / "train_log.jsonl", "a")
+    while step < args.steps and not stop["now"]:
+        prompts, x0 = batch(data_rng, train_prompts, args.batch_size, cfg)
+        x0 = x0.to(device)
+        texts = ["" if data_rng.random() < args.cond_dropout else p for p in prompts]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt")
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.sigmoid(torch.randn((args.batch_size,), generator=gen)).to(device)
+        tt = t.view(-1, 1, 1, 1, 1)
+        xt = (1 - tt) * x0 + tt * noise
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        hidden = text_encoder(input_ids=ids.input_ids.to(device),
+                              attention_mask=ids.attention_mask.to(device)).last_hidden_state
+        pred = transformer(hidden_states=xt, timestep=t * 1000, encoder_hidden_states=hidden, return_dict=False)[0]
+        loss = (pred - (noise - x0)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        step += 1
+        if step % 25 == 0 or step == 1:
+            rec = {"step": step, "loss": round(loss.item(), 5), "grad_norm": round(float(grad_norm), 4),
+                   "lr": lr_at(step, args), "minutes": round((elapsed_before + time.time() - t_start) / 60, 2)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(rec, flush=True)
+        if step % args.checkpoint_every == 0:
+            save_checkpoint()
+        if args.stop_after and step >= args.stop_after:
+            stop["now"] = True
+    save_checkpoint()
+    if stop["now"] and step < args.steps:
+        print(f"stopped at step {step}; run the same command again to resume", flush=True)
+        return 130
+
+    # 4. Write the EMA weights as a pipeline folder
+    return export(pipe, params, ema, cfg, args, out_dir, step, elapsed_before + time.time() - t_start, device)
+
+
+def export(pipe, params, ema, cfg, args, out_dir: Path, step: int, seconds: float, device) -> int:
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    pipe.to("cpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    training = {k: v for k, v in vars(args).items() if k not in ("export_only", "stop_after")}
+    (out_dir / "training_config.json").write_text(json.dumps(
+        {"model": cfg.to_dict(), "training": training, "device": str(device), "torch_threads": torch.get_num_threads(),
+         "minutes": round(seconds / 60, 1), "steps": step}, indent=2, default=str))
+    print(f"wrote {out_dir} after {step} steps, {seconds / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
