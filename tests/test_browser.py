@@ -745,3 +745,88 @@ def test_music_generate_listen_judge_train_compare_export(app, page):
     status = generate(page, n=2, seed=0, prompt=MUSIC_PROMPT)
     assert "no melody setting (it is MusicGen-Melody's)" in status, status
     assert not page.errors, page.errors
+
+
+VIDEO_PROMPT = "a red circle moving quickly to the left on a white background"
+VIDEOS_JS = """(ids) => ids.map((id) => { const r = document.getElementById(id);
+  const v = r && r.querySelector('video'); return v ? {playing: !v.paused && v.readyState > 2, muted: v.muted,
+  loop: v.loop, t: v.currentTime} : null; })"""
+
+
+def videos_in_step(page, ids: list[str], timeout: float = 120) -> list[dict]:
+    """Wait until the players of ``ids`` all play, muted and looping, within 0.3 s of each other."""
+    page.wait_for_function(f"""(ids) => {{ const s = ({VIDEOS_JS})(ids);
+      return s.every((x) => x && x.playing && x.muted && x.loop)
+        && Math.max(...s.map((x) => x.t)) - Math.min(...s.map((x) => x.t)) < 0.3; }}""", arg=ids, timeout=timeout * 1000)
+    return page.evaluate(VIDEOS_JS, ids)
+
+
+def test_video_generate_watch_judge_per_dimension_guide_train(app, page):
+    """The video loop on the built-in model: MP4 players that loop muted and in step, A/B votes per
+    dimension by key, Flow-NRG guidance from the Generate tab's sliders, Flow-DPO from the Train tab."""
+    tab(page, "Generate & rank")
+    radio(page, "modality", "video")
+    assert wait_value(page, "model", "moving-shapes-video") == "moving-shapes-video"
+    page.get_by_text("Settings (empty = the model's default)").click()
+    fill(page, "setting-video-steps", "6")
+    status = generate(page, n=4, seed=0, prompt=VIDEO_PROMPT)
+    assert "Done 4 of 4" in status, status
+    with store_of(app) as s:
+        clips = s.list_generations(modality="video")
+        assert len(clips) == 4 and all(g.mime == "video/mp4" for g in clips)
+    videos_in_step(page, [f"cand-video-{i}" for i in range(1, 5)])
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("p")  # pauses them together
+    page.wait_for_function(f"() => ({VIDEOS_JS})(['cand-video-1', 'cand-video-2']).every((x) => x && !x.playing)",
+                           timeout=60_000)
+    shot(page, "14-generate-video")
+
+    radio(page, "judge-mode", "A/B")
+    videos_in_step(page, ["ab-video-a", "ab-video-b"])
+    page.click("#ab-per-dim label")
+    page.wait_for_selector("#ab-dim-visual", state="visible")
+    assert not page.locator("#ab-dim-prompt").is_visible()  # video's dimensions only
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    for key in ("1", "5", "9"):  # visual: A, motion: B, text: tie
+        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
+    act(page, "gen-status", lambda: page.keyboard.press("a"))  # overall: A, next pair
+    with store_of(app) as s:
+        rows = s.query("SELECT dimension, choice FROM judgments WHERE kind = 'pairwise' AND dimension != 'overall' "
+                       "OR id IN (SELECT max(id) FROM judgments) ORDER BY id")
+    dims = [(r["dimension"], r["choice"]) for r in rows][-4:]
+    assert [d for d, _ in dims] == ["visual", "motion", "text", "overall"], dims
+    shot(page, "15-judge-video")
+    page.click("#ab-per-dim label")
+    for key in ("b", "a", "a"):  # more overall votes: the Train tab's default batch takes 4 pairs
+        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
+    radio(page, "judge-mode", "Best of N")
+
+    # Flow-NRG: a noise-aware reward model of these votes guides sampling from the settings' sliders
+    from alignment.rewards import service
+    from modalities.protocol import ModelRef
+    from modalities.video.adapter import VideoAdapter
+
+    with store_of(app) as s:
+        service.train(s, VideoAdapter.load(ModelRef("moving-shapes-video"), device="cpu"), modality="video",
+                      name="my-eyes", folds=2, noise_aware=True)
+    fill(page, "setting-video-guide_reward", "my-eyes")
+    page.locator("#setting-video-guide_visual input[type=number]").fill("20")
+    page.locator("#setting-video-guide_visual input[type=number]").press("Enter")
+    status = generate(page, n=2, seed=0, prompt=VIDEO_PROMPT)
+    assert "Done 2 of 2" in status, status
+    with store_of(app) as s:
+        guided = s.list_generations(modality="video")[-1]
+        assert guided.params["guide"]["weights"] == {"visual": 20.0} and guided.params["guide"]["reward"] == "my-eyes"
+    wait_text(page, "cand-video-1", "guided visual 20")
+    page.locator("#setting-video-guide_visual input[type=number]").fill("0")
+    page.locator("#setting-video-guide_visual input[type=number]").press("Enter")
+
+    tab(page, "Train")
+    radio(page, "train-modality", "video")
+    choose(page, "train-method", "flow-dpo")
+    ids = train_and_wait(page, app, steps=2)
+    with store_of(app) as s:
+        adapter = [a for a in s.list_adapters() if a.run_id == ids[0]][0]
+        assert adapter.modality == "video" and adapter.method == "flow-dpo"
+    shot(page, "16-train-video")
+    assert not page.errors, page.errors

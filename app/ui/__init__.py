@@ -82,6 +82,59 @@ KEYS_JS = """
   };
   const pair = () => (visible(document.getElementById('blind-audio-left'))
     ? ['blind-audio-left', 'blind-audio-right'] : ['ab-audio-a', 'ab-audio-b']);
+  // video candidates: every player loops, muted; the players of one view (the candidates, the A/B pair,
+  // the blind pair) start together, play and pause together, and are kept in step
+  const videoGroups = [['ab-video-a', 'ab-video-b'], ['blind-video-left', 'blind-video-right'],
+    [1, 2, 3, 4, 5, 6, 7, 8].map((i) => 'cand-video-' + i)];
+  const videosOf = (ids) => ids.map((id) => document.getElementById(id)).filter(visible)
+    .map((root) => root.querySelector('video')).filter(Boolean);
+  const attach = (v, ids) => {
+    v.loop = true;
+    v.muted = true;
+    if (v.dataset.palate === v.currentSrc) return false;
+    v.dataset.palate = v.currentSrc;
+    if (!v.dataset.palateEvents) {
+      v.dataset.palateEvents = '1';
+      v.addEventListener('play', () => videosOf(ids).forEach((o) => {
+        if (o !== v && o.paused) { o.currentTime = v.currentTime; o.play().catch(() => {}); }
+      }));
+      v.addEventListener('pause', () => videosOf(ids).forEach((o) => { if (o !== v && !o.paused) o.pause(); }));
+    }
+    return true;
+  };
+  setInterval(() => {
+    for (const ids of videoGroups) {
+      const vids = videosOf(ids);
+      let fresh = false;
+      vids.forEach((v) => { if (attach(v, ids)) fresh = true; });
+      if (!vids.length) continue;
+      if (fresh) vids.forEach((v) => { v.currentTime = 0; v.play().catch(() => {}); });
+      const lead = vids[0];
+      if (!lead.paused) vids.slice(1).forEach((v) => {
+        if (Math.abs(v.currentTime - lead.currentTime) > 0.15) v.currentTime = lead.currentTime;
+      });
+    }
+  }, 250);
+  window.palateToggleVideos = () => {
+    for (const ids of videoGroups) {
+      const vids = videosOf(ids);
+      if (vids.length < 1) continue;
+      if (vids.some((v) => !v.paused)) vids.forEach((v) => v.pause());
+      else vids.forEach((v) => { v.currentTime = vids[0].currentTime; v.play().catch(() => {}); });
+      return true;
+    }
+    return false;
+  };
+  // per-dimension votes: digits 1-9 press the visible dimension rows' buttons (row 1: A, B, tie = 1, 2, 3; ...)
+  const dimensionButton = (k) => {
+    const buttons = [...document.querySelectorAll('[id^="ab-dim-"]')]
+      .filter((el) => /-(a|b|tie)$/.test(el.id))
+      .map((el) => (el.tagName === 'BUTTON' ? el : el.querySelector('button'))).filter(visible);
+    const b = buttons[k - 1];
+    if (!b) return false;
+    b.click();
+    return true;
+  };
   document.addEventListener('keydown', (e) => {
     const t = e.target;
     const typing = t && ((t.tagName === 'INPUT' && !['radio', 'checkbox', 'button', 'range'].includes(t.type))
@@ -93,8 +146,8 @@ KEYS_JS = """
     if (e.shiftKey && /^Digit[1-8]$/.test(e.code)) done = toggle('cand-audio-' + e.code.slice(5));
     else if (k === 'q') done = toggle(pair()[0]);
     else if (k === 'w') done = toggle(pair()[1]);
-    else if (k === 'p') done = window.palatePlayBoth(...pair());
-    else if (/^[1-8]$/.test(k)) done = click('choose-' + k);
+    else if (k === 'p') done = window.palatePlayBoth(...pair()) || window.palateToggleVideos();
+    else if (/^[1-9]$/.test(k)) done = click('choose-' + k) || dimensionButton(Number(k));
     else if (k === 'Enter') done = click('rank-save');
     else if (k === 'a') done = click('ab-a');
     else if (k === 'b') done = click('ab-b');
@@ -115,6 +168,7 @@ CSS = """
 .cand-col { flex: 0 0 calc(25% - 12px) !important; }
 #compare-gallery img, #validation-gallery img { image-rendering: pixelated; }
 .cand-img img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.cand-video video { image-rendering: pixelated; width: 100%; height: 220px; object-fit: contain; background: #111; }
 .cand-text textarea, .ab-text textarea { font-family: ui-monospace, monospace; font-size: 13px; }
 .cell-text { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px; max-width: 420px; }
 .compare-html-table td, .validation-html-table td { vertical-align: top; padding: 4px 8px; }

@@ -76,7 +76,8 @@ def candidate_slot(prefix: str, i: int | str, css: str) -> list[Any]:
         gr.Textbox(interactive=False, visible=False, lines=10, max_lines=24, elem_id=f"{prefix}-text-{i}",
                    elem_classes=[css]),
         gr.Audio(interactive=False, visible=False, elem_id=f"{prefix}-audio-{i}"),
-        gr.Video(interactive=False, visible=False, elem_id=f"{prefix}-video-{i}"),
+        gr.Video(interactive=False, visible=False, elem_id=f"{prefix}-video-{i}", elem_classes=["cand-video"],
+                 loop=True, autoplay=True),
         gr.HTML(visible=False, elem_id=f"{prefix}-html-{i}"),
     ]
 
@@ -120,7 +121,8 @@ def cell_html(store: Store, gen: Generation) -> str:
     if kind == View.AUDIO:
         return f"<audio controls src='{file_url(store, gen)}'></audio>"
     if kind == View.VIDEO:
-        return f"<video controls width='240' src='{file_url(store, gen)}'></video>"
+        return (f"<video controls loop muted autoplay playsinline width='240' style='image-rendering: pixelated' "
+                f"src='{file_url(store, gen)}'></video>")
     return registry.spec(gen.modality).render(store.media_bytes(gen), gen.params)
 
 

@@ -24,7 +24,9 @@ SHORTCUTS = """
 **Keyboard** (outside text fields): **1-8** pick that candidate (Best of N) or add it to the ranking (Rank) ·
 **Enter** save the ranking · A/B: **a** / **b** better, **t** tie, **x** both bad, **s** skip ·
 **u** undo the last judgment · Compare, blind: **←** left, **→** right, **↓** tie · Audio: **Shift+1-8** play/stop
-that candidate, **q** / **w** play/stop A (left) / B (right), **p** play A then B.
+that candidate, **q** / **w** play/stop A (left) / B (right), **p** play A then B · Video: the players of a
+view loop muted and in step; **p** pauses / plays them together · Vote per dimension (A/B): **1-9** press the
+dimension rows' buttons in order (first row: **1** A, **2** B, **3** tie; second row: **4**, **5**, **6**; ...).
 """
 
 
@@ -327,8 +329,9 @@ class GenerateTab:
                                         elem_id="ab-active")
             ab_label = gr.Markdown("", elem_id="ab-label")
             dims = [d for d in dict.fromkeys(d for m in mods for d in registry.spec(m).dimensions) if d != "overall"]
-            ab_per_dim = gr.Checkbox(False, label="Vote per dimension (" + ", ".join(dims) + "; the buttons below "
-                                     "the pair are the overall vote)", elem_id="ab-per-dim")
+            ab_per_dim = gr.Checkbox(False, label="Vote per dimension (" + ", ".join(dims) + "; keys 1-9 press the "
+                                     "rows' A / B / tie in order; the buttons below the pair are the overall vote)",
+                                     elem_id="ab-per-dim")
             dim_rows, dim_btns = [], []
             for d in dims:
                 with gr.Row(visible=False, elem_id=f"ab-dim-{d}") as row:
