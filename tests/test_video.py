@@ -188,3 +188,26 @@ def test_exports_load_in_the_pipelines_own_loader(family, tmp_path):
                                                output_type="np", **kw).frames, dtype=np.float32))
 
     assert (clip(plain) - clip(tuned.pipe)).abs().max() < 1e-5
+
+
+def test_reward_guidance_steps_in_each_familys_latent_layout(adapter, family):
+    """Flow-NRG's step callback hands the guide latents in Palate's layout [N, C, F, h, w] (LTX's pipeline
+    packs them into tokens) at the step's flow time, once per step, and moves the sample."""
+    seen = []
+
+    class Push:
+        def gradient(self, adapter, prompts, latents, t):
+            seen.append((tuple(latents.shape), float(t[0])))
+            return torch.ones_like(latents)
+
+        def describe(self):
+            return {"reward": "push", "weights": {"overall": 1.0}}
+
+    params = family[2]
+    plain = _gen(adapter, family, n=1, seeds=(4,))[0]
+    guided = adapter.generate(GenerationRequest(PROMPT, 1, seeds=(4,), params=params, guide=Push()))[0]
+    latent = adapter.stored_latent(guided.data)
+    assert guided.data != plain.data and guided.provenance.params["guide_steps"] == params["steps"]
+    assert [s for s, _ in seen] == [(1, *latent.shape)] * params["steps"]
+    assert seen[0][1] == 1.0 and 0 < seen[1][1] < 1  # the first step starts from pure noise
+    assert (latent - adapter.stored_latent(plain.data)).mean() > 0  # pushed up, as the gradient says
