@@ -3,9 +3,9 @@
     .venv/bin/python scripts/train_video_default.py --run-dir runs/video-default --out models/moving-shapes-video
 
 Renders training clips on the fly from the moving-shapes world (train split of the prompts only, random
-motion styles: smooth or jerky, centred or off to a side), trains the pixel-space Wan transformer and its
-small text encoder by flow matching (x_t = (1 - t) x0 + t noise, velocity target noise - x0, t drawn
-logit-normal as SD3's and Wan's trainers do), keeps an exponential moving average (EMA) of the weights,
+motion styles: smooth or jerky, centred or off to a side), trains the pixel-space UNet (frames as channels)
+and its small text encoder by flow matching (x_t = (1 - t) x0 + t noise, velocity target noise - x0, t drawn
+uniformly: a pixel model must also learn the last, low-noise steps that clean up hard edges), keeps an exponential moving average (EMA) of the weights,
 and writes the EMA weights as a diffusers pipeline folder.
 
 Checkpoints go to ``RUN_DIR/checkpoint.pt`` every ``--checkpoint-every`` steps and on Ctrl-C/SIGTERM;
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modalities.video import moving  # noqa: E402
 from modalities.video.default_model import DefaultModelConfig, build_pipeline  # noqa: E402
+from modalities.video.pixel_pipeline import velocity  # noqa: E402
 
 SAME = ("steps", "batch_size", "lr", "warmup", "seed", "ema_decay", "cond_dropout")
 
@@ -40,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/video-default", help="checkpoints and the training log")
     p.add_argument("--out", default="models/moving-shapes-video", help="where the finished pipeline is written")
-    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
 
     # 1. Model, EMA copy, optimizer
     pipe = build_pipeline(cfg, seed=args.seed)
-    transformer, text_encoder, tokenizer = pipe.transformer.to(device), pipe.text_encoder.to(device), pipe.tokenizer
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    unet, text_encoder, tokenizer = pipe.unet.to(device), pipe.text_encoder.to(device), pipe.tokenizer
+    params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     train_prompts = [moving.prompt_of(s) for s in moving.all_specs() if moving.split_of(s) == "train"]
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
                              "plain values (which could run code); delete it or use another --run-dir") from None
         if any(ck["args"][k] != getattr(args, k) for k in SAME):
             raise SystemExit(f"{ckpt_path} was made with other settings ({ck['args']}); use another --run-dir")
-        transformer.load_state_dict(ck["transformer"])
+        unet.load_state_dict(ck["unet"])
         text_encoder.load_state_dict(ck["text_encoder"])
         for e, v in zip(ema, ck["ema"]):
             e.copy_(v)
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
 
     def save_checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"args": vars(args), "transformer": transformer.state_dict(), "text_encoder": text_encoder.state_dict(),
+        torch.save({"args": vars(args), "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                     "ema": ema, "opt": opt.state_dict(), "step": step, "elapsed": elapsed_before + time.time() - t_start,
                     "data_rng": data_rng.getstate(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
         os.replace(tmp, ckpt_path)
@@ -145,14 +146,14 @@ def main(argv=None) -> int:
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt")
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.sigmoid(torch.randn((args.batch_size,), generator=gen)).to(device)
+        t = torch.rand((args.batch_size,), generator=gen).to(device)
         tt = t.view(-1, 1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         hidden = text_encoder(input_ids=ids.input_ids.to(device),
                               attention_mask=ids.attention_mask.to(device)).last_hidden_state
-        pred = transformer(hidden_states=xt, timestep=t * 1000, encoder_hidden_states=hidden, return_dict=False)[0]
+        pred = velocity(unet, xt, t * 1000, hidden)
         loss = (pred - (noise - x0)).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

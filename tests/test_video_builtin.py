@@ -39,7 +39,7 @@ def test_default_clips_are_eight_frames_of_32px_and_deterministic(adapter):
     assert frames.shape == (8, 32, 32, 3) and fps == 8.0
     assert adapter.stored_latent(a[0].data).shape == (3, 8, 32, 32)
     assert set(moving.judge(PROMPTS[0], frames)) == {"visual", "motion", "text"}
-    with pytest.raises(ValueError, match="7 frames is impossible for this model .* a multiple of 2"):
+    with pytest.raises(ValueError, match="7 frames is impossible for this model .* exactly 8"):
         adapter.generate(GenerationRequest(PROMPTS[0], n=1, params={"frames": 7}))
     with pytest.raises(ValueError, match="width 30 is impossible"):
         adapter.generate(GenerationRequest(PROMPTS[0], n=1, params={"width": 30}))

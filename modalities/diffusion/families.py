@@ -241,7 +241,10 @@ def _wan_call(pipe, model, x, t, states, dtype) -> torch.Tensor:
 
 
 def _pred_video_pixel(pipe, model, x, t, cond, dtype) -> torch.Tensor:
-    return _wan_call(pipe, model, x, t, cond["encoder_hidden_states"], dtype)
+    """The built-in video model: its UNet sees a clip's frames as channels; flow time as Wan's (1000 t)."""
+    n, c, f, h, w = x.shape
+    out = model(x.to(dtype).reshape(n, c * f, h, w), t * 1000, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype)).sample
+    return out.reshape(n, c, f, h, w)
 
 
 def _pred_wan(pipe, model, x, t, cond, dtype) -> torch.Tensor:
@@ -296,8 +299,8 @@ FAMILIES: dict[str, Family] = {
         Family("AceStepPipeline", "flow", "transformer", _enc_acestep, _pred_acestep,
                {"steps": 8, "guidance": 7.0, "scheduler": "flow-euler"}, latent_norm="audio", cfg=False,
                stochastic=False, media="music", flow_shift=3.0),
-        # video: latents [C, frames, h, w]; the built-in model is Wan's transformer in pixel space
-        Family("ShapesVideoPipeline", "flow", "transformer", _enc_pixel, _pred_video_pixel,
+        # video: latents [C, frames, h, w]; the built-in model is a pixel-space UNet over stacked frames
+        Family("ShapesVideoPipeline", "flow", "unet", _enc_pixel, _pred_video_pixel,
                {"steps": 20, "guidance": 4.0, "scheduler": "flow-euler", "frames": 8, "fps": 8},
                latent_norm="none", stochastic=False, media="video", flow_shift=1.0),
         Family("WanPipeline", "flow", "transformer", _enc_wan, _pred_wan,

@@ -46,7 +46,7 @@ SPEC = ModalitySpec(
         Setting("steps", int, "denoising steps (default: the model's; built-in 20)", min=1, max=200),
         Setting("guidance", float, "classifier-free guidance scale (default: the model's; built-in 4)", min=0.0,
                 max=30.0),
-        Setting("frames", int, "frames per clip: built-in a multiple of 2 (default 8); Wan 4k+1 (default 81); "
+        Setting("frames", int, "frames per clip: built-in exactly 8; Wan 4k+1 (default 81); "
                 "LTX 8k+1 (default 161)", min=1, max=1024),
         Setting("fps", float, "frames per second of the MP4 (LTX: 25, what it is trained at)", min=1, max=60),
         Setting("width", int, "width in pixels (built-in: multiples of 4, default 32; Wan: of 16; LTX: of 32)",

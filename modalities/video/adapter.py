@@ -80,6 +80,8 @@ class VideoAdapter(DiffusersAdapter):
 
     @property
     def time_patch(self) -> int:
+        if self.fam.denoiser == "unet":  # the built-in model: a fixed number of frames
+            return 1
         cfg = self.trainable_module().config
         p = getattr(cfg, "patch_size_t", None)
         if p is None:
@@ -88,6 +90,8 @@ class VideoAdapter(DiffusersAdapter):
 
     @property
     def size_multiple(self) -> int:
+        if self.fam.denoiser == "unet":
+            return int(self.pipe.size_multiple)
         cfg = self.trainable_module().config
         patch = cfg.patch_size[1] if isinstance(cfg.patch_size, (list, tuple)) else int(cfg.patch_size)
         if self.is_pixel_space:
@@ -103,6 +107,8 @@ class VideoAdapter(DiffusersAdapter):
         return int(getattr(self.pipe, "sample_size", 0) or 0) if self.is_pixel_space else 0
 
     def frames_rule(self) -> str:
+        if self.fam.denoiser == "unet":
+            return f"exactly {self.pipe.frames} (the model sees a clip's frames as channels)"
         s, p = self.temporal_step, self.time_patch
         if s == 1:
             return f"a multiple of {p}" if p > 1 else "any number"
@@ -111,6 +117,8 @@ class VideoAdapter(DiffusersAdapter):
         return f"{s}k+1 (e.g. {s + 1}, {2 * s + 1}, {4 * s + 1})"
 
     def frames_ok(self, frames: int) -> bool:
+        if self.fam.denoiser == "unet":
+            return frames == self.pipe.frames
         s, p = self.temporal_step, self.time_patch
         if frames < 1:
             return False
@@ -180,7 +188,8 @@ class VideoAdapter(DiffusersAdapter):
 
     def initial_latents(self, params: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """The starting noise the pipeline itself would draw from ``generator`` (in its layout)."""
-        return self.pipe.prepare_latents(1, self.trainable_module().config.in_channels, params["height"],
+        channels = 3 if self.fam.denoiser == "unet" else self.trainable_module().config.in_channels
+        return self.pipe.prepare_latents(1, channels, params["height"],
                                          params["width"], params["frames"], torch.float32, self.device, generator)
 
     @torch.no_grad()
@@ -230,8 +239,8 @@ class VideoAdapter(DiffusersAdapter):
             latent = torch.from_numpy(flat.copy()).reshape(shape)
         except (KeyError, TypeError, ValueError, RuntimeError):
             return None
-        if latent.dim() != 4 or latent.shape[0] != self.trainable_module().config.in_channels \
-                or not torch.isfinite(latent).all():
+        channels = 3 if self.fam.denoiser == "unet" else self.trainable_module().config.in_channels
+        if latent.dim() != 4 or latent.shape[0] != channels or not torch.isfinite(latent).all():
             return None
         return latent
 

@@ -1,9 +1,9 @@
 """Architecture of the built-in moving-shapes video model, built from configs.
 
-Wan 2.1's denoiser (``WanTransformer3DModel``) made small and run in pixel space: 8 frames of 32x32 RGB
-cut into 2x4x4 patches (256 tokens), 4 blocks of width 128 with 3-D rotary positions; a 2-layer CLIP
-text encoder over a word-level tokenizer of the world's words; flow matching (t = 1 noise), sampled
-with Euler steps. See ``models/moving-shapes-video/README.md`` for how it was trained and how well.
+A pixel-space ``UNet2DConditionModel`` that sees the 8 frames of a 32x32 clip stacked as 24 channels (as
+the built-in image model's UNet, with attention at 16x16 and 8x8), a 2-layer CLIP text encoder over a
+word-level tokenizer of the world's words; flow matching (t = 1 noise, velocity target), sampled with
+Euler steps. See ``models/moving-shapes-video/README.md`` for how it was trained and how well.
 """
 from __future__ import annotations
 
@@ -18,11 +18,9 @@ from .moving import FRAMES, SIZE, vocabulary
 class DefaultModelConfig:
     frames: int = FRAMES
     size: int = SIZE
-    patch: tuple[int, int, int] = (2, 4, 4)
-    heads: int = 4
-    head_dim: int = 32
-    ffn: int = 384
-    layers: int = 4
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    attention_heads: int = 4
     text_hidden: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -41,7 +39,7 @@ def build_tokenizer(max_tokens: int):
 
 def build_pipeline(cfg: DefaultModelConfig = DefaultModelConfig(), *, seed: int = 0):
     """A freshly initialised pipeline (random weights)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .pixel_pipeline import ShapesVideoPipeline
@@ -52,10 +50,11 @@ def build_pipeline(cfg: DefaultModelConfig = DefaultModelConfig(), *, seed: int 
         vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_hidden * 2,
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_tokens,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
-    transformer = WanTransformer3DModel(
-        patch_size=cfg.patch, num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=3,
-        out_channels=3, text_dim=cfg.text_hidden, freq_dim=64, ffn_dim=cfg.ffn, num_layers=cfg.layers,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.size, in_channels=3 * cfg.frames, out_channels=3 * cfg.frames,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.attention_heads, norm_num_groups=16)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.shift)
-    return ShapesVideoPipeline(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
-                               scheduler=scheduler)
+    return ShapesVideoPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
