@@ -767,7 +767,8 @@ def test_video_generate_watch_judge_per_dimension_guide_train(app, page):
     tab(page, "Generate & rank")
     radio(page, "modality", "video")
     assert wait_value(page, "model", "moving-shapes-video") == "moving-shapes-video"
-    page.get_by_text("Settings (empty = the model's default)").click()
+    if not page.locator("#setting-video-steps").is_visible():  # (an earlier test may have opened the settings)
+        page.get_by_text("Settings (empty = the model's default)").click()
     fill(page, "setting-video-steps", "6")
     status = generate(page, n=4, seed=0, prompt=VIDEO_PROMPT)
     assert "Done 4 of 4" in status, status
