@@ -77,8 +77,9 @@ def guide_from_params(store: Any, modality: str, adapter: Any, params: dict[str,
     if not any(weights.values()):
         return None
     if not name:
-        raise ValueError("reward guidance needs a reward model: name a noise-aware reward model of this model's "
-                         "(Rewards tab) in Guide reward")
+        raise ValueError("reward guidance needs a reward model: name a noise-aware reward model of this model "
+                         "(--guide-reward NAME; the app: Guide reward under Settings; `reward train NAME --noise-aware` "
+                         "makes one)")
     from .service import load
 
     return RewardGuide(load(store, name, modality, adapter), weights)
