@@ -18,7 +18,9 @@ VideoReward-style reward model, and Flow-NRG reward guidance -- on the built-in 
    and the judge's adherence (its text score) is compared.
 5. Flow-NRG: the base model samples the held-out prompts guided by the reward model's ``--nrg-dimension``
    head at each of ``--nrg-weights``; the judge's score of that dimension and of the others is reported per
-   weight (the goal: the chosen one rises with the weight, the others stay within 2 points).
+   weight (the goal: the chosen one rises with the weight, the others stay within 2 points). With
+   ``--nrg-train-prompts N`` the same weights are first run on N train-split prompts the user never saw (the
+   split to choose weights on; reported apart as ``nrg_train``).
 """
 from __future__ import annotations
 
@@ -161,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nrg-dimension", default="text")
     ap.add_argument("--nrg-weights", default="0,10,20,40")
     ap.add_argument("--nrg-prompts", type=int, default=50)
+    ap.add_argument("--nrg-train-prompts", type=int, default=0,
+                    help="first run the weights on this many unseen train-split prompts (to choose weights on)")
     ap.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="override a method's lr")
     ap.add_argument("--beta", action="append", default=[], metavar="METHOD=BETA", help="override a method's beta")
     ap.add_argument("--json")
@@ -202,6 +206,10 @@ def main(argv=None) -> int:
             run = train(data_dir, method, args.steps, args.batch_size)
             result["runs"].append(evaluate(args.taste, eval_prompts, base, run, seed0))
         weights = [float(w) for w in args.nrg_weights.split(",") if w]
+        if weights and args.nrg_train_prompts:
+            chosen_from = train_prompts[args.pairs + 200: args.pairs + 200 + args.nrg_train_prompts]
+            result["nrg_train"] = {"dimension": args.nrg_dimension, "prompts": len(chosen_from),
+                                   "rows": nrg(data_dir, chosen_from, 70_000, args.nrg_dimension, weights)}
         if weights:
             result["nrg"] = {"dimension": args.nrg_dimension, "prompts": args.nrg_prompts,
                              "rows": nrg(data_dir, eval_prompts[: args.nrg_prompts], seed0, args.nrg_dimension, weights)}

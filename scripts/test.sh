@@ -26,7 +26,7 @@ set +e
 # PALATE_TEST_WORKERS=N sets the number; 0 runs in this process (for --pdb, -x).
 CORES="$(nproc 2>/dev/null || echo 2)"
 WORKERS="${PALATE_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}"
-"${PALATE_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --dist loadscope "$@"
+"${PALATE_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --dist loadscope --durations=30 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -21,6 +21,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(_var, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+# The browser tests' fixtures (app, browser, page) and helpers, for every tests/test_browser*.py module
+pytest_plugins = ["tests.browser_kit"]
 # Timeouts that only catch a hang: a loaded machine (CI with 2 cores, other jobs) is slow, and slow
 # is a pass. Every subprocess and wait in the tests uses a multiple of this.
 SLOW = 1800

@@ -1,259 +1,50 @@
-"""The app in a real browser: Debian's chromium driven by playwright, as a user would.
+"""The app in a real browser: Debian's chromium driven by playwright, as a user would -- images and text.
 
-One app process on a temporary data directory for the whole module; the tests run in
-order (generate and judge, train, compare, export -- images, then text) and check the
-store after each step. Screenshots of every tab go to ``test-artifacts/``.
-
-Needs /usr/bin/chromium (`apt-get install chromium`; scripts/test.sh installs it when it
-can). Without it these tests fail with that message; PALATE_SKIP_BROWSER=1 skips them.
+One app process on a temporary data directory for the module (tests/browser_kit.py); the tests run in
+order (generate and judge, train, compare, export -- images, then text) and check the store after each
+step. Screenshots of every tab go to ``test-artifacts/``. Music and video: tests/test_browser_media.py (a
+module of its own, so an xdist worker runs it beside this one).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from storage import Store
+from tests.browser_kit import (
+    ARTIFACTS,
+    IMAGE_PROMPT,
+    TEXT_JS,
+    TEXT_PROMPT,
+    act,
+    choose,
+    file_status,
+    fill,
+    generate,
+    judgments,
+    plot_points,
+    radio,
+    shot,
+    store_of,
+    switch_compare,
+    tab,
+    text,
+    train_and_wait,
+    value,
+    wait_change,
+    wait_text,
+    wait_value,
+)
 from tests.conftest import ROOT
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = ROOT / "test-artifacts"
-IMAGE_PROMPT = "two small red circles on a blue background"
-TEXT_PROMPT = "What is 12 + 4 * 7 - 15?"
 
 pytestmark = pytest.mark.slow
 
 if os.environ.get("PALATE_SKIP_BROWSER") == "1":
     pytest.skip("PALATE_SKIP_BROWSER=1", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(data_dir: Path, command: list[str] | None = None):
-    """The app (``python -m app``, or ``command``) serving ``data_dir`` on a free port, until the block ends."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
-                    "or set PALATE_SKIP_BROWSER=1 to skip the browser tests")
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("PALATE_DATA_DIR", None)
-    log = open(data_dir.parent / "app.log", "w")
-    t0 = time.time()
-    proc = subprocess.Popen([*(command or [sys.executable, "-m", "app"]), "--data-dir", str(data_dir), "--port",
-                             str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() - t0 > 600:
-                    raise RuntimeError(f"the app did not start: {(data_dir.parent / 'app.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-        yield {"url": url, "data_dir": data_dir, "t0": t0, "proc": proc, "log": data_dir.parent / "app.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        for run_dir in (data_dir / "runs").glob("run-*"):  # no trainer outlives the test
-            subprocess.run(["pkill", "-f", str(run_dir)], check=False)
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("browser") / "data") as a:
-        yield a
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def page(app, browser):
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(300_000)  # clicks and waits on a loaded machine: slow is a pass
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(app["url"])
-    pg.wait_for_selector("#generate-btn")
-    app["startup_s"] = time.time() - app["t0"]
-    pg.errors = errors
-    yield pg
-    pg.close()
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def file_status(app, path: str) -> int:
-    try:
-        return urllib.request.urlopen(app["url"] + f"gradio_api/file={path}", timeout=5).status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
-def store_of(app) -> Store:
-    return Store.open(app["data_dir"])
-
-
-# An element's text without Gradio's progress overlay ("0.3s", "processing | 1.2s")
-TEXT_JS = """(id) => { const e = document.getElementById(id); if (!e) return null;
-  const c = e.cloneNode(true); c.querySelectorAll('[data-testid=status-tracker]').forEach(n => n.remove());
-  document.body.appendChild(c); const t = c.innerText; c.remove(); return t.trim(); }"""
-
-
-def text(page, elem_id: str) -> str:
-    return page.evaluate(TEXT_JS, elem_id)
-
-
-def value(page, elem_id: str) -> str:
-    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
-
-
-def wait_value(page, elem_id: str, expected: str, timeout: float = 300) -> str:
-    """Wait until a field shows ``expected`` (updates from the server arrive later on a loaded machine)."""
-    page.wait_for_function("([id, want]) => { const e = document.querySelector(`#${id} textarea, #${id} input`);"
-                           " return e && e.value === want; }", arg=[elem_id, expected], timeout=timeout * 1000)
-    return value(page, elem_id)
-
-
-def fill(page, elem_id: str, v: str) -> None:
-    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(v)
-
-
-def wait_text(page, elem_id: str, needle: str, timeout: float = 600) -> str:
-    page.wait_for_function(f"([id, needle]) => {{ const t = ({TEXT_JS})(id); return t && t.includes(needle); }}",
-                           arg=[elem_id, needle], timeout=timeout * 1000)
-    return text(page, elem_id)
-
-
-def wait_change(page, elem_id: str, before: str, timeout: float = 300) -> str:
-    page.wait_for_function(f"([id, before]) => {{ const t = ({TEXT_JS})(id); return t !== null && t !== before; }}",
-                           arg=[elem_id, before], timeout=timeout * 1000)
-    return text(page, elem_id)
-
-
-def act(page, elem_id: str, do) -> str:
-    """Do something that updates the status line, and wait for the update."""
-    before = text(page, elem_id)
-    do()
-    return wait_change(page, elem_id, before)
-
-
-def choose(page, elem_id: str, option: str | None = None) -> None:
-    """Pick an option of a Gradio dropdown (the first one when ``option`` is None)."""
-    page.click(f"#{elem_id} input")
-    opt = page.get_by_role("option").first if option is None else page.get_by_role("option", name=option, exact=True)
-    opt.click()
-    page.keyboard.press("Escape")
-    time.sleep(0.4)
-
-
-def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-    time.sleep(0.5)
-
-
-def radio(page, elem_id: str, label: str) -> None:
-    page.click(f"#{elem_id} label:has-text('{label}')")
-    time.sleep(0.4)
-
-
-def shot(page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
-    return path
-
-
-def judgments(app, context: str = "collect") -> list[dict]:
-    with store_of(app) as s:
-        return s.query("SELECT j.id, j.kind, j.choice FROM judgments j WHERE j.context = ? ORDER BY j.id", (context,))
-
-
-def generate(page, *, n: int, seed: int | None, prompt: str, timeout: float = 900) -> str:
-    fill(page, "prompt", prompt)
-    fill(page, "n", str(n))
-    fill(page, "seed", "" if seed is None else str(seed))
-    before = text(page, "gen-status")  # (the tests never expect the same message twice in a row)
-    page.click("#generate-btn")
-    page.wait_for_function(f"(before) => {{ const t = ({TEXT_JS})('gen-status'); return t !== before && "
-                           "/Done|Error/.test(t); }", arg=before, timeout=timeout * 1000)
-    return text(page, "gen-status")
-
-
-def train_and_wait(page, app, *, steps: int, queue_second: bool = False, timeout: float = 1500) -> list[int]:
-    """Start a run (and optionally a second one while it runs); wait for all to finish."""
-    fill(page, "train-steps", str(steps))
-    msg = act(page, "train-msg", lambda: page.click("#train-start"))
-    assert re.search(r"Run \d+ \(", msg), msg
-    ids = [int(re.search(r"Run (\d+)", msg).group(1))]
-    if queue_second:
-        msg2 = act(page, "train-msg", lambda: page.click("#train-start"))
-        assert f"queued behind run {ids[0]}" in msg2, msg2  # not lost: waits its turn
-        ids.append(int(re.search(r"Run (\d+)", msg2).group(1)))
-        with store_of(app) as s:
-            assert s.get_run(ids[1]).status == "queued"
-    seen_steps: set[int] = set()
-    deadline = time.time() + timeout
-    while True:
-        with store_of(app) as s:
-            runs = [s.get_run(i) for i in ids]
-        prog = text(page, "run-progress-box")
-        m = re.search(r"step (\d+) of", prog)
-        if m:
-            seen_steps.add(int(m.group(1)))
-        if all(r.status in ("completed", "failed", "cancelled") for r in runs):
-            break
-        assert time.time() < deadline, f"runs {ids} did not finish: {[r.status for r in runs]}"
-        time.sleep(0.5)
-    assert [r.status for r in runs] == ["completed"] * len(ids), [(r.status, r.error) for r in runs]
-    wait_text(page, "run-progress-box", "completed", 30)
-    return ids
-
-
-def switch_compare(page, modality: str) -> None:
-    """Pick the Compare tab's modality and wait until its change has cleared the last comparison (else the
-    clearing can land after the next start, on a loaded machine, and wipe it)."""
-    radio(page, "compare-modality", modality)
-    page.wait_for_function(f"() => ({TEXT_JS})('compare-msg') === ''", timeout=300_000)
-
-
-def plot_points(page, elem_id: str) -> int:
-    """Points on a Vega line plot (the line's path commands)."""
-    d = page.locator(f"#{elem_id} .mark-line path").first.get_attribute("d") or ""
-    return len(re.findall(r"[ML]", d))
-
-
-# -- the tests, in the order a user goes ------------------------------------------------------
 
 
 def test_page_is_usable_at_once_and_serves_only_the_data_dir(app, page):
@@ -637,197 +428,4 @@ def test_bad_model_and_closing_the_browser_mid_generation(app, page, browser):
             assert "Answer" in s.media_bytes(g).decode() or g.params.get("finish_reason") == "length"
     status = generate(page, n=2, seed=5, prompt=IMAGE_PROMPT)
     assert "Done 2 of 2" in status
-    assert not page.errors, page.errors
-
-
-MUSIC_PROMPT = "a slow sad melody in A minor on a harp, descending"
-PLAYING_JS = "(id) => { const b = document.querySelector('#' + id + ' button.play-pause-button'); " \
-             "return !!b && b.getAttribute('aria-label') === 'Pause'; }"
-
-
-def press_until_playing(page, key: str, slot: str, tries: int = 30) -> None:
-    """Press ``key`` until the player in ``slot`` plays (a player ignores play until its audio has loaded)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # keys act outside text fields
-    for _ in range(tries):
-        page.keyboard.press(key)
-        try:
-            page.wait_for_function(PLAYING_JS, arg=slot, timeout=4_000)
-            return
-        except PlaywrightTimeout:
-            if page.evaluate(PLAYING_JS, slot):
-                return
-    raise AssertionError(f"{key} never started {slot}")
-
-
-def test_music_generate_listen_judge_train_compare_export(app, page):
-    """The music loop on the built-in melody model: waveform players, play/stop keys and "A then B", A/B
-    votes by key, MusicRL from the Train tab, a blind comparison by ear, a PEFT export."""
-    tab(page, "Generate & rank")
-    radio(page, "modality", "music")
-    assert wait_value(page, "model", "melody-lm") == "melody-lm"
-    status = generate(page, n=4, seed=0, prompt=MUSIC_PROMPT)
-    assert "Done 4 of 4" in status, status
-    page.wait_for_selector("#cand-audio-4 button.play-pause-button")
-    with store_of(app) as s:
-        clips = s.list_generations(modality="music")
-        assert len(clips) == 4 and all(g.mime == "audio/wav" for g in clips)
-    # one key plays a candidate and stops it; starting another stops the first
-    press_until_playing(page, "Shift+Digit1", "cand-audio-1")
-    press_until_playing(page, "Shift+Digit2", "cand-audio-2")
-    assert not page.evaluate(PLAYING_JS, "cand-audio-1")
-    page.keyboard.press("Shift+Digit2")
-    page.wait_for_function(f"() => !({PLAYING_JS})('cand-audio-2')", timeout=60_000)
-    shot(page, "11-generate-music")
-
-    radio(page, "judge-mode", "A/B")
-    page.wait_for_selector("#ab-play-both", state="visible")
-    page.wait_for_selector("#ab-audio-b button.play-pause-button")
-    press_until_playing(page, "p", "ab-audio-a")  # A, then B when A ends
-    page.wait_for_function(PLAYING_JS, arg="ab-audio-b", timeout=120_000)
-    page.keyboard.press("w")  # stop B
-    for key in ("a", "b", "a"):
-        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
-    assert "3 judgments collected for" in text(page, "counter")
-    radio(page, "judge-mode", "Best of N")
-
-    tab(page, "Train")
-    radio(page, "train-modality", "music")
-    choose(page, "train-method", "musicrl")
-    page.wait_for_selector("#train-reward-model", state="visible")
-    choose(page, "train-reward-model", "taste-legato")
-    accordion = page.locator("#train-method-options")
-    if not accordion.is_visible():
-        page.locator("button:has-text('Advanced'):visible").first.click()
-    fill(page, "train-method-options", "samples=2")
-    ids = train_and_wait(page, app, steps=2)
-    fill(page, "train-method-options", "")
-    with store_of(app) as s:
-        run = s.get_run(ids[0])
-        assert run.method == "musicrl" and run.config["reward_model"] == "taste-legato"
-        music_adapter = [a for a in s.list_adapters() if a.run_id == ids[0]][0]
-        assert music_adapter.modality == "music"
-    recs = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()]
-    assert len(recs) == 2 and all(r["samples"] == 2 * r["prompts"] for r in recs)
-    shot(page, "12-train-music")
-
-    tab(page, "Compare")
-    switch_compare(page, "music")
-    fill(page, "compare-prompts", MUSIC_PROMPT)
-    fill(page, "compare-seeds", "2")
-    msg = act(page, "compare-msg", lambda: page.click("#blind-start"))
-    assert "2 blind comparisons" in msg, msg
-    page.wait_for_selector("#blind-play-both", state="visible")
-    page.wait_for_selector("#blind-audio-right button.play-pause-button")
-    press_until_playing(page, "q", "blind-audio-left")
-    page.keyboard.press("q")
-    act(page, "blind-label", lambda: page.keyboard.press("ArrowLeft"))
-    act(page, "blind-label", lambda: page.click("#blind-right"))
-    assert "over 2 blind choices" in text(page, "blind-label")
-    shot(page, "13-compare-music")
-
-    tab(page, "Adapters")
-    choose(page, "adapter-select", str(music_adapter.id))
-    wait_text(page, "adapter-info", f"Adapter {music_adapter.id}")
-    page.wait_for_function("() => document.querySelector('#adapter-format input').value === 'peft'", timeout=600_000)
-    msg = act(page, "adapter-msg", lambda: page.click("#adapter-export"))
-    assert "Exported to" in msg, msg
-
-    # a melody file goes up through the settings' upload and reaches the model, which says whose setting it is
-    tab(page, "Generate & rank")
-    page.get_by_text("Settings (empty = the model's default)").click()
-    tune = Path(app["data_dir"]).parent / "tune.wav"
-    with store_of(app) as s:
-        tune.write_bytes(s.media_bytes(clips[0]))
-    page.set_input_files("#setting-music-melody input[type=file]", str(tune))
-    page.wait_for_selector("#setting-music-melody button.play-pause-button", timeout=60_000)
-    status = generate(page, n=2, seed=0, prompt=MUSIC_PROMPT)
-    assert "no melody setting (it is MusicGen-Melody's)" in status, status
-    assert not page.errors, page.errors
-
-
-VIDEO_PROMPT = "a red circle moving quickly to the left on a white background"
-VIDEOS_JS = """(ids) => ids.map((id) => { const r = document.getElementById(id);
-  const v = r && r.querySelector('video'); return v ? {playing: !v.paused && v.readyState > 2, muted: v.muted,
-  loop: v.loop, t: v.currentTime} : null; })"""
-
-
-def videos_in_step(page, ids: list[str], timeout: float = 120) -> list[dict]:
-    """Wait until the players of ``ids`` all play, muted and looping, within 0.3 s of each other."""
-    page.wait_for_function(f"""(ids) => {{ const s = ({VIDEOS_JS})(ids);
-      return s.every((x) => x && x.playing && x.muted && x.loop)
-        && Math.max(...s.map((x) => x.t)) - Math.min(...s.map((x) => x.t)) < 0.3; }}""", arg=ids, timeout=timeout * 1000)
-    return page.evaluate(VIDEOS_JS, ids)
-
-
-def test_video_generate_watch_judge_per_dimension_guide_train(app, page):
-    """The video loop on the built-in model: MP4 players that loop muted and in step, A/B votes per
-    dimension by key, Flow-NRG guidance from the Generate tab's sliders, Flow-DPO from the Train tab."""
-    tab(page, "Generate & rank")
-    radio(page, "modality", "video")
-    assert wait_value(page, "model", "moving-shapes-video") == "moving-shapes-video"
-    if not page.locator("#setting-video-steps").is_visible():  # (an earlier test may have opened the settings)
-        page.get_by_text("Settings (empty = the model's default)").click()
-    fill(page, "setting-video-steps", "6")
-    status = generate(page, n=4, seed=0, prompt=VIDEO_PROMPT)
-    assert "Done 4 of 4" in status, status
-    with store_of(app) as s:
-        clips = s.list_generations(modality="video")
-        assert len(clips) == 4 and all(g.mime == "video/mp4" for g in clips)
-    videos_in_step(page, [f"cand-video-{i}" for i in range(1, 5)])
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    page.keyboard.press("p")  # pauses them together
-    page.wait_for_function(f"() => ({VIDEOS_JS})(['cand-video-1', 'cand-video-2']).every((x) => x && !x.playing)",
-                           timeout=60_000)
-    shot(page, "14-generate-video")
-
-    radio(page, "judge-mode", "A/B")
-    videos_in_step(page, ["ab-video-a", "ab-video-b"])
-    page.click("#ab-per-dim label")
-    page.wait_for_selector("#ab-dim-visual", state="visible")
-    assert not page.locator("#ab-dim-prompt").is_visible()  # video's dimensions only
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    for key in ("1", "5", "9"):  # visual: A, motion: B, text: tie
-        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
-    act(page, "gen-status", lambda: page.keyboard.press("a"))  # overall: A, next pair
-    with store_of(app) as s:
-        rows = s.query("SELECT dimension, choice FROM judgments WHERE kind = 'pairwise' AND dimension != 'overall' "
-                       "OR id IN (SELECT max(id) FROM judgments) ORDER BY id")
-    dims = [(r["dimension"], r["choice"]) for r in rows][-4:]
-    assert [d for d, _ in dims] == ["visual", "motion", "text", "overall"], dims
-    shot(page, "15-judge-video")
-    page.click("#ab-per-dim label")
-    for key in ("b", "a", "a"):  # more overall votes: the Train tab's default batch takes 4 pairs
-        act(page, "gen-status", lambda k=key: page.keyboard.press(k))
-    radio(page, "judge-mode", "Best of N")
-
-    # Flow-NRG: a noise-aware reward model of these votes guides sampling from the settings' sliders
-    from alignment.rewards import service
-    from modalities.protocol import ModelRef
-    from modalities.video.adapter import VideoAdapter
-
-    with store_of(app) as s:
-        service.train(s, VideoAdapter.load(ModelRef("moving-shapes-video"), device="cpu"), modality="video",
-                      name="my-eyes", folds=2, noise_aware=True)
-    fill(page, "setting-video-guide_reward", "my-eyes")
-    page.locator("#setting-video-guide_visual input[type=number]").fill("20")
-    page.locator("#setting-video-guide_visual input[type=number]").press("Enter")
-    status = generate(page, n=2, seed=0, prompt=VIDEO_PROMPT)
-    assert "Done 2 of 2" in status, status
-    with store_of(app) as s:
-        guided = s.list_generations(modality="video")[-1]
-        assert guided.params["guide"]["weights"] == {"visual": 20.0} and guided.params["guide"]["reward"] == "my-eyes"
-    wait_text(page, "cand-video-1", "guided visual 20")
-    page.locator("#setting-video-guide_visual input[type=number]").fill("0")
-    page.locator("#setting-video-guide_visual input[type=number]").press("Enter")
-
-    tab(page, "Train")
-    radio(page, "train-modality", "video")
-    choose(page, "train-method", "flow-dpo")
-    ids = train_and_wait(page, app, steps=2)
-    with store_of(app) as s:
-        adapter = [a for a in s.list_adapters() if a.run_id == ids[0]][0]
-        assert adapter.modality == "video" and adapter.method == "flow-dpo"
-    shot(page, "16-train-video")
     assert not page.errors, page.errors

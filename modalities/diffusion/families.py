@@ -240,11 +240,26 @@ def _wan_call(pipe, model, x, t, states, dtype) -> torch.Tensor:
     return model(hidden_states=x.to(dtype), timestep=ts, encoder_hidden_states=states.to(dtype), return_dict=False)[0]
 
 
-def _pred_video_pixel(pipe, model, x, t, cond, dtype) -> torch.Tensor:
-    """The built-in video model: its UNet sees a clip's frames as channels; flow time as Wan's (1000 t)."""
+T_MIN = 0.05  # the flow time below which x-prediction's velocity stops dividing by t
+
+
+def velocity(unet, x: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """The velocity ``noise - x0`` at clips ``x`` [N, 3, F, H, W] and ``timestep`` = 1000 t.
+
+    The UNet predicts the clean clip (x-prediction, frames folded into channels); the velocity is
+    ``(x - x0_hat) / max(t, T_MIN)`` (exact for t >= T_MIN, as in Li & He 2025, "Back to Basics: Let
+    Denoising Generative Models Denoise"). A small network then never has to reproduce the noise itself,
+    which left residual noise in every clip when this model predicted the velocity directly.
+    """
     n, c, f, h, w = x.shape
-    out = model(x.to(dtype).reshape(n, c * f, h, w), t * 1000, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype)).sample
-    return out.reshape(n, c, f, h, w)
+    x0 = unet(x.reshape(n, c * f, h, w), timestep, encoder_hidden_states=states).sample.reshape(n, c, f, h, w)
+    t = torch.as_tensor(timestep, device=x.device).float().reshape(-1).expand(n) / 1000
+    return ((x.float() - x0.float()) / t.clamp(min=T_MIN).view(n, 1, 1, 1, 1)).to(x.dtype)
+
+
+def _pred_video_pixel(pipe, model, x, t, cond, dtype) -> torch.Tensor:
+    """The built-in video model (modalities/video/pixel_pipeline.py): ``velocity`` above at 1000 t."""
+    return velocity(model, x.to(dtype), t * 1000, cond["encoder_hidden_states"].to(dtype))
 
 
 def _pred_wan(pipe, model, x, t, cond, dtype) -> torch.Tensor:

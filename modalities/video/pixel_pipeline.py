@@ -7,7 +7,7 @@ W]``, so a clip has exactly ``in_channels / 3`` frames; ``text_encoder`` a ``CLI
 LoRA files with ``load_lora_weights``. Its call mirrors ``WanPipeline``'s (prompt, negative prompt, height,
 width, num_frames, steps, guidance, generators, ``latents``, ``output_type`` ``np`` / ``pt`` / ``latent``, step
 callbacks, ``prepare_latents``), and its denoiser takes the flow time as Wan's does (timestep = 1000 t, t = 1
-pure noise), so the video modality drives it, Wan and LTX through the same code.
+pure noise; the UNet predicts the clean clip, turned into a velocity by ``velocity``), so the video modality drives it, Wan and LTX through the same code.
 
 A Wan transformer in pixel space was tried first (2x4x4 patches): after 1000 steps (22 min on 2 cores) it
 still scattered 4x4 patches of colour instead of one shape; convolutions learn the world's layout far
@@ -24,17 +24,14 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 
+from ..diffusion.families import velocity  # the UNet's clean-clip prediction as a velocity
+
+__all__ = ["ShapesVideoPipeline", "VideoPipelineOutput", "velocity"]
+
 
 @dataclass
 class VideoPipelineOutput(BaseOutput):
     frames: Any  # np: [N, frames, H, W, 3] in [0, 1]; pt: [N, frames, 3, H, W]; latent: [N, 3, frames, H, W]
-
-
-def velocity(unet, x: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """The denoiser on clips [N, 3, F, H, W] (frames folded into channels and back)."""
-    n, c, f, h, w = x.shape
-    out = unet(x.reshape(n, c * f, h, w), timestep, encoder_hidden_states=states).sample
-    return out.reshape(n, c, f, h, w)
 
 
 class ShapesVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
