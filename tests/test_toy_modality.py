@@ -93,7 +93,7 @@ def test_cli_generates_judges_trains_and_exports(tmp_path):
 def test_the_web_app_shows_and_trains_it(tmp_path):
     """The browser drives the toy modality: its settings row, its renderer, A/B votes, a training run,
     the side-by-side compare and the export, all built from its spec."""
-    from tests.test_browser import (FLAGS, CHROMIUM, act, choose, fill, generate, radio, serving, shot, tab,
+    from tests.browser_kit import (FLAGS, CHROMIUM, act, choose, fill, generate, radio, serving, shot, tab,
                                     text, train_and_wait, wait_text, wait_value)
 
     if os.environ.get("PALATE_SKIP_BROWSER") == "1":
