@@ -13,7 +13,6 @@ from alignment.train import add_lora, save_adapter
 from modalities.image.adapter import ImageAdapter
 from modalities.protocol import ModelRef
 from tests import tiny_pipelines
-from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +76,3 @@ def test_a_wrong_export_is_caught(trained, tmp_path):
         export_adapter(out, tmp_path / "y", "ckpt", metadata={})
     with pytest.raises(ValueError, match="holds no pytorch_lora_weights"):
         export_adapter(tmp_path, tmp_path / "z", "peft", metadata={})
-
-
-def test_export_adapter_cli(tmp_path):
-    model = tiny_pipelines.save(tiny_pipelines.tiny_pixel(), tmp_path / "pixel")
-    d = tmp_path / "data"
-    rows = json.loads(run_cli("generate", "--model", str(model), "--prompt", "a small red circle on a blue background",
-                              "-n", "4", "--seed", "0", "--steps", "2", "--json", data_dir=d, check=True).stdout)
-    ids = [str(r["id"]) for r in rows]
-    run_cli("vote", "--ranking", *ids, data_dir=d, check=True)
-    run_cli("train", "--model", str(model), "--method", "diffusion-dpo", "--steps", "1", "--batch-size", "2",
-            data_dir=d, check=True)
-    for fmt, target in (("kohya", tmp_path / "k.safetensors"), ("peft", tmp_path / "peft")):
-        out = json.loads(run_cli("export", "adapter", "1", str(target), "--format", fmt, "--json", data_dir=d,
-                                 check=True).stdout)
-        assert out["max_difference"] <= 1e-5 and out["format"] == fmt
-    missing = run_cli("export", "adapter", "9", str(tmp_path / "x"), data_dir=d)
-    assert missing.returncode == 2 and "adapter 9 does not exist" in missing.stderr

@@ -73,7 +73,7 @@ def test_generate_with_the_default_model(tmp_path):
 
 
 def test_train_from_the_cli(tmp_path):
-    """generate -> vote -> train, as a user would, on a tiny pixel model."""
+    """generate -> vote -> train -> export, as a user would, on a tiny pixel model."""
     model = tiny_pipelines.save(tiny_pipelines.tiny_pixel(), tmp_path / "pixel")
     d = tmp_path / "data"
     rows = json.loads(run_cli("generate", "--model", str(model), "--prompt", "a small red circle on a blue background",
@@ -88,6 +88,12 @@ def test_train_from_the_cli(tmp_path):
     info = json.loads(run_cli("db", "info", "--json", data_dir=d, check=True).stdout)
     assert info["counts"]["runs"] == 1 and info["counts"]["adapters"] == 1
     adapter_dir = d / "runs" / "run-0001" / "adapter"
+    for fmt, target in (("kohya", tmp_path / "k.safetensors"), ("peft", tmp_path / "peft")):  # verified exports
+        out = json.loads(run_cli("export", "adapter", "1", str(target), "--format", fmt, "--json", data_dir=d,
+                                 check=True).stdout)
+        assert out["max_difference"] <= 1e-5 and out["format"] == fmt
+    missing = run_cli("export", "adapter", "9", str(tmp_path / "x"), data_dir=d)
+    assert missing.returncode == 2 and "adapter 9 does not exist" in missing.stderr
     tuned = json.loads(run_cli("generate", "--model", str(model), "--adapter", str(adapter_dir), "--prompt",
                                "a small red circle on a blue background", "-n", "1", "--seed", "0", "--steps", "2",
                                "--json", data_dir=d, check=True).stdout)

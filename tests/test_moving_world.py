@@ -81,3 +81,35 @@ def test_each_taste_prefers_its_side_and_its_opposite_the_other(name):
         wins += (s[0] > s[1]) == liked_first
         assert s == [-x for x in world.taste(world.TASTES[name][1], [a, b])]
     assert wins / len(prompts) >= 0.9
+
+
+def test_the_training_script_weighs_the_shapes_pixels():
+    """scripts/train_video_default.py's loss weights: 1 + extra on a shape's pixels (found against the clip's
+    median colour), 1 on the background -- whatever the background colour."""
+    import importlib.util
+
+    import torch
+
+    from tests.conftest import ROOT
+
+    spec_ = importlib.util.spec_from_file_location("train_video_default", ROOT / "scripts" / "train_video_default.py")
+    script = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(script)
+    clips, centres = [], []
+    for bg in ("white", "black", "gray"):
+        frames, centroid = world.render(world.parse_prompt(f"a red square moving slowly to the left on a {bg} "
+                                                             "background"), seed=3)
+        clips.append(frames)
+        centres.append(centroid)
+    x0 = torch.from_numpy(np.stack(clips).astype(np.float32)).permute(0, 4, 1, 2, 3) / 127.5 - 1.0
+    w = script.shape_weights(x0, 8.0)
+    assert w.shape == (3, 1, x0.shape[2], x0.shape[3], x0.shape[4]) and set(w.unique().tolist()) == {1.0, 9.0}
+    for i, centroid in enumerate(centres):
+        heavy = (w[i, 0] > 1).float().mean().item()
+        assert 0.005 < heavy < 0.3, heavy  # a small square: a few percent of the clip
+        for f, (cx, cy) in enumerate(centroid):  # the square's centre is one of its pixels
+            assert w[i, 0, f, int(round(cy)), int(round(cx))] == 9.0
+        corner = x0[i, :, :, 0, 0]  # the background keeps weight 1
+        assert torch.all(w[i, 0][(x0[i] - corner[:, :, None, None]).abs().amax(0) == 0] == 1.0)
+    err = torch.ones_like(x0)
+    assert script.weighted_loss(err * 2, err, w).item() == pytest.approx(1.0)

@@ -192,48 +192,6 @@ def test_text_from_the_cli(tmp_path):
     assert none.returncode != 0 and "too few preference pairs" in none.stderr
 
 
-@pytest.mark.slow
-def test_dto_from_the_cli_on_the_built_in_model_trains_and_exports_its_pairs(tmp_path):
-    """The whole DTO loop on the shipped reasoning model: its answers, concise-but-correct traces,
-    pairs stored as votes, SimPO training, an adapter that loads, and the pairs as TRL rows."""
-    from modalities.protocol import GenerationRequest, ModelRef
-    from modalities.text import arithmetic as world
-    from modalities.text.adapter import TextAdapter
-    from storage import Store
-    from tests.conftest import run_cli
-
-    d = tmp_path / "data"
-    proc = run_cli("train", "--modality", "text", "--method", "dto", "--problems", "3", "--samples", "2",
-                   "--mc-samples", "2", "--steps", "2", "--batch-size", "2", data_dir=d)
-    assert proc.returncode == 0, proc.stderr
-    assert "DTO round 0:" in proc.stdout
-    with Store.open(d) as store:
-        pairs = store.preference_pairs(modality="text")
-        runs = store.list_runs()
-        assert pairs and len(runs) == 1 and runs[0].status == "completed" and runs[0].method == "simpo"
-        adapter = runs[0].run_dir + "/adapter"
-    out = tmp_path / "dto.jsonl"
-    run_cli("export", "dataset", str(out), "--format", "trl-jsonl", data_dir=d, check=True)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == len(pairs)
-    questions = {p.prompt for p in world.problems(3, "train", seed=0)}
-    for row in rows:  # the built-in model has a chat template: conversational rows, TRL renders them
-        (user,), (chosen,), (rejected,) = row["prompt"], row["chosen"], row["rejected"]
-        assert user["role"] == "user" and user["content"] in questions and chosen["role"] == "assistant"
-        assert chosen["content"] != rejected["content"]
-        problem = next(p for p in world.problems(3, "train", seed=0) if p.prompt == user["content"])
-        assert world.judge(problem, chosen["content"]).correct  # never an incorrect trace preferred
-    # templated: the prompt exactly as the model saw it when it answered
-    run_cli("export", "dataset", str(tmp_path / "t.jsonl"), "--format", "trl-jsonl", "--prompt-style", "templated",
-            data_dir=d, check=True)
-    templated = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
-    assert {r["prompt"] for r in templated} == {f"<bos>Q: {q}\nA:" for q in
-                                                {r["prompt"][0]["content"] for r in rows}}
-    lm = TextAdapter.load(ModelRef("arith-reasoner", adapter=adapter))
-    (s,) = lm.generate(GenerationRequest(next(iter(questions)), n=1, seeds=(0,)))
-    assert "Answer:" in s.text
-
-
 def test_dto_from_the_cli_says_when_there_is_nothing_to_learn(tmp_path):
     """A random model solves nothing: DTO stores no pair and says so."""
     from tests.conftest import run_cli
@@ -270,11 +228,15 @@ def test_dto_round_schedule():
         schedule("8,4", 3)
 
 
+@pytest.mark.slow
 def test_dto_rounds_from_the_cli(tmp_path):
-    """Two rounds on the shipped model (`--problems 2,3`: one count per round): round 1 answers the stream's
+    """The whole DTO loop on the shipped reasoning model, two rounds (`--problems 2,3`: one count per round):
+    its answers, concise-but-correct traces, pairs stored as votes, SimPO training; round 1 answers the stream's
     next 3 problems with round 0's adapter and continues from it; --rollout-pairs adds correct-over-incorrect
-    Monte-Carlo completions."""
+    Monte-Carlo completions. The pairs export as TRL rows and the adapter loads."""
+    from modalities.protocol import GenerationRequest, ModelRef
     from modalities.text import arithmetic as world
+    from modalities.text.adapter import TextAdapter
     from storage import Store
     from tests.conftest import run_cli
 
@@ -290,7 +252,8 @@ def test_dto_rounds_from_the_cli(tmp_path):
         assert [r.status for r in runs] == ["completed", "completed"]
         assert runs[0].config.get("init_adapter") is None
         assert runs[1].config["init_adapter"] == runs[0].run_dir + "/adapter"
-        assert runs[1].config["loss_kwargs"] == {"nll": 1.0}
+        assert runs[1].config["loss_kwargs"] == {"nll": 1.0} and all(r.method == "simpo" for r in runs)
+        pairs = store.preference_pairs(modality="text")
         gens = store.list_generations(modality="text")
         by_round = {}
         for g in gens:
@@ -299,3 +262,23 @@ def test_dto_rounds_from_the_cli(tmp_path):
     # round 0: the first two problems of the stream, by the base model; round 1: the next three, by the adapter
     assert by_round[False] == {p.prompt for p in stream[:2]}
     assert by_round[True] == {p.prompt for p in stream[2:]}
+    assert pairs
+    out = tmp_path / "dto.jsonl"
+    run_cli("export", "dataset", str(out), "--format", "trl-jsonl", data_dir=d, check=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(pairs)
+    questions = {p.prompt: p for p in stream}
+    for row in rows:  # the built-in model has a chat template: conversational rows, TRL renders them
+        (user,), (chosen,), (rejected,) = row["prompt"], row["chosen"], row["rejected"]
+        assert user["role"] == "user" and user["content"] in questions and chosen["role"] == "assistant"
+        assert chosen["content"] != rejected["content"]
+        assert world.judge(questions[user["content"]], chosen["content"]).correct  # never an incorrect trace preferred
+    # templated: the prompt exactly as the model saw it when it answered
+    run_cli("export", "dataset", str(tmp_path / "t.jsonl"), "--format", "trl-jsonl", "--prompt-style", "templated",
+            data_dir=d, check=True)
+    templated = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in templated} == {f"<bos>Q: {q}\nA:" for q in
+                                                {r["prompt"][0]["content"] for r in rows}}
+    lm = TextAdapter.load(ModelRef("arith-reasoner", adapter=runs[1].run_dir + "/adapter"))
+    (s,) = lm.generate(GenerationRequest(stream[0].prompt, n=1, seeds=(0,)))
+    assert "Answer:" in s.text
