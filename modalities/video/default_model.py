@@ -26,6 +26,10 @@ class DefaultModelConfig:
     text_heads: int = 4
     max_tokens: int = 16
     shift: float = 1.0
+    # The prompt also enters every block through the time embedding (diffusers' addition_embed_type "text":
+    # attention-pooled text states added to the timestep embedding), not only through cross-attention at
+    # 16x16 and 8x8; colour and direction are properties of the whole clip.
+    text_time_embedding: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +59,8 @@ def build_pipeline(cfg: DefaultModelConfig = DefaultModelConfig(), *, seed: int 
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.attention_heads, norm_num_groups=16)
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=cfg.attention_heads, norm_num_groups=16,
+        addition_embed_type="text" if cfg.text_time_embedding else None,
+        addition_embed_type_num_heads=cfg.attention_heads)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.shift)
     return ShapesVideoPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
