@@ -36,7 +36,7 @@ from modalities.video import moving  # noqa: E402
 from modalities.video.default_model import DefaultModelConfig, build_pipeline  # noqa: E402
 from modalities.video.pixel_pipeline import velocity  # noqa: E402
 
-SAME = ("steps", "batch_size", "lr", "warmup", "seed", "ema_decay", "cond_dropout", "t_mean", "t_std", "shape_weight")
+SAME = ("steps", "batch_size", "lr", "warmup", "seed", "ema_decay", "cond_dropout", "t_mean", "t_std", "shape_weight", "init")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shape-weight", type=float, default=8.0,
                    help="extra loss weight on the shapes' pixels (those away from the clip's background colour; "
                         "about 8%% of a clip); 0 weighs every pixel alike")
+    p.add_argument("--init", default="",
+                   help="start from this pipeline folder's weights (e.g. models/moving-shapes-video, to train it "
+                        "further) instead of a fresh initialisation; its architecture must be this script's")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -78,6 +81,23 @@ def batch(rng: random.Random, prompts: list[str], n: int, cfg: DefaultModelConfi
                            frames=cfg.frames, size=cfg.size)[0] for p in chosen]
     x = torch.from_numpy(np.stack(clips).astype(np.float32)).permute(0, 4, 1, 2, 3)
     return chosen, x / 127.5 - 1.0
+
+
+def init_weights(pipe, folder: Path) -> None:
+    """Load a saved pipeline folder's UNet and text encoder weights into ``pipe`` (same architecture)."""
+    from safetensors.torch import load_file
+
+    for name, module, file in (("unet", pipe.unet, "diffusion_pytorch_model.safetensors"),
+                               ("text_encoder", pipe.text_encoder, "model.safetensors")):
+        path = folder / name / file
+        if not path.exists():
+            raise SystemExit(f"--init {folder}: {path} is missing (a pipeline folder written by this script?)")
+        state = load_file(path)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise SystemExit(f"--init {folder}: its {name} is not this script's architecture ({str(e)[:300]})") from None
+    print(f"initialised from {folder}", flush=True)
 
 
 def shape_weights(x0: torch.Tensor, extra: float) -> torch.Tensor:
@@ -107,6 +127,8 @@ def main(argv=None) -> int:
 
     # 1. Model, EMA copy, optimizer
     pipe = build_pipeline(cfg, seed=args.seed)
+    if args.init:
+        init_weights(pipe, Path(args.init))
     unet, text_encoder, tokenizer = pipe.unet.to(device), pipe.text_encoder.to(device), pipe.tokenizer
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
