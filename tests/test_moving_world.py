@@ -86,15 +86,9 @@ def test_each_taste_prefers_its_side_and_its_opposite_the_other(name):
 def test_the_training_script_weighs_the_shapes_pixels():
     """scripts/train_video_default.py's loss weights: 1 + extra on a shape's pixels (found against the clip's
     median colour), 1 on the background -- whatever the background colour."""
-    import importlib.util
-
     import torch
 
-    from tests.conftest import ROOT
-
-    spec_ = importlib.util.spec_from_file_location("train_video_default", ROOT / "scripts" / "train_video_default.py")
-    script = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(script)
+    script = _training_script()
     clips, centres = [], []
     for bg in ("white", "black", "gray"):
         frames, centroid = world.render(world.parse_prompt(f"a red square moving slowly to the left on a {bg} "
@@ -113,3 +107,57 @@ def test_the_training_script_weighs_the_shapes_pixels():
         assert torch.all(w[i, 0][(x0[i] - corner[:, :, None, None]).abs().amax(0) == 0] == 1.0)
     err = torch.ones_like(x0)
     assert script.weighted_loss(err * 2, err, w).item() == pytest.approx(1.0)
+
+
+def _training_script():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec_ = importlib.util.spec_from_file_location("train_video_default", ROOT / "scripts" / "train_video_default.py")
+    script = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(script)
+    return script
+
+
+def test_the_training_script_adds_coordinates_spreads_words_and_draws_high_t(tmp_path):
+    """--init of a folder without coordinate channels keeps its function (their weights start at 0);
+    --spread-words pushes the named words apart and refuses unknown ones; --t-high draws that share of t
+    from [--t-high-from, 1)."""
+    import torch
+
+    from modalities.video.default_model import DefaultModelConfig, build_pipeline
+    from modalities.video.pixel_pipeline import velocity
+
+    script = _training_script()
+    small = dict(block_out_channels=(16, 16, 32), attention_heads=2, text_hidden=32, text_heads=2)
+    old = build_pipeline(DefaultModelConfig(coordinates=False, **small), seed=1)
+    old.save_pretrained(tmp_path / "old")
+    new = build_pipeline(DefaultModelConfig(**small), seed=2)
+    assert new.unet.config.in_channels == old.unet.config.in_channels + 2 and new.frames == old.frames == 8
+    script.init_weights(new, tmp_path / "old")
+    x = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    states = old.encode_prompt(["a red circle moving quickly to the left on a white background"] * 2)
+    with torch.no_grad():
+        assert torch.allclose(velocity(old.unet, x, torch.tensor([900.0, 300.0]), states),
+                              velocity(new.unet, x, torch.tensor([900.0, 300.0]), states), atol=1e-5)
+    with pytest.raises(ValueError, match="takes 26 channels; clips of 7 frames need 21"):
+        velocity(new.unet, x[:, :, :7], torch.tensor([900.0, 300.0]), states)
+
+    table = new.text_encoder.get_input_embeddings().weight
+    ids = new.tokenizer.convert_tokens_to_ids(["left", "right", "red"])
+    before = table[ids].detach().clone()
+    script.spread_words(new.text_encoder, new.tokenizer, ["left", "right"], 30.0, seed=0)
+    moved = (table[ids].detach() - before).norm(dim=1)
+    assert moved[:2].tolist() == pytest.approx([30.0, 30.0], rel=1e-4) and moved[2] == 0
+    assert (table[ids[0]] - table[ids[1]]).norm() > 30
+    with pytest.raises(SystemExit, match="not in the model's vocabulary: sideways"):
+        script.spread_words(new.text_encoder, new.tokenizer, ["left", "sideways"], 30.0, seed=0)
+
+    args = script.parse_args(["--batch-size", "4000", "--t-high", "0.25", "--t-high-from", "0.9"])
+    t = script.sample_t(args, torch.Generator().manual_seed(0))
+    assert t.shape == (4000,) and 0 < t.min() and t.max() < 1
+    high = ((t >= 0.9).float().mean() - (torch.sigmoid(0.8 + 0.8 * torch.randn(100_000)) >= 0.9).float().mean() * 0.75)
+    assert 0.22 < high < 0.28  # a quarter drawn high, plus the logit-normal's own tail
+    args = script.parse_args(["--batch-size", "500", "--t-high", "1", "--t-high-from", "0.97"])
+    assert script.sample_t(args, torch.Generator().manual_seed(1)).min() >= 0.97

@@ -243,6 +243,14 @@ def _wan_call(pipe, model, x, t, states, dtype) -> torch.Tensor:
 T_MIN = 0.05  # the flow time below which x-prediction's velocity stops dividing by t
 
 
+def coordinate_channels(n: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """[n, 2, h, w]: each pixel's x and y at its centre, from -1 (left, top) to 1."""
+    ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w * 2 - 1
+    grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+    return grid.unsqueeze(0).expand(n, 2, h, w)
+
+
 def velocity(unet, x: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """The velocity ``noise - x0`` at clips ``x`` [N, 3, F, H, W] and ``timestep`` = 1000 t.
 
@@ -252,7 +260,14 @@ def velocity(unet, x: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor
     which left residual noise in every clip when this model predicted the velocity directly.
     """
     n, c, f, h, w = x.shape
-    x0 = unet(x.reshape(n, c * f, h, w), timestep, encoder_hidden_states=states).sample.reshape(n, c, f, h, w)
+    folded = x.reshape(n, c * f, h, w)
+    extra = int(unet.config.in_channels) - c * f
+    if extra == 2:  # coordinate channels: where each pixel is, in [-1, 1] (x, then y)
+        folded = torch.cat([folded, coordinate_channels(n, h, w, folded)], dim=1)
+    elif extra:
+        raise ValueError(f"this UNet takes {unet.config.in_channels} channels; clips of {f} frames need {c * f} "
+                         f"(or {c * f + 2} with coordinate channels)")
+    x0 = unet(folded, timestep, encoder_hidden_states=states).sample.reshape(n, c, f, h, w)
     t = torch.as_tensor(timestep, device=x.device).float().reshape(-1).expand(n) / 1000
     return ((x.float() - x0.float()) / t.clamp(min=T_MIN).view(n, 1, 1, 1, 1)).to(x.dtype)
 

@@ -1,9 +1,9 @@
 """Architecture of the built-in moving-shapes video model, built from configs.
 
 A pixel-space ``UNet2DConditionModel`` that sees the 8 frames of a 32x32 clip stacked as 24 channels (as
-the built-in image model's UNet, with attention at 16x16 and 8x8), a 2-layer CLIP text encoder over a
-word-level tokenizer of the world's words; flow matching (t = 1 noise, velocity target), sampled with
-Euler steps. See ``models/moving-shapes-video/README.md`` for how it was trained and how well.
+the built-in image model's UNet, with attention at 16x16 and 8x8; two more input channels give each pixel's x
+and y), a 2-layer CLIP text encoder over a word-level tokenizer of the world's words; flow matching (t = 1
+noise, velocity target), sampled with Euler steps. See ``models/moving-shapes-video/README.md`` for how it was trained and how well.
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ class DefaultModelConfig:
     # attention-pooled text states added to the timestep embedding), not only through cross-attention at
     # 16x16 and 8x8; colour and direction are properties of the whole clip.
     text_time_embedding: bool = True
+    # Two more input channels hold each pixel's x and y (see ``velocity``): near pure noise the model must place
+    # frame f's shape where a track in the prompt's direction puts it, an absolute position.
+    coordinates: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +58,7 @@ def build_pipeline(cfg: DefaultModelConfig = DefaultModelConfig(), *, seed: int 
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_tokens,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
     unet = UNet2DConditionModel(
-        sample_size=cfg.size, in_channels=3 * cfg.frames, out_channels=3 * cfg.frames,
+        sample_size=cfg.size, in_channels=3 * cfg.frames + (2 if cfg.coordinates else 0), out_channels=3 * cfg.frames,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,

@@ -2,7 +2,8 @@
 
 An ordinary diffusers ``DiffusionPipeline`` (components: ``unet`` a ``UNet2DConditionModel`` that sees a
 clip's frames stacked as channels -- ``[N, 3, frames, H, W]`` pixels in [-1, 1] folded to ``[N, 3 frames, H,
-W]``, so a clip has exactly ``in_channels / 3`` frames; ``text_encoder`` a ``CLIPTextModel``; ``tokenizer``;
+W]``, so a clip has exactly ``out_channels / 3`` frames; two more input channels, when the UNet takes them, hold each
+pixel's coordinates; ``text_encoder`` a ``CLIPTextModel``; ``tokenizer``;
 ``scheduler`` a flow-matching scheduler), saved and loaded with ``save_pretrained`` / ``from_pretrained`` and
 LoRA files with ``load_lora_weights``. Its call mirrors ``WanPipeline``'s (prompt, negative prompt, height,
 width, num_frames, steps, guidance, generators, ``latents``, ``output_type`` ``np`` / ``pt`` / ``latent``, step
@@ -50,7 +51,7 @@ class ShapesVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     @property
     def frames(self) -> int:
-        return int(self.unet.config.in_channels) // 3
+        return int(self.unet.config.out_channels) // 3
 
     @property
     def size_multiple(self) -> int:
