@@ -17,8 +17,9 @@ VideoReward-style reward model, and Flow-NRG reward guidance -- on the built-in 
    dimension the tuned clip wins, ties (half) or loses (overall: the taste; visual, motion, text: the judge),
    and the judge's adherence (its text score) is compared.
 5. Flow-NRG: the base model samples the held-out prompts guided by the reward model's ``--nrg-dimension``
-   head at each of ``--nrg-weights``; the judge's score of that dimension and of the others is reported per
-   weight (the goal: the chosen one rises with the weight, the others stay within 2 points). With
+   head (or each of several in turn) at each of ``--nrg-weights``; the judge's score of that dimension and of the others is reported per
+   weight (the goal: the chosen one rises with the weight, the others stay within 2 points; ``overall`` is
+   scored by the taste: minus the track's mean distance from the centre for ``centred``). With
    ``--nrg-train-prompts N`` the same weights are first run on N train-split prompts the user never saw (the
    split to choose weights on; reported apart as ``nrg_train``).
 """
@@ -56,22 +57,26 @@ def _choice(a: float, b: float) -> str:
     return "tie" if abs(a - b) < 1e-9 else ("a" if a > b else "b")
 
 
-def collect(store, taste: str, prompts: list[str]) -> dict:
-    """Two clips per prompt, four votes per pair (overall by the taste, the judged dimensions by the judge)."""
+def collect(store, taste: str | None, prompts: list[str], seed0: int = 10_000) -> dict:
+    """Two clips per prompt, four votes per pair (overall by the taste, the judged dimensions by the judge);
+    with no taste, the judge's three votes only."""
     from app.generation import generate_candidates
     from modalities.video import moving, mp4
 
     t0 = time.time()
     votes = 0
     for i, prompt in enumerate(prompts):
-        a, b = generate_candidates(store, modality="video", prompt=prompt, n=2, seed=10_000 + 2 * i)
+        a, b = generate_candidates(store, modality="video", prompt=prompt, n=2, seed=seed0 + 2 * i)
         clips = [mp4.decode(store.media_bytes(g))[0] for g in (a, b)]
-        ta, tb = moving.taste(taste, clips)
-        store.vote(a.id, b.id, _choice(ta, tb), annotator=f"taste:{taste}", annotator_kind="ai", dimension="overall")
+        annotator = f"taste:{taste}" if taste else "judge"
+        if taste:
+            ta, tb = moving.taste(taste, clips)
+            store.vote(a.id, b.id, _choice(ta, tb), annotator=annotator, annotator_kind="ai", dimension="overall")
+            votes += 1
         ja, jb = (moving.judge(prompt, c) for c in clips)
         for d in JUDGED:
-            store.vote(a.id, b.id, _choice(ja[d], jb[d]), annotator=f"taste:{taste}", annotator_kind="ai", dimension=d)
-        votes += 4
+            store.vote(a.id, b.id, _choice(ja[d], jb[d]), annotator=annotator, annotator_kind="ai", dimension=d)
+        votes += len(JUDGED)
     return {"pairs": len(prompts), "votes": votes, "seconds": round(time.time() - t0, 1)}
 
 
@@ -126,8 +131,10 @@ def evaluate(taste: str, prompts: list[str], base: list, run: dict, seed0: int) 
     return out
 
 
-def nrg(data_dir: Path, prompts: list[str], seed0: int, dimension: str, weights: list[float]) -> list[dict]:
-    """The judge's scores of clips the base model samples with the reward model's guidance on ``dimension``."""
+def nrg(data_dir: Path, prompts: list[str], seed0: int, dimension: str, weights: list[float], taste: str,
+        reward: str = "videoreward") -> list[dict]:
+    """The judge's scores (and the taste's, as ``overall``) of clips the base model samples with the reward
+    model's guidance on ``dimension``."""
     import numpy as np
 
     from alignment.rewards import service
@@ -139,11 +146,12 @@ def nrg(data_dir: Path, prompts: list[str], seed0: int, dimension: str, weights:
     with Store.open(data_dir) as store:
         for w in weights:
             t0 = time.time()
-            guide = None if w == 0 else (lambda model, w=w: RewardGuide(service.load(store, "videoreward", "video", model),
+            guide = None if w == 0 else (lambda model, w=w: RewardGuide(service.load(store, reward, "video", model),
                                                                          {dimension: w}))
             got = clips(None, prompts, seed0, guide)
             scores = [moving.judge(p, c) for p, c in zip(prompts, got)]
-            row = {"weight": w, **{d: round(float(np.mean([s[d] for s in scores])), 4) for d in JUDGED},
+            row = {"weight": w, "overall": round(float(np.mean(moving.taste(taste, got))), 4),
+                   **{d: round(float(np.mean([s[d] for s in scores])), 4) for d in JUDGED},
                    "seconds": round(time.time() - t0, 1)}
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
@@ -160,11 +168,15 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=100)
     ap.add_argument("--eval-split", default="test", choices=["test", "train"],
                     help="test: held-out prompts (the report); train: train-split prompts the user did not see")
-    ap.add_argument("--nrg-dimension", default="text")
+    ap.add_argument("--nrg-dimension", default="text", help="the guided dimension (comma-separated: each in turn)")
     ap.add_argument("--nrg-weights", default="0,10,20,40")
     ap.add_argument("--nrg-prompts", type=int, default=50)
     ap.add_argument("--nrg-train-prompts", type=int, default=0,
                     help="first run the weights on this many unseen train-split prompts (to choose weights on)")
+    ap.add_argument("--reward-pairs", type=int, default=0,
+                    help="before Flow-NRG, the judge votes on this many more train-split pairs (visual, motion, text; "
+                         "at most 277) and a second reward model, videoreward-judge, learns them and the user's votes; "
+                         "the judged dimensions are then guided by it")
     ap.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="override a method's lr")
     ap.add_argument("--beta", action="append", default=[], metavar="METHOD=BETA", help="override a method's beta")
     ap.add_argument("--json")
@@ -179,7 +191,10 @@ def main(argv=None) -> int:
     from modalities.video import moving
     from storage import Store
 
-    train_prompts = moving.split_prompts("train", args.pairs + 300, seed=0)
+    if args.pairs + 300 + args.reward_pairs > 627:
+        raise SystemExit("--pairs + --reward-pairs may not exceed 327 (the train split has 627 prompts; 300 are set "
+                         "aside for evaluation and guidance)")
+    train_prompts = moving.split_prompts("train", args.pairs + 300 + args.reward_pairs, seed=0)
     user_prompts = train_prompts[: args.pairs]
     if args.eval_split == "test":
         eval_prompts, seed0 = moving.split_prompts("test", args.eval_prompts, seed=1), 50_000
@@ -205,14 +220,33 @@ def main(argv=None) -> int:
         for method in [m for m in args.methods.split(",") if m]:
             run = train(data_dir, method, args.steps, args.batch_size)
             result["runs"].append(evaluate(args.taste, eval_prompts, base, run, seed0))
+        judge_reward = {}
+        if args.reward_pairs:  # a VideoReward trained at scale for guidance, as the paper's is: the judge's votes
+            extra = train_prompts[args.pairs + 300: args.pairs + 300 + args.reward_pairs]
+            with Store.open(data_dir) as store:
+                result["judge_votes"] = collect(store, None, extra, seed0=20_000)
+            t2 = time.time()
+            trained = json.loads(cli(data_dir, "reward", "train", "videoreward-judge", "--modality", "video",
+                                     "--noise-aware", "--dimensions", ",".join(JUDGED), "--json"))
+            result["judge_reward_model"] = {"heldout_accuracy": trained["metrics"].get("heldout_accuracy"),
+                                            "per_dimension": trained["metrics"].get("per_dimension"),
+                                            "seconds": round(time.time() - t2, 1)}
+            print(json.dumps(result["judge_reward_model"]), file=sys.stderr, flush=True)
+            judge_reward = {d: "videoreward-judge" for d in JUDGED}
         weights = [float(w) for w in args.nrg_weights.split(",") if w]
+        dimensions = [d for d in args.nrg_dimension.split(",") if d]
         if weights and args.nrg_train_prompts:
             chosen_from = train_prompts[args.pairs + 200: args.pairs + 200 + args.nrg_train_prompts]
-            result["nrg_train"] = {"dimension": args.nrg_dimension, "prompts": len(chosen_from),
-                                   "rows": nrg(data_dir, chosen_from, 70_000, args.nrg_dimension, weights)}
-        if weights:
-            result["nrg"] = {"dimension": args.nrg_dimension, "prompts": args.nrg_prompts,
-                             "rows": nrg(data_dir, eval_prompts[: args.nrg_prompts], seed0, args.nrg_dimension, weights)}
+            result["nrg_train"] = [{"dimension": d, "prompts": len(chosen_from),
+                                    "reward": judge_reward.get(d, "videoreward"),
+                                    "rows": nrg(data_dir, chosen_from, 70_000, d, weights, args.taste,
+                                                judge_reward.get(d, "videoreward"))}
+                                   for d in dimensions]
+        if weights and args.nrg_prompts:
+            result["nrg"] = [{"dimension": d, "prompts": args.nrg_prompts, "reward": judge_reward.get(d, "videoreward"),
+                              "rows": nrg(data_dir, eval_prompts[: args.nrg_prompts], seed0, d, weights, args.taste,
+                                          judge_reward.get(d, "videoreward"))}
+                             for d in dimensions]
     result["wall_seconds"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=2)
     print(text)
