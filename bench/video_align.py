@@ -2,7 +2,8 @@
 VideoReward-style reward model, and Flow-NRG reward guidance -- on the built-in moving-shapes video model.
 
     .venv/bin/python bench/video_align.py [--taste centred] [--pairs 50] [--steps 60] [--eval-prompts 100]
-        [--methods flow-dpo,flow-rwr,sft] [--nrg-dimension text] [--nrg-weights 0,10,20,40] [--json out.json]
+        [--methods flow-dpo,flow-rwr,sft] [--nrg-dimension overall,motion,text] [--nrg-weights 0,25,50,100]
+        [--reward-pairs 200] [--nrg-train-prompts 16] [--nrg-prompts 30] [--json out.json]
 
 1. The user: the built-in model makes 2 clips for each of ``--pairs`` train-split prompts (50 comparisons); the
    user votes on each pair about four dimensions: ``overall`` by their taste (``taste-<name>``), and
@@ -21,7 +22,8 @@ VideoReward-style reward model, and Flow-NRG reward guidance -- on the built-in 
    weight (the goal: the chosen one rises with the weight, the others stay within 2 points; ``overall`` is
    scored by the taste: minus the track's mean distance from the centre for ``centred``). With
    ``--nrg-train-prompts N`` the same weights are first run on N train-split prompts the user never saw (the
-   split to choose weights on; reported apart as ``nrg_train``).
+   split to choose weights on; reported apart as ``nrg_train``). With ``--reward-pairs N`` the judge first votes
+   on N more train-split pairs and a second reward model, ``videoreward-judge``, guides the judged dimensions.
 """
 from __future__ import annotations
 
