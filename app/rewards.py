@@ -38,7 +38,7 @@ def cmd_reward_train(args: argparse.Namespace) -> int:
     from app.runs import create_reward_run, record_trainer_exit, train_command
 
     settings = {"modality": args.modality, "model": args.model, "name": args.name, "folds": args.folds,
-                "noise_level": args.noise_level, "noise_aware": args.noise_aware, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
+                "noise_level": args.noise_level, "noise_aware": args.noise_aware, "summary": args.summary, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed,
                 "dimensions": _dimensions(args.dimensions), "backbone": args.backbone, "device": args.device}
     with _open(args) as store:
         run, run_dir = create_reward_run(store, settings)
@@ -193,6 +193,9 @@ def add_parser(sub, add) -> None:
                    "(default 0.5; models without a denoiser read clean candidates)")
     p.add_argument("--noise-aware", action="store_true", help="learn every vote at several noise levels, so the model "
                    "scores the noisy samples of a denoising trajectory (SPO's step-aware preference model)")
+    p.add_argument("--summary", action="store_true", help="read only a summary of the (predicted) clean sample (its "
+                   "per-channel statistics; for video also where the content is and how it moves), not the denoiser's "
+                   "pooled block: far fewer numbers, which a few dozen votes learn better (compare the held-out accuracy)")
     p.add_argument("--dimensions", metavar="D1,D2", help="the dimensions to learn, one head each (default: every "
                    "dimension you have votes about)")
     p.add_argument("--backbone", metavar="ENCODER", help="read a pretrained encoder's features instead of the model's "

@@ -106,7 +106,7 @@ def check_online(store: Store, cfg: Any) -> None:
 def create_reward_run(store: Store, settings: dict[str, Any]) -> tuple[Run, Path]:
     """A queued run that trains a reward model (``alignment.rewards.run``) from ``settings``: name,
     modality, model (default: the modality's built-in), folds, noise_level, hidden, epochs, seed,
-    dimensions, backbone, device. What can be checked before it starts is checked here."""
+    dimensions, backbone, noise_aware, summary, device. What can be checked before it starts is checked here."""
     from alignment.rewards.run import METHOD, RewardRunConfig
     from modalities import registry
     from storage.catalog import check_reward_name

@@ -175,6 +175,17 @@ def test_reward_model_from_the_rewards_tab(app, page):
         assert len(soft) == 3 and {r["context"] for r in soft} == {"reward-label"}
         assert all(0.0 < r["strength"] < 1.0 for r in soft), soft  # probabilities, not hard votes
     page.click("#label-soft input")
+    # a reward model on the summary of the clean sample only (Advanced: a few numbers, for few votes)
+    if not page.locator("#reward-summary").is_visible():
+        page.locator("button:has-text('Advanced'):visible").first.click()
+    page.click("#reward-summary input")
+    fill(page, "reward-name", "my-summary")
+    page.click("#reward-train")
+    status = wait_text(page, "reward-status", "my-summary@v1")
+    with store_of(app) as s:
+        assert s.get_reward_model("my-summary").backbone == "own-summary", status
+    page.click("#reward-summary input")
+    fill(page, "reward-name", "my-taste")
     shot(page, "2b-rewards")
 
     # in A/B: the reward model's scores beside each pair, and the least sure pair first

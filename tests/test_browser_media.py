@@ -202,6 +202,7 @@ def test_video_generate_watch_judge_per_dimension_guide_train(app, page):
         service.train(s, VideoAdapter.load(ModelRef("moving-shapes-video"), device="cpu"), modality="video",
                       name="my-eyes", folds=2, noise_aware=True)
     fill(page, "setting-video-guide_reward", "my-eyes")
+    fill(page, "setting-video-guide_min_noise", "0.5")
     page.locator("#setting-video-guide_visual input[type=number]").fill("20")
     page.locator("#setting-video-guide_visual input[type=number]").press("Enter")
     status = generate(page, n=2, seed=0, prompt=VIDEO_PROMPT)
@@ -209,7 +210,8 @@ def test_video_generate_watch_judge_per_dimension_guide_train(app, page):
     with store_of(app) as s:
         guided = s.list_generations(modality="video")[-1]
         assert guided.params["guide"]["weights"] == {"visual": 20.0} and guided.params["guide"]["reward"] == "my-eyes"
-    wait_text(page, "cand-video-1", "guided visual 20")
+        assert guided.params["guide"]["min_noise"] == 0.5 and 0 < guided.params["guide_steps"] < 20
+    wait_text(page, "cand-video-1", "guided visual 20 (noise >= 0.5)")
     page.locator("#setting-video-guide_visual input[type=number]").fill("0")
     page.locator("#setting-video-guide_visual input[type=number]").press("Enter")
 

@@ -123,10 +123,46 @@ def test_guidance_settings_through_the_generation_service(voted):
     with Store.open(data) as store:
         g = generate_candidates(store, modality="video", prompt=PROMPTS[2], n=1, seed=5,
                                 params={**FAST, "guide_reward": "videoreward", "guide_text": 20.0, "guide_visual": 0.0})
-        assert g[0].params["guide"]["weights"] == {"text": 20.0}
+        assert g[0].params["guide"]["weights"] == {"text": 20.0} and "min_noise" not in g[0].params["guide"]
+        assert g[0].params["guide_steps"] == FAST["steps"]
+        # only the steps that start at noise level 0.5 or above (of 6 steps: those at 1, 0.8 and 0.6)
+        late = generate_candidates(store, modality="video", prompt=PROMPTS[2], n=1, seed=5,
+                                   params={**FAST, "guide_reward": "videoreward", "guide_text": 20.0,
+                                           "guide_min_noise": 0.5})
+        assert late[0].params["guide"]["min_noise"] == 0.5 and late[0].params["guide_steps"] == 3
+        with pytest.raises(ValueError, match=r"noise level to guide at must be in \[0, 1\)"):
+            generate_candidates(store, modality="video", prompt=PROMPTS[2], n=1, seed=5,
+                                params={**FAST, "guide_reward": "videoreward", "guide_text": 20.0,
+                                        "guide_min_noise": 1.0})
         plain = generate_candidates(store, modality="video", prompt=PROMPTS[2], n=1, seed=5,
                                     params={**FAST, "guide_text": 0.0})
         assert "guide" not in plain[0].params
         with pytest.raises(ValueError, match="needs a reward model"):
             generate_candidates(store, modality="video", prompt=PROMPTS[2], n=1, seed=5,
                                 params={**FAST, "guide_text": 5.0})
+
+
+def test_a_summary_reward_model_reads_the_clip_summary_only_and_guides(adapter, voted):
+    """``summary``: the head reads the (predicted) clean clip's statistics and layout (where the shapes are, how
+    they move), not the denoiser's pooled block -- fewer numbers, for few votes; it guides like the full one."""
+    from modalities.video.features import NAMES
+
+    data, _, _ = voted
+    with Store.open(data) as store:
+        record, metrics = service.train(store, adapter, modality="video", name="where", folds=2, noise_aware=True,
+                                        summary=True, dimensions=["overall"])
+        assert record.backbone == "own-summary" and metrics["heldout_accuracy"] is not None
+        reward = service.load(store, "where", "video", adapter)
+        assert reward.summary and reward.head.mean.shape[0] == 3 * 2 + len(NAMES) + 1  # + the noise level
+        base = adapter.generate(GenerationRequest(PROMPTS[0], n=1, seeds=(7,), params=FAST))[0]
+        up = adapter.generate(GenerationRequest(PROMPTS[0], n=1, seeds=(7,), params=FAST,
+                                                guide=RewardGuide(reward, {"overall": 50.0})))[0]
+        score = lambda s: float(reward.score(PROMPTS[0], [s.data])["overall"][0])  # noqa: E731
+        assert score(up) > score(base)
+        full = service.load(store, "videoreward", "video", adapter)
+        full.meta["backbone"] = "own-summary"  # a head that learned another width of features than it is given
+        with pytest.raises(ValueError, match="features changed since.*train it again"):
+            full.score(PROMPTS[0], [base.data])
+        with pytest.raises(ValueError, match="features changed since.*train it again"):
+            RewardGuide(full, {"overall": 1.0}).gradient(adapter, [PROMPTS[0]], torch.zeros(1, 3, 8, 32, 32),
+                                                        torch.full((1,), 0.5))

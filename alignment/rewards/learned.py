@@ -181,6 +181,11 @@ class LearnedReward(RewardModel):
         return float(self.meta.get("noise_level", 0.0))
 
     @property
+    def summary(self) -> bool:
+        """Reads only the summary of the (predicted) clean sample, not the denoiser's pooled block."""
+        return self.meta.get("backbone") == SUMMARY_BACKBONE
+
+    @property
     def noise_aware(self) -> bool:
         """Trained on samples noised to several levels (it scores a trajectory's noisy latents)."""
         return bool(self.meta.get("noise_aware"))
@@ -189,6 +194,8 @@ class LearnedReward(RewardModel):
         if self.encoder is not None:
             return encoder_features(self.encoder, prompts, media)
         extra = {"predicted_x0": True} if self.noise_aware else {}  # (adapters of older signatures take no flag)
+        if self.summary:
+            extra["summary"] = True
         feats = self.adapter.reward_features(list(prompts), list(media), noise_level=self.noise_level,
                                              seed=int(self.meta.get("feature_seed", 0)), **extra)
         return _with_level(feats, self.noise_level) if self.noise_aware else feats
@@ -198,13 +205,22 @@ class LearnedReward(RewardModel):
         if not self.noise_aware:
             raise ValueError(f"reward model {self.name!r} was trained on clean samples and does not score noisy "
                              "ones: train it with --noise-aware, or score the predicted clean sample instead")
-        feats = self.adapter.latent_reward_features(list(prompts), latents, t)
+        own = {"summary": True} if self.summary else {}
+        feats = self.adapter.latent_reward_features(list(prompts), latents, t, **own)
         return self.score_features(torch.cat([feats, self.adapter.noise_level_of(t).cpu().view(-1, 1)], dim=1))
 
     def score_features(self, feats: torch.Tensor) -> dict[str, np.ndarray]:
+        self.check_width(feats)
         with torch.no_grad():
             r = self.head(feats).double().numpy()
         return {d: r[:, i] for i, d in enumerate(self.dimensions)}
+
+    def check_width(self, feats: torch.Tensor) -> None:
+        """Refuse features of another width than the head learned (a model whose features changed since)."""
+        if feats.shape[-1] != self.head.mean.shape[0]:
+            raise ValueError(f"reward model {self.name!r} learned {self.head.mean.shape[0]} features per candidate, but "
+                             f"{self.meta.get('base_model') or 'this model'} now gives {feats.shape[-1]} (its features "
+                             "changed since): train it again on the same votes")
 
     def score(self, prompt: str, media: Sequence[bytes]) -> dict[str, np.ndarray]:
         return self.score_features(self.features([prompt] * len(media), media))
@@ -283,6 +299,8 @@ def _with_level(feats: torch.Tensor, level: float) -> torch.Tensor:
 
 
 ENCODER_PREFIX = "encoder:"  # a reward model's backbone: "own-features", or "encoder:" + the encoder's hub id or folder
+OWN_BACKBONE = "own-features"  # the denoiser's pooled block (or hidden states) and the clean sample's summary
+SUMMARY_BACKBONE = "own-summary"  # the (predicted) clean sample's summary only: few numbers, for few votes
 
 
 def encoder_features(encoder: Any, prompts: Sequence[str], media: Sequence[bytes], batch: int = 16) -> torch.Tensor:
@@ -297,7 +315,7 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
                        encoder: Any = None, base_model: str | None = None, features_cache: Path | None = None,
                        on_fold: Callable[[int, float | None], None] = lambda _f, _acc: None,
                        progress: Callable[[str], None] = lambda _m: None,
-                       noise_aware: bool = False) -> tuple[LearnedReward, dict[str, Any]]:
+                       noise_aware: bool = False, summary: bool = False) -> tuple[LearnedReward, dict[str, Any]]:
     """Train a reward model on ``votes`` (storage ``Vote``s over the candidates in ``media``:
     id -> (prompt, bytes)) with ``adapter``'s features; returns it with its metrics.
     ``vote_dimensions``: the dimension each vote is about (default: all overall); the head has one
@@ -308,7 +326,10 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
     called after each fold of the held-out accuracy and with fold ``folds`` after the final fit.
     ``noise_aware``: learn every vote at each of :data:`NOISE_AWARE_LEVELS` (the candidates noised with
     one seed, the clean latent's statistics predicted by the denoiser, the level as a feature), so the
-    model scores a trajectory's noisy samples (SPO's step-aware preference model)."""
+    model scores a trajectory's noisy samples (SPO's step-aware preference model). ``summary``: read only
+    the summary of the (predicted) clean sample (a denoiser's models: per-channel statistics, and for video
+    where the content is and how it moves), not the denoiser's pooled block -- far fewer numbers, which few
+    votes learn better."""
     if not votes:
         raise ValueError("no votes to learn from: judge some candidates first")
     vote_dimensions = list(vote_dimensions) if vote_dimensions is not None else ["overall"] * len(votes)
@@ -328,7 +349,11 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
             str(getattr(adapter.score_kind, "value", adapter.score_kind)) in ("diffusion", "flow") else 0.0
     ids = sorted({g for v in votes for g in (v.x, v.y)})
     index = {g: i for i, g in enumerate(ids)}
-    backbone = "own-features" if encoder is None else ENCODER_PREFIX + encoder.source
+    if summary and (encoder is not None or not hasattr(adapter, "clean_features")):
+        raise ValueError("summary features are the (predicted) clean sample's statistics of a denoiser's model: "
+                         + ("leave out --backbone" if encoder is not None else f"this {modality} model has none"))
+    backbone = (SUMMARY_BACKBONE if summary else OWN_BACKBONE) if encoder is None else ENCODER_PREFIX + encoder.source
+    own = {"summary": True} if summary else {}
     levels = NOISE_AWARE_LEVELS if noise_aware else None
     feats = _cached_features(features_cache, ids, backbone, levels or noise_level, cfg.seed)
     if feats is not None:
@@ -343,9 +368,9 @@ def train_reward_model(adapter: Any, media: dict[int, tuple[str, bytes]], votes:
             prompts_, media_ = [media[g][0] for g in ids], [media[g][1] for g in ids]
             if levels:
                 feats = torch.cat([_with_level(adapter.reward_features(prompts_, media_, noise_level=lv, seed=cfg.seed,
-                                                                       predicted_x0=True), lv) for lv in levels])
+                                                                       predicted_x0=True, **own), lv) for lv in levels])
             else:
-                feats = adapter.reward_features(prompts_, media_, noise_level=noise_level, seed=cfg.seed)
+                feats = adapter.reward_features(prompts_, media_, noise_level=noise_level, seed=cfg.seed, **own)
         except NotImplementedError as e:
             raise ValueError(f"this {modality} model has no backbone a reward model can read: {e}") from None
     if features_cache is not None:

@@ -36,6 +36,7 @@ class RewardRunConfig:
     folds: int = 5
     noise_level: float | None = None
     noise_aware: bool = False  # learn every vote at several noise levels (a step-aware model for SPO)
+    summary: bool = False  # read only the (predicted) clean sample's summary, not the denoiser's pooled block
     hidden: int = 64
     epochs: int = 300
     seed: int = 0
@@ -121,7 +122,7 @@ def run(run_dir: Path, stop_after: int | None = None) -> int:
             store, adapter, modality=cfg.modality, name=cfg.name, model=cfg.model, folds=cfg.folds,
             noise_level=cfg.noise_level, cfg=HeadConfig(hidden=cfg.hidden, epochs=cfg.epochs, seed=cfg.seed),
             dimensions=cfg.dimensions, backbone=cfg.backbone, device=cfg.device, progress=say,
-            features_cache=run_dir / FEATURES, on_fold=on_fold, noise_aware=cfg.noise_aware)
+            features_cache=run_dir / FEATURES, on_fold=on_fold, noise_aware=cfg.noise_aware, summary=cfg.summary)
         final = {k: v for k, v in metrics.items() if k != "fold_accuracies"} | {"reward_model": record.label}
         mark(status="completed", exit_code=0, pid=None, finished_at=now(), step=total, last_metrics=final,
              data_hash=record.data_hash)

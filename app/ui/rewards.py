@@ -29,7 +29,7 @@ class RewardsTab:
         return pd.DataFrame([{"name": r["name"], "kind": r["kind"], "dimensions": ", ".join(r["dimensions"]),
                               "about": r["about"]} for r in rows], columns=["name", "kind", "dimensions", "about"])
 
-    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone="", noise_aware=False):
+    def train(self, modality, model, name, folds, noise, hidden, epochs, backbone="", noise_aware=False, summary=False):
         """Queue the reward model's training as a run (the Train tab lists it, with cancel and resume) and
         follow it here until it ends."""
         try:
@@ -37,7 +37,7 @@ class RewardsTab:
                         "folds": opt_int(folds, "folds") or 5, "noise_level": opt_float(noise, "noise level"),
                         "hidden": opt_int(hidden, "hidden units") if str(hidden or "").strip() else 64,
                         "epochs": opt_int(epochs, "steps") or 300, "backbone": (backbone or "").strip() or None,
-                        "noise_aware": bool(noise_aware)}
+                        "noise_aware": bool(noise_aware), "summary": bool(summary)}
             run = self.ui.queue.submit_reward(settings)
         except Exception as e:  # noqa: BLE001 - shown on the page
             yield err(e), self.table(modality)
@@ -134,6 +134,8 @@ class RewardsTab:
                 epochs = opt_box("Steps", placeholder="300", elem_id="reward-epochs")
                 noise_aware = gr.Checkbox(False, label="Noise-aware (scores noisy samples: SPO's step-aware model)",
                                           elem_id="reward-noise-aware")
+                summary = gr.Checkbox(False, label="Summary features only (the clean sample's statistics; video: where "
+                                      "things are and how they move) -- for a few dozen votes", elem_id="reward-summary")
             backbone = gr.Textbox(value="", label="Backbone: a pretrained encoder (CLIP or PickScore, SigLIP, CLAP: hub "
                                   "id or local folder); empty: the model's own features", elem_id="reward-backbone")
         go = gr.Button("Train reward model", variant="primary", elem_id="reward-train")
@@ -158,7 +160,7 @@ class RewardsTab:
         def refresh(m):
             return self.table(m), gr.update(choices=self.names(m))
 
-        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs, backbone, noise_aware],
+        go.click(self.train, [modality, model, name, folds, noise, hidden, epochs, backbone, noise_aware, summary],
                  [status, table]).then(
             refresh, modality, [table, lab_reward])
         lab_go.click(self.label, [modality, model, lab_reward, lab_prompts, lab_k, lab_seed, lab_soft, lab_var],

@@ -227,13 +227,15 @@ class DiffusersAdapter(ModalityAdapter):
 
     @torch.no_grad()
     def reward_features(self, prompts: Sequence[str], media: Sequence[bytes], *, noise_level: float = 0.5,
-                        seed: int = 0, chunk: int = 16, predicted_x0: bool = False) -> torch.Tensor:
+                        seed: int = 0, chunk: int = 16, predicted_x0: bool = False,
+                        summary: bool = False) -> torch.Tensor:
         """The generator's own features of each candidate, as a latent reward model reads them: the
         denoiser's middle (or last transformer) block, averaged over positions, at noise level
         ``noise_level`` (0 clean .. 1 pure noise; the same noise per candidate for a seed), followed by
         the clean latent's per-channel mean and spread (with ``predicted_x0``: those of the clean latent
         the denoiser predicts, as a noise-aware reward model sees a sample it scores mid-trajectory).
-        No extra model, and it reads noisy latents too."""
+        No extra model, and it reads noisy latents too. ``summary``: the clean latent's part only
+        (:meth:`clean_features`), a few numbers that few votes can learn."""
         if not 0.0 <= noise_level < 1.0:
             raise ValueError(f"noise_level must be in [0, 1), got {noise_level}")
         if len(prompts) != len(media):
@@ -252,22 +254,24 @@ class DiffusersAdapter(ModalityAdapter):
                 t = torch.full((n,), float(noise_level), device=self.device)
                 noisy = flow_interpolate(x0[:, None], noise[:, None], t.view(n, 1))[:, 0]
             parts.append(self.latent_reward_features(prompts[start:start + n], noisy, t,
-                                                     clean=None if predicted_x0 else x0))
+                                                     clean=None if predicted_x0 else x0, summary=summary))
         return torch.cat(parts)
 
     @torch.no_grad()
     def latent_reward_features(self, prompts: Sequence[str], noisy: torch.Tensor, t: torch.Tensor,
-                               clean: torch.Tensor | None = None) -> torch.Tensor:
+                               clean: torch.Tensor | None = None, summary: bool = False) -> torch.Tensor:
         """Reward features of latents ``noisy`` at model times ``t`` (UNet timesteps, or flow times):
         the middle block pooled, then the per-channel mean and spread of ``clean`` (None: of the clean
         latent the denoiser predicts). The module runs as it is: callers disable a LoRA when they want
         the base model's view."""
-        return self.latent_features(prompts, noisy, t, clean).cpu()
+        return self.latent_features(prompts, noisy, t, clean, summary).cpu()
 
     def latent_features(self, prompts: Sequence[str], noisy: torch.Tensor, t: torch.Tensor,
-                        clean: torch.Tensor | None = None) -> torch.Tensor:
+                        clean: torch.Tensor | None = None, summary: bool = False) -> torch.Tensor:
         """:meth:`latent_reward_features` on the model's device, differentiable in ``noisy`` when grad is
-        enabled (reward guidance follows its gradient)."""
+        enabled (reward guidance follows its gradient). ``summary``: the clean latent's part only."""
+        if summary and clean is not None:
+            return self.clean_features(clean.float())
         module, captured = self._feature_module(), []
         hook = module.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
         try:
@@ -284,8 +288,13 @@ class DiffusersAdapter(ModalityAdapter):
                 clean = x0_eps(pred, noisy, self._alphas_cumprod.to(noisy.device)[t.long()], self.prediction_type)[0]
             else:
                 clean = noisy.float() - t.float().view(-1, *([1] * (noisy.dim() - 1))) * pred
+        return self.clean_features(clean) if summary else torch.cat([pooled, self.clean_features(clean)], dim=-1)
+
+    def clean_features(self, clean: torch.Tensor) -> torch.Tensor:
+        """What a reward model reads of a (predicted) clean latent besides the pooled block: its per-channel
+        mean and spread. Modalities add their own (video: where the content is and how it moves)."""
         flat = clean.float().flatten(2) if clean.dim() >= 4 else clean.float().transpose(1, 2)
-        return torch.cat([pooled, flat.mean(-1), flat.std(-1)], dim=-1)
+        return torch.cat([flat.mean(-1), flat.std(-1)], dim=-1)
 
     def noise_level_of(self, t: torch.Tensor) -> torch.Tensor:
         """Model times (UNet timesteps or flow times) as noise levels in [0, 1)."""

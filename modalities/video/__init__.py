@@ -17,6 +17,8 @@ def _caption(params: Mapping[str, Any]) -> str:
     text = f"{f} frames @ {float(fps):g} fps" if f and fps else ""
     if guide:
         text += " · guided " + ", ".join(f"{d} {w:g}" for d, w in guide.get("weights", {}).items())
+        if guide.get("min_noise"):
+            text += f" (noise >= {guide['min_noise']:g})"
     return text
 
 
@@ -54,6 +56,9 @@ SPEC = ModalitySpec(
         Setting("height", int, "height in pixels (as width)", min=1, max=2048),
         Setting("guide_reward", str, "Flow-NRG: the noise-aware reward model (Rewards tab) whose gradient guides "
                 "sampling when a weight below is not 0"),
+        Setting("guide_min_noise", float, "Flow-NRG guides only the steps at or above this noise level (0 or "
+                "empty: every step, as the paper; 0.8: only the first steps, where the layout is set -- the motion "
+                "is left to the model)", min=0.0, max=0.99),
         *(Setting(f"guide_{d}", float, f"Flow-NRG weight of the reward's {d} dimension (0 = off; higher pushes "
                   f"the {d} score up)", min=-200.0, max=200.0, slider=True) for d in DIMENSIONS),
     ),

@@ -227,6 +227,14 @@ class VideoAdapter(DiffusersAdapter):
             samples.append(Sample(mp4.encode(clip, params["fps"], box), "video/mp4", prov))
         return samples
 
+    # -- reward features ---------------------------------------------------------------------------------------
+    def clean_features(self, clean: torch.Tensor) -> torch.Tensor:
+        """The per-channel mean and spread, then where the clip's content is and how it moves
+        (:mod:`.features`): pooled features cannot tell a shape in the middle from one along an edge."""
+        from .features import layout_features
+
+        return torch.cat([super().clean_features(clean), layout_features(clean)], dim=-1)
+
     # -- training tensors -------------------------------------------------------------------------------------
     def stored_latent(self, data: bytes) -> torch.Tensor | None:
         """The latent a clip of this model was sampled as ([C, F, h, w]), or None."""

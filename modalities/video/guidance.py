@@ -10,7 +10,8 @@ Wan with a flow-Euler scheduler); with a multistep solver (Wan's UniPC) the guid
 the solver's history, so there it is the same move applied after the step.
 
 ``guide`` is anything with ``gradient(adapter, prompts, latents, t) -> tensor`` (the weighted reward's
-gradient in the latent layout ``[N, C, F, h, w]``, at flow times ``t``) and ``describe() -> dict``;
+gradient in the latent layout ``[N, C, F, h, w]``, at flow times ``t``) and ``describe() -> dict``, and
+optionally ``acts_at(noise_level) -> bool`` (which steps it guides; default every one);
 :class:`alignment.rewards.guidance.RewardGuide` is the one the app builds from a noise-aware reward model.
 """
 from __future__ import annotations
@@ -34,9 +35,8 @@ class NRGCallback:
 
     def __call__(self, pipe, i: int, t, kw: dict[str, Any]) -> dict[str, Any]:
         x = kw["latents"]
-        if self.guide is not None:
-            sigmas = pipe.scheduler.sigmas
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        s, s_next = (float(v) for v in pipe.scheduler.sigmas[i:i + 2]) if self.guide is not None else (None, None)
+        if s is not None and getattr(self.guide, "acts_at", lambda _s: True)(s):
             grad = self._gradient(self.previous, s)
             x = x + (s - s_next) * grad.to(x.dtype)
             if not torch.isfinite(x).all():
