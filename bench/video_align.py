@@ -3,14 +3,17 @@ VideoReward-style reward model, and Flow-NRG reward guidance -- on the built-in 
 
     .venv/bin/python bench/video_align.py [--taste centred] [--pairs 50] [--steps 60] [--eval-prompts 100]
         [--methods flow-dpo,flow-rwr,sft] [--nrg-dimension overall,motion,text] [--nrg-weights 0,25,50,100]
-        [--reward-pairs 200] [--nrg-train-prompts 16] [--nrg-prompts 30] [--json out.json]
+        [--reward-pairs 200] [--nrg-train-prompts 16] [--nrg-prompts 30] [--nrg-min-noise 0.8] [--json out.json]
 
 1. The user: the built-in model makes 2 clips for each of ``--pairs`` train-split prompts (50 comparisons); the
    user votes on each pair about four dimensions: ``overall`` by their taste (``taste-<name>``), and
    ``visual``, ``motion``, ``text`` as the world's judge sees them (a tie when equal).
 2. A VideoReward-style model (``python -m app reward train videoreward --noise-aware``: the video model's own
    features, one head per dimension, Bradley-Terry with ties) learns the votes; its 5-fold held-out accuracy
-   per dimension is reported.
+   per dimension is reported. A second one, ``videoreward-summary`` (``--summary --hidden 0``: a linear head on
+   the predicted clean clip's summary only -- its colour statistics, where the shapes are and how they move --
+   without the denoiser's pooled block), learns the same votes; whichever predicts the user's held-out overall votes better guides
+   the overall dimension in 5 (a choice made on the user's own votes, as a user would make it in the app).
 3. Runs, each from the base model with the same LoRA (rank 8), ``--steps`` optimizer steps, on the overall
    votes: ``flow-dpo`` (constant beta), ``flow-rwr`` (reward-weighted flow matching, rewards from the votes)
    and ``sft`` (the preferred clips only: the paper's baseline).
@@ -24,6 +27,8 @@ VideoReward-style reward model, and Flow-NRG reward guidance -- on the built-in 
    ``--nrg-train-prompts N`` the same weights are first run on N train-split prompts the user never saw (the
    split to choose weights on; reported apart as ``nrg_train``). With ``--reward-pairs N`` the judge first votes
    on N more train-split pairs and a second reward model, ``videoreward-judge``, guides the judged dimensions.
+   ``--nrg-min-noise L`` guides only the steps at noise level L and above (0: every step, as the paper).
+   ``--methods ''`` skips 3-4 (Flow-NRG only).
 """
 from __future__ import annotations
 
@@ -134,7 +139,7 @@ def evaluate(taste: str, prompts: list[str], base: list, run: dict, seed0: int) 
 
 
 def nrg(data_dir: Path, prompts: list[str], seed0: int, dimension: str, weights: list[float], taste: str,
-        reward: str = "videoreward") -> list[dict]:
+        reward: str = "videoreward", min_noise: float = 0.0) -> list[dict]:
     """The judge's scores (and the taste's, as ``overall``) of clips the base model samples with the reward
     model's guidance on ``dimension``."""
     import numpy as np
@@ -149,7 +154,7 @@ def nrg(data_dir: Path, prompts: list[str], seed0: int, dimension: str, weights:
         for w in weights:
             t0 = time.time()
             guide = None if w == 0 else (lambda model, w=w: RewardGuide(service.load(store, reward, "video", model),
-                                                                         {dimension: w}))
+                                                                         {dimension: w}, min_noise))
             got = clips(None, prompts, seed0, guide)
             scores = [moving.judge(p, c) for p, c in zip(prompts, got)]
             row = {"weight": w, "overall": round(float(np.mean(moving.taste(taste, got))), 4),
@@ -179,6 +184,8 @@ def main(argv=None) -> int:
                     help="before Flow-NRG, the judge votes on this many more train-split pairs (visual, motion, text; "
                          "at most 277) and a second reward model, videoreward-judge, learns them and the user's votes; "
                          "the judged dimensions are then guided by it")
+    ap.add_argument("--nrg-min-noise", type=float, default=0.0,
+                    help="guide only the steps at or above this noise level (0: every step)")
     ap.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="override a method's lr")
     ap.add_argument("--beta", action="append", default=[], metavar="METHOD=BETA", help="override a method's beta")
     ap.add_argument("--json")
@@ -202,12 +209,14 @@ def main(argv=None) -> int:
         eval_prompts, seed0 = moving.split_prompts("test", args.eval_prompts, seed=1), 50_000
     else:
         eval_prompts, seed0 = train_prompts[args.pairs + 100: args.pairs + 100 + args.eval_prompts], 60_000
+    methods = [m for m in args.methods.split(",") if m]
     t0 = time.time()
-    base = clips(None, eval_prompts, seed0)
-    base_text = float(np.mean([moving.judge(p, c)["text"] for p, c in zip(eval_prompts, base)]))
-    result = {"settings": {**vars(args), **SETTINGS},
-              "eval": {"prompts": len(eval_prompts), "split": args.eval_split, "base_adherence": round(base_text, 4),
-                       "base_seconds": round(time.time() - t0, 1)}, "runs": []}
+    result = {"settings": {**vars(args), **SETTINGS}, "runs": []}
+    if methods:
+        base = clips(None, eval_prompts, seed0)
+        base_text = float(np.mean([moving.judge(p, c)["text"] for p, c in zip(eval_prompts, base)]))
+        result["eval"] = {"prompts": len(eval_prompts), "split": args.eval_split, "base_adherence": round(base_text, 4),
+                          "base_seconds": round(time.time() - t0, 1)}
     with tempfile.TemporaryDirectory(prefix="palate-video-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         with Store.open(data_dir) as store:
@@ -219,7 +228,21 @@ def main(argv=None) -> int:
                                   "per_dimension": reward["metrics"].get("per_dimension"),
                                   "seconds": round(time.time() - t1, 1)}
         print(json.dumps(result["reward_model"]), file=sys.stderr, flush=True)
-        for method in [m for m in args.methods.split(",") if m]:
+        t1 = time.time()
+        summary = json.loads(cli(data_dir, "reward", "train", "videoreward-summary", "--modality", "video",
+                                 "--noise-aware", "--summary", "--hidden", "0",
+                                 "--dimensions", "overall,visual,motion,text", "--json"))
+        result["summary_reward_model"] = {"heldout_accuracy": summary["metrics"].get("heldout_accuracy"),
+                                          "per_dimension": summary["metrics"].get("per_dimension"),
+                                          "seconds": round(time.time() - t1, 1)}
+        print(json.dumps(result["summary_reward_model"]), file=sys.stderr, flush=True)
+        def overall_of(m: dict) -> float:
+            return (m["per_dimension"].get("overall") or {}).get("heldout_accuracy") or 0.0
+
+        better = overall_of(result["summary_reward_model"]) > overall_of(result["reward_model"])
+        user_reward = "videoreward-summary" if better else "videoreward"
+        result["overall_guided_by"] = user_reward
+        for method in methods:
             run = train(data_dir, method, args.steps, args.batch_size)
             result["runs"].append(evaluate(args.taste, eval_prompts, base, run, seed0))
         judge_reward = {}
@@ -235,6 +258,7 @@ def main(argv=None) -> int:
                                             "seconds": round(time.time() - t2, 1)}
             print(json.dumps(result["judge_reward_model"]), file=sys.stderr, flush=True)
             judge_reward = {d: "videoreward-judge" for d in JUDGED}
+        judge_reward["overall"] = user_reward
         weights = [float(w) for w in args.nrg_weights.split(",") if w]
         dimensions = [d for d in args.nrg_dimension.split(",") if d]
         if weights and args.nrg_train_prompts:
@@ -242,12 +266,12 @@ def main(argv=None) -> int:
             result["nrg_train"] = [{"dimension": d, "prompts": len(chosen_from),
                                     "reward": judge_reward.get(d, "videoreward"),
                                     "rows": nrg(data_dir, chosen_from, 70_000, d, weights, args.taste,
-                                                judge_reward.get(d, "videoreward"))}
+                                                judge_reward.get(d, "videoreward"), args.nrg_min_noise)}
                                    for d in dimensions]
         if weights and args.nrg_prompts:
             result["nrg"] = [{"dimension": d, "prompts": args.nrg_prompts, "reward": judge_reward.get(d, "videoreward"),
                               "rows": nrg(data_dir, eval_prompts[: args.nrg_prompts], seed0, d, weights, args.taste,
-                                          judge_reward.get(d, "videoreward"))}
+                                          judge_reward.get(d, "videoreward"), args.nrg_min_noise)}
                              for d in dimensions]
     result["wall_seconds"] = round(time.time() - t0, 1)
     text = json.dumps(result, indent=2)
